@@ -1,0 +1,41 @@
+# Every target does its own set-up: a fresh machine needs only python3 and make.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PARAMS ?= configs/study_quick.yaml
+
+.PHONY: install study test docs bench export clean-nbs check
+
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip check
+	touch $(STAMP)
+
+## The study's main job: the whole pipeline on the embedded demo data (mini-forensics).
+study: $(STAMP)
+	$(BIN)/deepfake-explain-study --params $(PARAMS)
+
+## The test suite: library/notebook consistency, every notebook (quick defaults), integration tests.
+test: $(STAMP)
+	$(PY) tools/consistency.py
+	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(PY) -m pytest -q tests
+
+## Offline docs site in _docs/ (nbdev_docs when Quarto is present).
+docs: $(STAMP)
+	$(PY) tools/build_docs.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+check: $(STAMP)
+	$(PY) tools/consistency.py
