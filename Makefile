@@ -23,7 +23,7 @@ study: $(STAMP)
 ## The test suite: library/notebook consistency, every notebook (quick defaults), integration tests.
 test: $(STAMP)
 	$(PY) tools/consistency.py
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/nbdev_test --n_workers 1 --timing
 	$(PY) -m pytest -q tests
 
 ## Offline docs site in _docs/ (nbdev_docs when Quarto is present).
