@@ -1,0 +1,102 @@
+"Integration tests of deepfake_explain.model: real face crops at full size, the reference's forward, the benchmark."
+from __future__ import annotations
+import importlib.util, json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+
+from deepfake_explain.data import ValTransform, read_image_rgb
+from deepfake_explain.model import build_model, load_checkpoint, record_attention
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    "2 shared cores: one intra-op thread avoids OpenMP oversubscription (restored afterwards)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def faces(shared_data) -> torch.Tensor:
+    "The aligned real face crops, resized/padded to 224 as at test time: (B, 3, 224, 224) RGB 0..255."
+    paths = sorted((shared_data / "faces" / "test_images_aligned").glob("*/1.png"))
+    assert len(paths) >= 3, paths
+    tf = ValTransform(224)
+    imgs = np.stack([tf(read_image_rgb(p)) for p in paths])                  # (B, 224, 224, 3) uint8
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+
+
+def _reference_forward(model, img_bgr: torch.Tensor) -> torch.Tensor:
+    "The reference's EfficientViT.forward (evit_model10.py), written out with explicit einsum attention."
+    p = model.patch_size
+    x = model.efficient_net.extract_features(img_bgr)
+    y = rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+    y = model.patch_to_embedding(y)
+    x = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), y), 1)
+    x = x + model.pos_embedding
+    for blk in model.transformer.blocks:
+        a, h = blk.attn, blk.attn.heads
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=h) for t in a.to_qkv(blk.norm1(x)).chunk(3, dim=-1))
+        attn = (torch.einsum("b h i d, b h j d -> b h i j", q, k) * a.scale).softmax(dim=-1)
+        out = rearrange(torch.einsum("b h i j, b h j d -> b h i d", attn, v), "b h n d -> b n (h d)")
+        x = x + a.to_out(out)
+        x = x + blk.mlp(blk.norm2(x))
+    return model.mlp_head(x[:, 0])
+
+
+def test_seed_matches_reference_forward(faces, tmp_path):
+    "On real faces at 224 px the seed layout computes the reference's function of raw BGR pixels, after a strict reload."
+    torch.manual_seed(0)
+    model = build_model({"model": {"layout": "seed"}}).eval()
+    torch.save(model.state_dict(), tmp_path / "seed.pt")
+    torch.manual_seed(1)
+    model = load_checkpoint(build_model({"model": {"layout": "seed"}}), tmp_path / "seed.pt").eval()
+    x = faces[:2]
+    with torch.no_grad():
+        ours = model(x)                                  # RGB 0..255 in; the model flips to BGR itself
+        ref = _reference_forward(model, x.flip(1))       # what the reference computes on cv2.imread pixels
+    assert ours.shape == (2, 1)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["spatial", "seed"])
+def test_full_size_explain_hooks(faces, layout):
+    "Full-size real faces: recording path == SDPA path, and every block's map has a gradient after backward."
+    torch.manual_seed(0)
+    model = build_model({"model": {"layout": layout}}).eval()
+    x = faces if layout == "spatial" else faces[:2]
+    with torch.no_grad():
+        t = model.tokens(x)
+        y = model.classify_tokens(t)
+    n = model.num_tokens + 1
+    with record_attention(model):
+        y_rec = model.classify_tokens(t.clone().requires_grad_(True))
+        y_rec[:, 0].sum().backward()
+    torch.testing.assert_close(y_rec.detach(), y, rtol=1e-4, atol=1e-4)
+    for blk in model.transformer.blocks:
+        a = blk.attn.attn_map
+        assert a.shape == (len(x), blk.attn.heads, n, n) and a.grad.shape == a.shape
+        assert torch.isfinite(a.grad).all()
+    if layout == "spatial":
+        assert model.grid == (14, 14)
+        with torch.no_grad():  # batch independence: each image's logit is the same alone or in the batch
+            torch.testing.assert_close(model(x[1:2]), y[1:2], rtol=1e-4, atol=1e-4)
+
+
+def test_benchmark_main_smoke(tmp_path):
+    "benchmarks/bench_model.py main() runs on one small batch and writes its JSON."
+    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
+    bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+    out = tmp_path / "model.json"
+    res = bench.main(out_json=out, batch_size=1, iters=1, warmup=0, devices=["cpu"])
+    saved = json.loads(out.read_text())
+    assert saved["devices"]["cpu"]["results"].keys() == {"bare_backbone", "spatial", "seed"}
+    r = res["devices"]["cpu"]["results"]
+    assert r["bare_backbone"]["throughput_ratio_vs_bare"] == 1.0 and r["spatial"]["images_per_s"] > 0
+    assert saved["gflops_per_image"]["spatial"] <= 1.33 * saved["gflops_per_image"]["bare_backbone"]
