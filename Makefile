@@ -24,7 +24,7 @@ study: $(STAMP)
 test: $(STAMP)
 	$(PY) tools/consistency.py
 	$(BIN)/nbdev_test --n_workers 1 --timing
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 ## Offline docs site in _docs/ (nbdev_docs when Quarto is present).
 docs: $(STAMP)
