@@ -29,6 +29,13 @@ def test_quick_study_completes_with_report(quick_run):
     auc = metrics["auc"]
     assert auc is not None and auc >= 0.75, f"video AUC on the mini-forensics test split: {auc}"
     assert metrics["n_videos"] == metrics["n_fake"] + metrics["n_real"] and metrics["n_real"] > 0
+    # explanation quality: relevancy beats the random map on every metric, rollout on localisation
+    import pandas as pd
+    q = pd.read_csv(quick_run / "explanation" / "quality.csv").set_index("method")
+    r, rnd, roll = q.loc["relevancy"], q.loc["random"], q.loc["rollout"]
+    assert r.pos_auc_prob < rnd.pos_auc_prob and r.neg_auc_prob > rnd.neg_auc_prob, q
+    for k in ("pointing_game", "mass_in_mask", "pixel_auroc"): assert r[k] > rnd[k], (k, q)
+    assert r.pointing_game > roll.pointing_game and r.mass_in_mask > roll.mass_in_mask, q
     html = (quick_run / "report.html").read_text()
     assert "not produced" not in html, "an artefact the report expects is missing"
     assert "Explanation quality" in html and html.count("data:image/png;base64,") >= 3
