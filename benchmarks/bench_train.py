@@ -30,23 +30,9 @@ print(json.dumps({"n_train": row["n_train"], "n_val": row["n_val"], "train_secon
 """
 
 
-def make_crops(root: Path, n_videos: int, n_frames: int = 4, size: int = 32, seed: int = 0) -> Path:
-    "`n_videos` videos per split (half real, half fake in two methods) of `n_frames` crops each."
-    import numpy as np
-    from deepfake_explain.data import ORIGINAL, crop_path, write_png_atomic
-    rng = np.random.default_rng(seed)
-    for split in ("train", "val"):
-        for v in range(n_videos):
-            method = ORIGINAL if v % 2 == 0 else ("Deepfakes", "FaceSwap")[v // 2 % 2]
-            for f in range(n_frames):
-                img = (rng.random((size, size, 3)) * 120 + 60).astype(np.uint8)
-                if method != ORIGINAL: img[size // 4: size // 2, size // 4: size // 2] = 250
-                write_png_atomic(crop_path(root, split, method, f"{split}{v:04d}", f * 10, 0), img)
-    return root
-
-
 def run_size(tmp: Path, n_videos: int) -> dict:
-    crops = make_crops(tmp / f"crops{n_videos}", n_videos)
+    from deepfake_explain.data import synthetic_crops
+    crops = synthetic_crops(tmp / f"crops{n_videos}", n_videos)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CONFIG), str(crops), str(tmp / f"run{n_videos}")],
                          capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     if out.returncode: raise RuntimeError(f"training on {n_videos} videos failed:\n{out.stderr[-3000:]}")

@@ -34,6 +34,8 @@ def main(only: list[str] | None = None) -> dict:
     sys.path.insert(0, str(ROOT))
     from deepfake_explain.data import write_json_atomic
     from deepfake_explain.study import environment_info
+    if only and out.exists():  # a partial run updates today's file instead of replacing the other benchmarks
+        results = {**json.loads(out.read_text()).get("results", {}), **results}
     write_json_atomic(out, {"environment": environment_info(ROOT), "results": results})
     print("\n| benchmark | ratio | value |\n|---|---|---|")
     for name, res in results.items():

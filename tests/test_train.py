@@ -6,11 +6,10 @@ from __future__ import annotations
 import json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from deepfake_explain.data import ORIGINAL, crop_path, write_png_atomic
+from deepfake_explain.data import synthetic_crops
 from deepfake_explain.model import build_model
 from deepfake_explain.train import (CHECKPOINT_FORMAT, load_train_config, make_datasets, make_loader, model_config,
                                     read_checkpoint, read_metrics, seed_everything, train)
@@ -22,22 +21,9 @@ TINY = {"model": {"image-size": 32, "trainable-blocks": 16, "dropout": 0.0, "emb
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
-def make_crops(root: Path, n_videos: int = 16, n_frames: int = 4, size: int = 32, seed: int = 0) -> Path:
-    "Train/val crops; fakes (two methods) carry a bright square, reals do not."
-    rng = np.random.default_rng(seed)
-    for split in ("train", "val"):
-        for v in range(n_videos):
-            method = ORIGINAL if v % 2 == 0 else ("Deepfakes", "FaceSwap")[v // 2 % 2]
-            for f in range(n_frames):
-                img = (rng.random((size, size, 3)) * 120 + 60).astype(np.uint8)
-                if method != ORIGINAL: img[size // 4: size // 2, size // 4: size // 2] = 250
-                write_png_atomic(crop_path(root, split, method, f"{split}{v:03d}", f * 10, 0), img)
-    return root
-
-
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory) -> Path:
-    return make_crops(tmp_path_factory.mktemp("crops"))
+    return synthetic_crops(tmp_path_factory.mktemp("crops"))
 
 
 @pytest.fixture
