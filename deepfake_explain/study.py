@@ -13,8 +13,9 @@ from fastcore.script import call_parse
 from .data import atomic_write, write_json_atomic
 
 # %% auto #0
-__all__ = ['STAGES', 'PATH_PARAMS', 'REPORT_ITEMS', 'repo_root', 'load_params', 'select_stages', 'environment_info',
-           'write_report', 'params_digest', 'ensure_kernel', 'StageFailed', 'run_study', 'study_cli']
+__all__ = ['STAGES', 'PATH_PARAMS', 'REPORT_ITEMS', 'repo_root', 'load_params', 'select_stages', 'notebook_parameters',
+           'check_parameter_names', 'environment_info', 'write_report', 'params_digest', 'ensure_kernel',
+           'remove_run_temps', 'StageFailed', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #11d60c43
 STAGES = {  # stage name -> notebook (in nbs/)
@@ -59,6 +60,34 @@ def select_stages(stages=None, dataset: str = "mini") -> list[str]:
     if unknown: raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     chosen = [s for s in STAGES if stages is None or s in stages]
     return [s for s in chosen if not (s == "generate" and dataset != "mini" and stages is None)]
+
+# %% ../nbs/06_study.ipynb #9e6e0906
+def notebook_parameters(nbs_dir, notebooks: dict) -> dict[str, list[str]]:
+    "Parameter name -> the stage notebooks whose cell tagged `parameters` assigns it."
+    import ast, nbformat
+    known = {}
+    for name, nb_file in notebooks.items():
+        path = Path(nbs_dir) / nb_file
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        if len(cells) != 1: raise ValueError(f"{path}: expected one cell tagged 'parameters', found {len(cells)}")
+        for node in ast.parse(cells[0].source).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            for t in targets:
+                if isinstance(t, ast.Name): known.setdefault(t.id, []).append(name)
+    return known
+
+def check_parameter_names(params: dict, known, source: str = "study parameters"):
+    "Raise ValueError naming `source` if `params` has names that no stage notebook declares (with the closest known name)."
+    import difflib
+    unknown = sorted(set(params) - set(known))
+    if not unknown: return
+    hints = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"{source}: unknown study parameter(s) {', '.join(hints)}; "
+                     f"the stage notebooks take: {', '.join(sorted(known))}")
 
 # %% ../nbs/06_study.ipynb #f1f3949c
 _PACKAGES = ("deepfake_explain", "torch", "torchvision", "numpy", "opencv-python-headless", "facenet-pytorch",
@@ -154,6 +183,16 @@ def ensure_kernel(name: str = "deepfake-explain") -> str:
     install(kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix)
     return name
 
+def remove_run_temps(run_dir, skip=("crops", "boxes")) -> int:
+    """Remove the temp files (`atomic_write`'s `.<name>.<random>.tmp`) that a killed stage left in a run folder,
+    which has one runner at a time; the crop and box trees are cleaned per video by preprocessing itself."""
+    from deepfake_explain.preprocess import remove_stale_temps
+    n = 0
+    for d, subdirs, _ in os.walk(run_dir):
+        if Path(d) == Path(run_dir): subdirs[:] = [s for s in subdirs if s not in skip]
+        n += remove_stale_temps(d)
+    return n
+
 class StageFailed(RuntimeError):
     "A study stage failed; the message names the stage and its executed notebook."
 
@@ -166,6 +205,7 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
     nbs_dir = Path(nbs_dir or root / "nbs")
     notebooks = stage_notebooks or STAGES
     p = load_params(params, base=root)
+    check_parameter_names(p, notebook_parameters(nbs_dir, notebooks), str(params) if isinstance(params, (str, Path)) else "parameters")
     stem = Path(params).stem if isinstance(params, (str, Path)) else "params"
     if output is None:
         if p.get("output_root") and not run_id: run_dir = Path(p["output_root"])
@@ -173,6 +213,7 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
     else: run_dir = Path(output).resolve()
     p["output_root"] = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if n := remove_run_temps(run_dir): print(f"[study] removed {n} temp file(s) left by an interrupted run", flush=True)
     with atomic_write(run_dir / "params.yaml", "w") as f: yaml.safe_dump(p, f, sort_keys=True)
     write_json_atomic(run_dir / "environment.json", environment_info(root))
     digest, kernel = params_digest(p), kernel or ensure_kernel()

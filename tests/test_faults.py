@@ -28,7 +28,7 @@ from deepfake_explain.preprocess import (DONE_MARKER, FaceDetector, boxes_path, 
 from deepfake_explain.train import (CHECKPOINT_FORMAT, CheckpointError, CheckpointMismatchError, load_train_config,
                                     load_weights, read_checkpoint, train)
 from deepfake_explain import evaluate as ev
-from deepfake_explain.study import load_params
+from deepfake_explain.study import load_params, run_study
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ODD = "dossier à espaces/データ 1"  # a folder name with a space and non-ASCII characters
@@ -195,7 +195,10 @@ BAD_BOXES = {  # (x0, y0, x1, y1, prob) in a 360 x 640 frame
 }
 
 
-@pytest.mark.parametrize("kind", list(BAD_BOXES))
+OUTSIDE_BOXES = ("outside", "negative")  # no overlap with the frame: refused
+
+
+@pytest.mark.parametrize("kind", [k for k in BAD_BOXES if k not in OUTSIDE_BOXES])
 def test_bad_box_square_stays_inside_the_frame(kind):
     H, W = 360, 640
     frame = np.arange(H * W * 3, dtype=np.uint32).reshape(H, W, 3).astype(np.uint8)
@@ -215,11 +218,11 @@ def test_inverted_box_is_refused_or_normalised():
     assert got == square_box(norm, (H, W))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: preprocess.square_box clamps a box that lies wholly outside the frame "
-                                       "(boxes of another video/resolution) to the frame's corner and crops background")
-def test_box_without_overlap_is_refused():
-    with pytest.raises(ValueError, match="box"):
-        square_box(BAD_BOXES["outside"], (360, 640))
+@pytest.mark.parametrize("kind", OUTSIDE_BOXES)
+def test_box_without_overlap_is_refused(kind):
+    # was a bug (session 1, strict xfail): the box was clamped to the frame's corner and background was cropped
+    with pytest.raises(ValueError, match="wholly outside the 640x360 frame"):
+        square_box(BAD_BOXES[kind], (360, 640))
 
 
 def _crop_row(video: str, path: Path):
@@ -230,7 +233,7 @@ def test_crop_dataset_with_bad_boxes_files(clips, tmp_path):
     vids, out, crops = tmp_path / ODD / "videos", tmp_path / "boxes root", tmp_path / "crops é"
     vids.mkdir(parents=True)
     rows, boxes = [], {}
-    plan = {**{f"box {k}": {0: [v]} for k, v in BAD_BOXES.items()},            # cropped, inside the frame
+    plan = {**{f"box {k}": {0: [v]} for k, v in BAD_BOXES.items()},            # cropped inside the frame, or refused (OUTSIDE_BOXES)
             "good": {0: [FACE_BOX], 3: [FACE_BOX]},
             "nan box": {0: [[float("nan")] * 4 + [0.9]]},                       # failed: recorded
             "text coords": {0: [["a", "b", "c", "d", 0.9]]},
@@ -248,7 +251,8 @@ def test_crop_dataset_with_bad_boxes_files(clips, tmp_path):
     videos = pd.DataFrame(rows)
 
     s = crop_dataset(videos, out, crops, num_workers=0, progress=False).set_index("video")
-    failed = {"nan box", "text coords", "frame past the end", "no face at all", "malformed", "no boxes"}
+    failed = {"nan box", "text coords", "frame past the end", "no face at all", "malformed", "no boxes",
+              *(f"box {k}" for k in OUTSIDE_BOXES)}
     assert s.status.to_dict() == {v: "failed" if v in failed else "done" for v in s.index}
     log = pd.read_csv(crops / "failures.csv").set_index("path")
     assert set(log.index) == {str(vids / f"{v}.mp4") for v in failed} and (log.stage == "crop").all()
@@ -258,6 +262,10 @@ def test_crop_dataset_with_bad_boxes_files(clips, tmp_path):
     assert f"{boxes_path(out, 'malformed', 'Deepfakes')}: not a readable boxes JSON" in err("malformed")
     assert "no face in any frame" in err("no face at all")
     assert "no boxes file" in err("no boxes")
+    for k in OUTSIDE_BOXES:
+        assert f"{boxes_path(out, f'box {k}', 'Deepfakes')}: frame 0, face 0: box" in err(f"box {k}") and "wholly outside" in err(f"box {k}")
+        assert not crop_path(crops, "test", "Deepfakes", f"box {k}", 0, 0).parent.exists() or \
+            not any(crop_path(crops, "test", "Deepfakes", f"box {k}", 0, 0).parent.glob("*.png"))
     # every crop that was written is square, inside the frame, non-empty; done videos have their marker
     done = {}
     for v in s.index[s.status == "done"]:
@@ -268,7 +276,7 @@ def test_crop_dataset_with_bad_boxes_files(clips, tmp_path):
             img = read_image_rgb(p)
             assert img.shape[0] == img.shape[1] >= 1 and img.shape[0] <= 360
             done[p] = p.stat().st_mtime_ns
-    assert len(done) == len(BAD_BOXES) + 2
+    assert len(done) == len(BAD_BOXES) - len(OUTSIDE_BOXES) + 2
     # a second run: finished videos untouched, failures still recorded, nothing half-written
     again = crop_dataset(videos, out, crops, num_workers=0, progress=False).set_index("video")
     assert (again.status[list(failed)] == "failed").all() and (again.status.drop(list(failed)) == "skipped").all()
@@ -379,6 +387,18 @@ def test_study_params_that_are_not_text_name_the_file(tmp_path):
     p.write_bytes(b"\x80\x03}q\x00(X\x05\x00\x00\x00model\xff\xfe")
     with pytest.raises(ValueError, match=f"{p}: "):
         load_params(p, base=tmp_path)
+
+
+def test_study_params_with_a_typo_are_refused_before_anything_runs(tmp_path):
+    # was a gap (session 1): papermill passed an unknown name along and the stage silently used its default
+    p = tmp_path / ODD / "params.yaml"
+    p.parent.mkdir(parents=True)
+    p.write_text("dataset: mini\nnum_epoch: 3\nfames_per_video: 4\n")
+    with pytest.raises(ValueError) as e: run_study(p, output=tmp_path / "run")
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: unknown study parameter(s)")
+    assert "'fames_per_video' (did you mean 'frames_per_video'?)" in msg and "'num_epoch' (did you mean 'num_epochs'?)" in msg
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_with_invalid_stored_config_names_the_checkpoint(tmp_path):

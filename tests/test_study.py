@@ -3,7 +3,7 @@ the docs site built from its executed notebooks, and the quick study on the real
 
 The quick run goes to outputs/quick, the folder the notebooks' own defaults use, so after
 `nbdev_test` has run them the stages find their work done (every stage is resumable)."""
-import json, re, sys
+import contextlib, json, re, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,72 @@ def test_quick_study_completes_with_report(quick_run):
     assert "Explanation quality" in html and html.count("data:image/png;base64,") >= 3
     env = json.loads((quick_run / "environment.json").read_text())
     assert env["packages"]["torch"] and "commit" in env["git"]
+
+
+def _kill_tree(pid: int):
+    "SIGKILL a process and all its descendants (the study runner and its notebook kernel), as a crash or OOM kill would."
+    import psutil
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess): p.kill()
+    psutil.wait_procs(procs, timeout=60)
+
+
+def _metric_rows(path: Path) -> list[list[str]]:
+    "train/metrics.csv without its timing columns (the learning itself: losses, accuracies, AUCs)."
+    import pandas as pd
+    return pd.read_csv(path).drop(columns=["train_seconds", "seconds"]).values.tolist()
+
+
+def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, tmp_path):
+    """SIGKILL the study runner and its kernel in the middle of training, rerun it with --resume: finished stages
+    and epochs are not redone, nothing half-written is left, and every result equals the uninterrupted run's.
+    The second run is the whole quick study again with the same seed: this is also the determinism test."""
+    run = tmp_path / "killed run é"
+    cmd = [str(Path(sys.executable).parent / "deepfake-explain-study"), "--params", str(ROOT / "configs" / "study_quick.yaml"),
+           "--output", str(run)]
+    log = tmp_path / "first.log"
+    with open(log, "w") as f: proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    metrics, deadline = run / "train" / "metrics.csv", time.time() + 1500
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):  # header + 3 finished epochs
+        assert proc.poll() is None, f"the study ended before it could be killed:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, "training did not reach epoch 3 in time"
+        time.sleep(0.2)
+    _kill_tree(proc.pid)
+    assert proc.wait() == -9 and not (run / "stages" / "train.json").exists()
+    finished = sorted(p.stem for p in (run / "stages").glob("*.json"))
+    assert finished == sorted(["generate", "data", "preprocess", "model"]), finished
+    records = {s: (run / "stages" / f"{s}.json").read_bytes() for s in finished}
+    epochs_before = metrics.read_text().splitlines()
+    crops = {p: p.stat().st_mtime_ns for p in (run / "crops").rglob("*.png")}
+
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for s in finished: assert f"[study] {s}: complete, skipped (--resume)" in r.stdout
+    assert all((run / "stages" / f"{s}.json").read_bytes() == b for s, b in records.items())
+    assert all(p.stat().st_mtime_ns == t for p, t in crops.items()), "finished crops were rewritten"
+    # finished epochs were not redone: their rows, timings included, are as they were; training went on from there
+    after = metrics.read_text().splitlines()
+    assert after[:len(epochs_before)] == epochs_before and len(after) > len(epochs_before)
+    train_nb = (run / "notebooks" / STAGES["train"]).read_text()
+    assert re.search(r"loaded weights from [^\n]*last\.pt \(checkpoint", train_nb), "training did not resume from last.pt"
+    assert re.search(r"epochs (\d+)\.\.", train_nb).group(1) == str(len(epochs_before)), "training did not go on from the last finished epoch"
+    assert not list(run.rglob("*.tmp")) and not list(run.rglob("*.partial*")), "temp files left behind"
+
+    # same results as the uninterrupted run, to the last digit
+    manifest = lambda d: json.loads((d / "mini_forensics" / "manifest.json").read_text())["digest"]
+    assert manifest(run) == manifest(quick_run)
+    boxes = lambda d: {p.relative_to(d).as_posix(): p.read_text() for p in (d / "boxes").rglob("*.json")}
+    assert boxes(run) == boxes(quick_run)
+    assert _metric_rows(metrics) == _metric_rows(quick_run / "train" / "metrics.csv")
+    test_metrics = lambda d: {k: v for k, v in json.loads((d / "test" / "metrics.json").read_text()).items() if k != "info"}
+    assert test_metrics(run) == test_metrics(quick_run)
+    import pandas as pd
+    videos = lambda d: pd.read_csv(d / "test" / "videos.csv").drop(columns="folder")
+    pd.testing.assert_frame_equal(videos(run), videos(quick_run))
+    quality = lambda d: pd.read_csv(d / "explanation" / "quality.csv")
+    pd.testing.assert_frame_equal(quality(run), quality(quick_run))
 
 
 def test_docs_site_from_quick_run(quick_run, tmp_path):
