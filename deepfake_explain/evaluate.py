@@ -639,25 +639,31 @@ def verdict_from_frames(frames: pd.DataFrame, rule: str = "reference", threshold
 
 def predict_video(path, detector_model: nn.Module, face_detector=None, frames_per_video: int = 20, batch_size: int = 32,
                   rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, margin: float = 0.0,
-                  image_size: int | None = None) -> dict:
+                  image_size: int | None = None, min_face: float = 0) -> dict:
     """Verdict of one video file: faces on `frames_per_video` equidistant frames (`face_detector`, a `preprocess.FaceDetector`),
     crops scored by `detector_model`, video score by `rule`/`threshold`. Keys: video, path, status (`PREDICT_STATUSES`), reason,
     verdict (fake|real), prediction, video_score, n_tracks, faces, track_scores, n_frames (sampled), frames_with_face, n_crops,
-    frames (one dict per crop, `PREDICTION_FRAME_COLUMNS`), rule, threshold, frames_per_video, margin, seconds.
+    frames (one dict per crop, `PREDICTION_FRAME_COLUMNS`), rule, threshold, frames_per_video, margin, min_face, small_faces,
+    seconds. Faces whose box side (the longer one, in frame pixels) is below `min_face` are left out (`small_faces` counts them):
+    with the reference rule one fake-looking background face in a crowd makes the whole video fake.
     A bad video does not raise: status `failed` (reason names the file) or `no_face`."""
     from deepfake_explain.preprocess import FaceDetector, detect_and_crop_video
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     path, t0 = Path(path), time.time()
     rec = dict(video=path.stem, path=os.path.abspath(path), status="ok", reason=None, verdict=None, prediction=None, video_score=None,
                n_tracks=0, faces=[], track_scores=[], n_frames=0, frames_with_face=0, n_crops=0, frames=[], rule=rule,
-               threshold=float(threshold), frames_per_video=frames_per_video, margin=margin)
+               threshold=float(threshold), frames_per_video=frames_per_video, margin=margin, min_face=min_face, small_faces=0)
     done = lambda **kw: dict(rec, **kw, seconds=round(time.time() - t0, 3))
     try: det = detect_and_crop_video(path, face_detector or FaceDetector(), frames_per_video=frames_per_video, margin=margin)
     except Exception as e:  # VideoReadError (names the file) or whatever the decoder/detector raised on this file
         return done(status="failed", reason=str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}")
     boxes, crops = det["boxes"], det["crops"]
-    rec.update(n_frames=len(boxes), frames_with_face=len({c["frame"] for c in crops}), n_crops=len(crops))
-    if not crops: return done(status="no_face", reason=f"{path}: no face found in any of the {len(boxes)} sampled frames")
+    small = [c for c in crops if max(c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) < min_face]
+    crops = [c for c in crops if c not in small]
+    rec.update(n_frames=len(boxes), frames_with_face=len({c["frame"] for c in crops}), n_crops=len(crops), small_faces=len(small))
+    if not crops:
+        why = f"all {len(small)} faces found are smaller than min_face={min_face:g} px" if small else "no face found"
+        return done(status="no_face", reason=f"{path}: {why} in any of the {len(boxes)} sampled frames")
     scores = score_crops(detector_model, [c["image"] for c in crops], batch_size, image_size)  # (n_crops,)
     frames = pd.DataFrame([dict(frame=c["frame"], face=c["face"], x0=c["box"][0], y0=c["box"][1], x1=c["box"][2], y1=c["box"][3],
                                 det_prob=c["box"][4], score=float(s)) for c, s in zip(crops, scores)], columns=PREDICTION_FRAME_COLUMNS)
@@ -666,7 +672,7 @@ def predict_video(path, detector_model: nn.Module, face_detector=None, frames_pe
 # %% ../nbs/04_evaluate.ipynb #945a31f2
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 VERDICT_COLUMNS = ["name", "video", "path", "status", "reason", "verdict", "prediction", "video_score", "rule", "threshold",
-                   "n_tracks", "track_scores", "n_crops", "n_frames", "frames_with_face", "reused", "seconds", "json", "csv"]
+                   "n_tracks", "track_scores", "n_crops", "small_faces", "n_frames", "frames_with_face", "reused", "seconds", "json", "csv"]
 
 def list_videos(paths_or_folder) -> list[tuple[Path, str]]:
     """(absolute path, output name) of every input video: files as given (any suffix), folders' files with a `VIDEO_SUFFIXES`
@@ -712,7 +718,8 @@ class _LazyFaceDetector:
 
 def predict_videos(paths_or_folder, model_path, config=None, output="predictions", frames_per_video: int = 20,
                    batch_size: int = 32, device="auto", rule: str = "reference", threshold: float = DEFAULT_THRESHOLD,
-                   margin: float = 0.0, face_detector=None, resume: bool = True, progress: bool = True) -> pd.DataFrame:
+                   margin: float = 0.0, face_detector=None, resume: bool = True, progress: bool = True,
+                   min_face: float = 0) -> pd.DataFrame:
     """Verdicts of raw videos (`list_videos(paths_or_folder)`) by a checkpoint: one `predict_video` per video, written to
     `<output>/videos/<name>.json|.csv` and the summary `<output>/predictions.csv`; returns the summary (`VERDICT_COLUMNS`).
     Bad videos get status `failed`/`no_face` and the others continue; a bad checkpoint or argument raises."""
@@ -720,6 +727,7 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     if not math.isfinite(threshold): raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not (math.isfinite(min_face) and min_face >= 0): raise ValueError(f"min_face must be a number of pixels >= 0, got {min_face!r}")
     videos = list_videos(paths_or_folder)  # cheap checks first, the model last
     if not Path(model_path).is_file(): raise FileNotFoundError(f"{model_path}: checkpoint file not found")
     dev = resolve_device(device)
@@ -732,11 +740,12 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
         js, cs = _verdict_files(output, name)
         st = path.stat()
         key = dict(model_sha256=model_info["sha256"], config=cfg, frames_per_video=frames_per_video, margin=margin,
-                   video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
+                   min_face=min_face, video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
         rec = _reusable(js, key, rule, threshold) if resume else None
         reused = rec is not None
         if not reused:
-            rec = predict_video(path, model, face_detector, frames_per_video, batch_size, rule, threshold, margin, cfg["model"]["image-size"])
+            rec = predict_video(path, model, face_detector, frames_per_video, batch_size, rule, threshold, margin, cfg["model"]["image-size"],
+                                min_face)
         rec.update(name=name, key=key, model=model_info)
         _write_csv(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
         write_json_atomic(js, _jsonable(rec))
@@ -760,14 +769,17 @@ def predict_cli(path: str,                         # a video file or a folder of
                 rule: str = "reference",           # video score: reference | mean | max
                 threshold: float = DEFAULT_THRESHOLD,  # decision threshold: fake when the video score is above it
                 margin: float = 0.0,               # context around the face, as for deepfake-explain-crops (use the training crops' value)
+                min_face: float = 0,               # leave out faces smaller than this (box side, frame pixels), e.g. a crowd behind the subject
                 strict: bool = False):             # exit with status 1 if any video failed or showed no face
     "Is it fake? Detect faces in raw videos, score them with a checkpoint, write a JSON + CSV verdict per video."
     if not model_path: raise SystemExit("deepfake-explain-predict: --model_path is required")
-    try: df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin)
+    try: df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin,
+                             min_face=min_face)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad checkpoint/config/path/device: the message, no traceback
         print(f"deepfake-explain-predict: {e}", file=sys.stderr); sys.exit(2)
     for r in df.itertuples():
-        print(f"{r.name}: {r.verdict} ({r.video_score:.4f}, {r.n_tracks} face tracks)" if r.status == "ok" else f"{r.name}: {r.status}: {r.reason}")
+        small = f", {r.small_faces} small faces left out" if r.small_faces else ""
+        print(f"{r.name}: {r.verdict} ({r.video_score:.4f}, {r.n_tracks} face tracks{small})" if r.status == "ok" else f"{r.name}: {r.status}: {r.reason}")
     n = df["status"].value_counts().to_dict()
     print(f"deepfake-explain-predict: {len(df)} videos, {int((df['verdict'] == 'fake').sum())} fake, {int((df['verdict'] == 'real').sum())} real, "
           f"{n.get('no_face', 0)} without a face, {n.get('failed', 0)} failed -> {Path(output) / 'predictions.csv'}", file=sys.stderr)

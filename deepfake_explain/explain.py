@@ -21,15 +21,16 @@ from .data import write_bytes_atomic, write_json_atomic
 from .evaluate import DEFAULT_THRESHOLD, SAMPLE_COLUMNS, load_detector, video_score
 
 # %% auto #0
-__all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_COLUMNS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES',
-           'fake_probability', 'target_scores', 'eval_mode', 'record_attention_for', 'backbone_cache',
-           'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'gradcam', 'random_scores',
-           'token_scores', 'normalize_maps', 'scores_to_maps', 'explain_batch', 'explain', 'relevancy', 'remove_tokens',
-           'perturbation_curves', 'curve_auc', 'perturbation_summary', 'pointing_game', 'mass_in_mask', 'mask_fraction',
-           'pixel_auroc', 'localisation_metrics', 'explanation_quality', 'write_csv_atomic', 'overlay_jet',
-           'classification', 'figure_title', 'explained_figure', 'gallery_figure', 'figure_png', 'faces_to_batch',
-           'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces', 'explain_video', 'explain_cli',
-           'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure']
+__all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_COLUMNS', 'PER_IMAGE_COLUMNS', 'HIGHER_IS_BETTER',
+           'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'fake_probability', 'target_scores', 'eval_mode',
+           'record_attention_for', 'backbone_cache', 'attention_and_grads', 'chefer_cls_relevance',
+           'rollout_cls_relevance', 'gradcam', 'random_scores', 'token_scores', 'normalize_maps', 'scores_to_maps',
+           'explain_batch', 'explain', 'relevancy', 'remove_tokens', 'perturbation_curves', 'curve_auc',
+           'perturbation_summary', 'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc',
+           'localisation_metrics', 'explanation_quality', 'per_image_aucs', 'paired_differences', 'write_csv_atomic',
+           'overlay_jet', 'classification', 'figure_title', 'explained_figure', 'gallery_figure', 'figure_png',
+           'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces', 'explain_video',
+           'explain_cli', 'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure']
 
 # %% ../nbs/05_explain.ipynb #3c899709
 METHODS = ("relevancy", "attention", "rollout", "gradcam", "random")
@@ -321,15 +322,47 @@ def explanation_quality(model, x, labels=None, masks=None, methods=METHODS, targ
             sc, maps, _ = explain_batch(model, xb, method, target, size=size, seed=seed + s, cache=cache)
             curves[method].append(perturbation_curves(model, xb, sc, yb, fractions, replace, threshold, tokens=cache["tokens"])
                                   .assign(image=lambda d: d["image"] + s))
-            if keep: loc[method].append(localisation_metrics(maps[keep], [masks[s + i] for i in keep]))
-    rows, all_curves = [], []
+            if keep: loc[method].append(localisation_metrics(maps[keep], [masks[s + i] for i in keep]).assign(image=[s + i for i in keep]))
+    rows, all_curves, per_image = [], [], []
     for method in methods:
         c = pd.concat(curves[method], ignore_index=True).assign(method=method)
-        l = pd.concat(loc[method], ignore_index=True) if loc[method] else pd.DataFrame(columns=LOCALISATION_COLUMNS)
+        l = pd.concat(loc[method], ignore_index=True) if loc[method] else pd.DataFrame(columns=LOCALISATION_COLUMNS + ["image"])
         rows.append(dict(method=method, n_images=n, **perturbation_summary(c), n_masks=len(l),
                          **{k: float(pd.to_numeric(l[k]).mean()) if len(l) else float("nan") for k in LOCALISATION_COLUMNS}))
         all_curves.append(c)
-    return pd.DataFrame(rows, columns=QUALITY_COLUMNS), pd.concat(all_curves, ignore_index=True)
+        per_image.append(per_image_aucs(c).merge(l, on="image", how="left").assign(method=method))
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    table.attrs["per_image"] = pd.concat(per_image, ignore_index=True)[PER_IMAGE_COLUMNS]
+    return table, pd.concat(all_curves, ignore_index=True)
+
+PER_IMAGE_COLUMNS = ["method", "image", "pos_auc_prob", "neg_auc_prob", *LOCALISATION_COLUMNS]
+
+def per_image_aucs(curves: pd.DataFrame) -> pd.DataFrame:
+    "Per image, the area under its own positive and negative fake-probability perturbation curves: (image, pos_auc_prob, neg_auc_prob)."
+    aucs = {name: curves[curves["order"] == name].groupby("image").apply(lambda c: curve_auc(c["fraction"], c["fake_prob"]),
+                                                                         include_groups=False)
+            for name in ("positive", "negative")}
+    return pd.DataFrame({"pos_auc_prob": aucs["positive"], "neg_auc_prob": aucs["negative"]}).rename_axis("image").reset_index()
+
+HIGHER_IS_BETTER = {"pos_auc_prob": False, "neg_auc_prob": True, "pointing_game": True, "mass_in_mask": True, "pixel_auroc": True}
+
+def paired_differences(per_image: pd.DataFrame, reference: str = "relevancy", n_boot: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> pd.DataFrame:
+    """`reference` against every other method on the same images: per metric the mean per-image advantage (reference minus
+    baseline, sign-flipped where lower is better, so > 0 means the reference is better) with a paired bootstrap CI."""
+    rng, rows = np.random.default_rng(seed), []
+    wide = per_image.pivot_table(index="image", columns="method", values=list(HIGHER_IS_BETTER), dropna=False)
+    if reference not in set(per_image["method"]): raise ValueError(f"no per-image rows for method {reference!r}")
+    for base in [m for m in per_image["method"].unique() if m != reference]:
+        for metric, higher in HIGHER_IS_BETTER.items():
+            d = (wide[(metric, reference)] - wide[(metric, base)]).to_numpy(float) * (1 if higher else -1)
+            d = d[np.isfinite(d)]
+            if not len(d): continue
+            boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+            lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+            rows.append(dict(reference=reference, baseline=base, metric=metric, n_images=len(d), advantage=float(d.mean()),
+                             ci_low=float(lo), ci_high=float(hi), wins=float((d > 0).mean()), ties=float((d == 0).mean())))
+    return pd.DataFrame(rows, columns=["reference", "baseline", "metric", "n_images", "advantage", "ci_low", "ci_high", "wins", "ties"])
 
 def write_csv_atomic(path, df: pd.DataFrame) -> Path:
     "Write `df` as CSV (no index) atomically."
@@ -615,7 +648,8 @@ def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float 
 def study_quality(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=None,
                   batch_size=16, seed=0, device="cpu", **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The quality table (`explanation_quality`) on the fake crops of `split` under `crops_root` (at most `max_images`,
-    evenly spread), with their masks; writes `quality.csv`, `perturbation_curves.csv` and `perturbation.png` to
+    evenly spread), with their masks; writes `quality.csv`, `quality_per_image.csv`, `quality_vs_baselines.csv`
+    (`paired_differences` of relevancy against each baseline), `perturbation_curves.csv` and `perturbation.png` to
     `<output>/explanation/`."""
     from deepfake_explain.data import index_crops
     crops = index_crops(crops_root)
@@ -631,6 +665,9 @@ def study_quality(model, crops_root, data_root, boxes_root, output, methods=METH
                                         batch_size=batch_size, seed=seed, **kwargs)
     out = Path(output) / "explanation"
     write_csv_atomic(out / "quality.csv", table)
+    write_csv_atomic(out / "quality_per_image.csv", table.attrs["per_image"].assign(
+        path=lambda d: [fakes["path"].iloc[keep[i]] for i in d["image"]]))
+    if "relevancy" in methods: write_csv_atomic(out / "quality_vs_baselines.csv", paired_differences(table.attrs["per_image"], seed=seed))
     write_csv_atomic(out / "perturbation_curves.csv", curves)
     write_bytes_atomic(out / "perturbation.png", figure_png(perturbation_figure(curves)))
     table.attrs["skipped"] = skipped

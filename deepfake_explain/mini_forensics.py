@@ -310,7 +310,7 @@ def mouth_eyes_edit(tgt: Scene, src: Scene, rng: np.random.Generator) -> tuple[n
     return T * (1 - alpha[..., None]) + S * alpha[..., None], alpha, {"region": region}
 
 # %% ../nbs/00a_mini_forensics.ipynb #bf8b0f4e
-def plan_mini_forensics(sources: list[FaceSource], seed: int = 0, n_pairs=(6, 2, 2)) -> dict:
+def plan_mini_forensics(sources: list[FaceSource], seed: int = 0, n_pairs=(12, 3, 4)) -> dict:
     "Clips (id, identity, source, variant, flip, split) and FF++ pairs per split, deterministic in `seed`."
     if len(n_pairs) != 3 or min(n_pairs) < 1: raise ValueError(f"n_pairs={n_pairs}: need 3 counts >= 1 (train, val, test)")
     by_id: dict[str, list[FaceSource]] = {}
@@ -440,7 +440,7 @@ _MANIPULATE = {"FaceSwapBlend": lambda t, s, rng: face_swap_blend(t, s, rng),
                "MouthEyesEdit": lambda t, s, rng: mouth_eyes_edit(t, s, rng)}
 
 def make_mini_forensics(root, seed: int = 0, n_frames: int = 16, size: int = 160, extra_faces=None,
-                        n_pairs=(6, 2, 2), compression: str = "c23", fps: float = 25.0, mask_thresh: int = 12,
+                        n_pairs=(12, 3, 4), compression: str = "c23", fps: float = 25.0, mask_thresh: int = 12,
                         methods=None, include_builtin: bool = True, overwrite: bool = False,
                         progress: bool = True) -> dict:
     "Generate (or return the finished) mini-forensics set under `root`; returns its manifest."
@@ -578,9 +578,9 @@ def mini_forensics_cli(
     seed: int = 0,             # generator seed
     n_frames: int = 16,        # frames per video
     size: int = 160,           # frame side (px)
-    n_train: int = 6,          # [target, source] pairs in train
-    n_val: int = 2,            # pairs in val
-    n_test: int = 2,           # pairs in test
+    n_train: int = 12,         # [target, source] pairs in train
+    n_val: int = 3,            # pairs in val
+    n_test: int = 4,           # pairs in test
     extra_faces: str = None,   # optional folder of real face photos/videos
     compression: str = "c23",  # c23 (mp4v) or c40 (JPEG q40 per frame, then mp4v)
     overwrite: bool = False,   # replace a set made with other parameters

@@ -120,6 +120,7 @@ REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
     ("ROC", "test/roc.png", "png"),
     ("Training curves", "train/curves.png", "png"),
     ("Explanation quality", "explanation/quality.csv", "csv"),
+    ("Relevancy against each baseline (per-image advantage, paired bootstrap 95% CI)", "explanation/quality_vs_baselines.csv", "csv"),
     ("Explained faces (relevancy)", "explanation/gallery_relevancy.png", "png"),
     ("Perturbation curves", "explanation/perturbation.png", "png"),
 ]

@@ -159,6 +159,14 @@ def test_bad_files_get_rows_and_the_rest_continues(mixed_folder, checkpoint, tmp
     # other settings (frames per video): no reuse
     third = ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out, frames_per_video=3, device="cpu", progress=False)
     assert not third["reused"].any() and json.loads((out / "videos/street.json").read_text())["n_frames"] == 3
+    # a minimum face size: the crowd's small faces are left out and counted, the verdict made on the large ones
+    sides = [max(f["x1"] - f["x0"], f["y1"] - f["y0"]) for f in json.loads((out / "videos/street.json").read_text())["frames"]]
+    cut = float(np.median(sides))
+    big = ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out, frames_per_video=3, device="cpu", min_face=cut,
+                            progress=False).iloc[0]
+    assert not big.reused and big.small_faces == sum(s < cut for s in sides) > 0 and big.n_crops == sum(s >= cut for s in sides)
+    with pytest.raises(ValueError, match="min_face must be a number of pixels >= 0"):
+        ev.predict_videos(mixed_folder, checkpoint, output=out, min_face=-1)
 
 
 def test_predict_arguments_refused(mixed_folder, checkpoint, tmp_path):

@@ -24,11 +24,10 @@ def test_quick_study_completes_with_report(quick_run):
         assert (quick_run / "stages" / f"{stage}.json").exists(), f"stage {stage} has no completion record"
         assert (quick_run / "notebooks" / STAGES[stage]).exists()
     metrics = json.loads((quick_run / "test" / "metrics.json").read_text())
-    # the issue's target is AUC >= 0.9; the quick run measures 0.833 (16 test videos, 4 real): reported, not asserted.
-    # Asserted: the detector is far better than chance on held-out videos, and the numbers are consistent.
+    # issue 9's target: video AUC >= 0.9 on the mini-forensics test split (32 videos: 8 real, 24 fake; measured 0.995)
     auc = metrics["auc"]
-    assert auc is not None and auc >= 0.75, f"video AUC on the mini-forensics test split: {auc}"
-    assert metrics["n_videos"] == metrics["n_fake"] + metrics["n_real"] and metrics["n_real"] > 0
+    assert auc is not None and auc >= 0.9, f"video AUC on the mini-forensics test split: {auc}"
+    assert metrics["n_videos"] == metrics["n_fake"] + metrics["n_real"] == 32 and metrics["n_real"] == 8
     # explanation quality: relevancy beats the random map on every metric, rollout on localisation
     import pandas as pd
     q = pd.read_csv(quick_run / "explanation" / "quality.csv").set_index("method")
@@ -36,21 +35,26 @@ def test_quick_study_completes_with_report(quick_run):
     assert r.pos_auc_prob < rnd.pos_auc_prob and r.neg_auc_prob > rnd.neg_auc_prob, q
     for k in ("pointing_game", "mass_in_mask", "pixel_auroc"): assert r[k] > rnd[k], (k, q)
     assert r.pointing_game > roll.pointing_game and r.mass_in_mask > roll.mass_in_mask, q
+    # the paired per-image comparison: relevancy reliably (95% CI above 0) ahead of the random map on every metric
+    d = pd.read_csv(quick_run / "explanation" / "quality_vs_baselines.csv")
+    assert set(d.baseline) == {"attention", "rollout", "gradcam", "random"} and (d.n_images == r.n_masks).all()
+    assert (d[d.baseline == "random"].ci_low > 0).all(), d
     html = (quick_run / "report.html").read_text()
     assert "not produced" not in html, "an artefact the report expects is missing"
-    assert "Explanation quality" in html and html.count("data:image/png;base64,") >= 3
+    assert "Explanation quality" in html and "Relevancy against each baseline" in html and html.count("data:image/png;base64,") >= 3
     env = json.loads((quick_run / "environment.json").read_text())
     assert env["packages"]["torch"] and "commit" in env["git"]
 
 
-def _kill_tree(pid: int):
+def _kill_tree(proc: subprocess.Popen) -> int:
     "SIGKILL a process and all its descendants (the study runner and its notebook kernel), as a crash or OOM kill would."
     import psutil
-    root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]
-    for p in procs:
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    for p in kids:
         with contextlib.suppress(psutil.NoSuchProcess): p.kill()
-    psutil.wait_procs(procs, timeout=60)
+    psutil.wait_procs(kids, timeout=60)
+    return proc.wait()  # (reaped here, not by psutil, so that the signal shows in the return code)
 
 
 def _metric_rows(path: Path) -> list[list[str]]:
@@ -73,8 +77,7 @@ def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, 
         assert proc.poll() is None, f"the study ended before it could be killed:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, "training did not reach epoch 3 in time"
         time.sleep(0.2)
-    _kill_tree(proc.pid)
-    assert proc.wait() == -9 and not (run / "stages" / "train.json").exists()
+    assert _kill_tree(proc) == -9 and not (run / "stages" / "train.json").exists()
     finished = sorted(p.stem for p in (run / "stages").glob("*.json"))
     assert finished == sorted(["generate", "data", "preprocess", "model"]), finished
     records = {s: (run / "stages" / f"{s}.json").read_bytes() for s in finished}
@@ -92,7 +95,7 @@ def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, 
     train_nb = (run / "notebooks" / STAGES["train"]).read_text()
     assert re.search(r"loaded weights from [^\n]*last\.pt \(checkpoint", train_nb), "training did not resume from last.pt"
     assert re.search(r"epochs (\d+)\.\.", train_nb).group(1) == str(len(epochs_before)), "training did not go on from the last finished epoch"
-    assert not list(run.rglob("*.tmp")) and not list(run.rglob("*.partial*")), "temp files left behind"
+    assert not [p for pat in ("*.tmp", "*.tmp.*", "*.partial*") for p in run.rglob(pat)], "temp files left behind"
 
     # same results as the uninterrupted run, to the last digit
     manifest = lambda d: json.loads((d / "mini_forensics" / "manifest.json").read_text())["digest"]
