@@ -658,11 +658,11 @@ def predict_video(path, detector_model: nn.Module, face_detector=None, frames_pe
     except Exception as e:  # VideoReadError (names the file) or whatever the decoder/detector raised on this file
         return done(status="failed", reason=str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}")
     boxes, crops = det["boxes"], det["crops"]
-    small = [c for c in crops if max(c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) < min_face]
-    crops = [c for c in crops if c not in small]
-    rec.update(n_frames=len(boxes), frames_with_face=len({c["frame"] for c in crops}), n_crops=len(crops), small_faces=len(small))
+    n_found = len(crops)
+    crops = [c for c in crops if max(c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) >= min_face]
+    rec.update(n_frames=len(boxes), frames_with_face=len({c["frame"] for c in crops}), n_crops=len(crops), small_faces=n_found - len(crops))
     if not crops:
-        why = f"all {len(small)} faces found are smaller than min_face={min_face:g} px" if small else "no face found"
+        why = f"all {n_found} faces found are smaller than min_face={min_face:g} px" if n_found else "no face found"
         return done(status="no_face", reason=f"{path}: {why} in any of the {len(boxes)} sampled frames")
     scores = score_crops(detector_model, [c["image"] for c in crops], batch_size, image_size)  # (n_crops,)
     frames = pd.DataFrame([dict(frame=c["frame"], face=c["face"], x0=c["box"][0], y0=c["box"][1], x1=c["box"][2], y1=c["box"][3],
