@@ -196,11 +196,10 @@ def test_c40_and_methods_subset(tmp_path):
 
 
 def test_index_ffpp_reads_it(wide):
-    "Later stages run unchanged: deepfake_explain.data.index_ffpp indexes the set (once 00_data provides it)."
-    from deepfake_explain import data
-    if not hasattr(data, "index_ffpp"): pytest.skip("deepfake_explain.data.index_ffpp not exported yet")
+    "Later stages run unchanged: deepfake_explain.data.index_ffpp indexes the set (a rename fails here, it is not skipped)."
+    from deepfake_explain.data import index_ffpp
     root, m = wide
-    df = data.index_ffpp(root, compression="c23", methods=MINI_METHODS)
+    df = index_ffpp(root, compression="c23", methods=MINI_METHODS)
     assert len(df) == m["counts"]["real"] + m["counts"]["fake"]
     assert set(df.label) == {0, 1} and set(df.split) == set(MINI_SPLITS)
     assert set(df[df.label == 1].method) == set(MINI_METHODS)

@@ -1,6 +1,6 @@
 "Integration tests of deepfake_explain.model: real face crops at full size, the reference's forward, the benchmark."
 from __future__ import annotations
-import importlib.util, json
+import importlib.util, json, statistics
 from pathlib import Path
 
 import numpy as np
@@ -98,5 +98,10 @@ def test_benchmark_main_smoke(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["devices"]["cpu"]["results"].keys() == {"bare_backbone", "spatial", "seed"}
     r = res["devices"]["cpu"]["results"]
-    assert r["bare_backbone"]["throughput_ratio_vs_bare"] == 1.0 and r["spatial"]["images_per_s"] > 0
+    # every figure follows from the measured times: images/s = batch / median s per batch, ratio = rate / bare rate
+    for name, x in r.items():
+        assert x["sec_per_batch"] > 0 and x["sec_per_batch"] == pytest.approx(statistics.median(x["times"])), name
+        assert x["images_per_s"] == pytest.approx(1 / x["sec_per_batch"]), name
+        assert x["throughput_ratio_vs_bare"] == pytest.approx(x["images_per_s"] / r["bare_backbone"]["images_per_s"]), name
+    assert saved["devices"]["cpu"]["spatial_meets_target"] == (r["spatial"]["throughput_ratio_vs_bare"] >= bench.TARGET_SPATIAL_RATIO)
     assert saved["gflops_per_image"]["spatial"] <= 1.33 * saved["gflops_per_image"]["bare_backbone"]
