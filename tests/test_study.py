@@ -12,6 +12,7 @@ from deepfake_explain.study import run_study, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+from quick_variation import figures  # noqa: E402  (one definition of the figures, for this test and the tool)
 
 
 @pytest.fixture(scope="module")
@@ -19,30 +20,62 @@ def quick_run() -> Path:
     return run_study(ROOT / "configs" / "study_quick.yaml", output=ROOT / "outputs" / "quick")
 
 
+# What the quick study's test asserts, and why only that. Its model is trained on the CPU the suite runs on, and
+# floating-point results change with the processor and the thread count (issue 15: a fresh machine of the same kind
+# gave relevancy vs random on the negative perturbation test a CI of -0.0006..0.0091, here 0.022..0.035). So the quick
+# study was rerun for seeds 0, 1, 2 at 1 and 2 torch threads (`tools/quick_variation.py`, on this run's data stages;
+# 2026-11-29, 2-core AMD EPYC, AVX2): a figure is asserted only where the margin of its worst run over the bound is
+# larger than its spread (max - min) across those six runs. The thread count alone moves a trained model as much as
+# the seed does (same seed, 1 vs 2 threads: video AUC up to 0.016 apart, relevancy's pointing game up to 0.060,
+# rollout's 0.081), so no comparison within that spread is safe on another processor. Everything else is reported (report.html,
+# explanation/quality_vs_baselines.csv), not asserted. The six runs (lower end of relevancy's paired 95% CI against
+# each baseline; the AUC target is asserted whatever its margin):
+#
+# | figure                            |    min |    max |  range | margin | asserted |
+# |-----------------------------------|--------|--------|--------|--------|----------|
+# | video_auc                         |  0.984 |  1.000 |  0.016 |  0.084 | yes      |
+# | vs_attention.pos_auc_prob.ci_low  | -0.003 |  0.156 |  0.159 | -0.003 | no       |
+# | vs_attention.neg_auc_prob.ci_low  | -0.005 |  0.045 |  0.050 | -0.005 | no       |
+# | vs_attention.pointing_game.ci_low | -0.070 |  0.591 |  0.661 | -0.070 | no       |
+# | vs_attention.mass_in_mask.ci_low  |  0.017 |  0.266 |  0.249 |  0.017 | no       |
+# | vs_attention.pixel_auroc.ci_low   | -0.025 |  0.533 |  0.558 | -0.025 | no       |
+# | vs_rollout.pos_auc_prob.ci_low    |  0.004 |  0.138 |  0.134 |  0.004 | no       |
+# | vs_rollout.neg_auc_prob.ci_low    | -0.001 |  0.023 |  0.024 | -0.001 | no       |
+# | vs_rollout.pointing_game.ci_low   | -0.044 |  0.039 |  0.083 | -0.044 | no       |
+# | vs_rollout.mass_in_mask.ci_low    | -0.004 |  0.082 |  0.087 | -0.004 | no       |
+# | vs_rollout.pixel_auroc.ci_low     | -0.035 |  0.036 |  0.071 | -0.035 | no       |
+# | vs_gradcam.pos_auc_prob.ci_low    | -0.003 |  0.057 |  0.060 | -0.003 | no       |
+# | vs_gradcam.neg_auc_prob.ci_low    | -0.000 |  0.004 |  0.004 | -0.000 | no       |
+# | vs_gradcam.pointing_game.ci_low   |  0.062 |  0.344 |  0.281 |  0.062 | no       |
+# | vs_gradcam.mass_in_mask.ci_low    |  0.039 |  0.331 |  0.292 |  0.039 | no       |
+# | vs_gradcam.pixel_auroc.ci_low     |  0.006 |  0.225 |  0.219 |  0.006 | no       |
+# | vs_random.pos_auc_prob.ci_low     |  0.005 |  0.233 |  0.228 |  0.005 | no       |
+# | vs_random.neg_auc_prob.ci_low     | -0.005 |  0.045 |  0.050 | -0.005 | no       |
+# | vs_random.pointing_game.ci_low    |  0.482 |  0.547 |  0.065 |  0.482 | yes      |
+# | vs_random.mass_in_mask.ci_low     |  0.176 |  0.392 |  0.216 |  0.176 | no       |
+# | vs_random.pixel_auroc.ci_low      |  0.262 |  0.308 |  0.045 |  0.262 | yes      |
+ASSERTED = {  # figure (tools/quick_variation.figures) -> the bound it must exceed
+    "video_auc": 0.9,
+    "vs_random.pointing_game.ci_low": 0,
+    "vs_random.pixel_auroc.ci_low": 0,
+}
+
+
 def test_quick_study_completes_with_report(quick_run):
     for stage in STAGES:
         assert (quick_run / "stages" / f"{stage}.json").exists(), f"stage {stage} has no completion record"
         assert (quick_run / "notebooks" / STAGES[stage]).exists()
     metrics = json.loads((quick_run / "test" / "metrics.json").read_text())
-    # issue 9's target: video AUC >= 0.9 on the mini-forensics test split (32 videos: 8 real, 24 fake; measured 0.995)
-    auc = metrics["auc"]
-    assert auc is not None and auc >= 0.9, f"video AUC on the mini-forensics test split: {auc}"
     assert metrics["n_videos"] == metrics["n_fake"] + metrics["n_real"] == 32 and metrics["n_real"] == 8
-    # explanation quality: relevancy beats the random map on every metric, rollout on localisation
     import pandas as pd
     q = pd.read_csv(quick_run / "explanation" / "quality.csv").set_index("method")
-    r, rnd, roll = q.loc["relevancy"], q.loc["random"], q.loc["rollout"]
-    assert r.pos_auc_prob < rnd.pos_auc_prob and r.neg_auc_prob > rnd.neg_auc_prob, q
-    for k in ("pointing_game", "mass_in_mask", "pixel_auroc"): assert r[k] > rnd[k], (k, q)
-    # the paired per-image comparison (95% bootstrap CI of relevancy's advantage): reliably ahead of the random map on
-    # every metric, and of attention rollout on mass in mask and on the positive perturbation test. Issue 8 also asks
-    # for rollout to be beaten on the pointing game: there the difference is within noise (CI across 0 in every run
-    # measured, the sign of the mean flips between CPU thread counts), so it is reported, not asserted.
     d = pd.read_csv(quick_run / "explanation" / "quality_vs_baselines.csv")
-    assert set(d.baseline) == {"attention", "rollout", "gradcam", "random"} and (d.n_images == r.n_masks).all()
-    assert (d[d.baseline == "random"].ci_low > 0).all(), d
-    vs_rollout = d[d.baseline == "rollout"].set_index("metric")
-    assert vs_rollout.loc["mass_in_mask", "ci_low"] > 0 and vs_rollout.loc["pos_auc_prob", "ci_low"] > 0, d
+    assert set(d.baseline) == {"attention", "rollout", "gradcam", "random"} and (d.n_images == q.loc["relevancy"].n_masks).all()
+    assert set(d.metric) == {"pointing_game", "mass_in_mask", "pixel_auroc", "pos_auc_prob", "neg_auc_prob"}
+    got = figures(quick_run)
+    # issue 9's target: video AUC >= 0.9 (32 test videos: 8 real, 24 fake); the CI lows must be above 0
+    low = {k: got[k] for k, bound in ASSERTED.items() if not (got[k] >= bound if k == "video_auc" else got[k] > bound)}
+    assert not low, f"figures below their bound {ASSERTED}: {low}\n{d}"
     html = (quick_run / "report.html").read_text()
     assert "not produced" not in html, "an artefact the report expects is missing"
     assert "Explanation quality" in html and "Relevancy against each baseline" in html and html.count("data:image/png;base64,") >= 3
