@@ -408,12 +408,12 @@ def explained_figure(face_rgb: np.ndarray, heat: np.ndarray, title: str):
     "Left the face, right the JET overlay of `heat`; `title` above (a matplotlib Figure, no pyplot state)."
     from matplotlib.figure import Figure
     n = title.count("\n") + 1
-    fig = Figure(figsize=(6.4, 3.3 + 0.2 * n))
+    fig = Figure(figsize=(6.4, 3.3 + 0.15 * n))
     axs = fig.subplots(1, 2)
     axs[0].imshow(face_rgb); axs[1].imshow(overlay_jet(face_rgb, heat))
     for ax in axs: ax.axis("off")
     fig.suptitle(title, ha="left", x=0.1, y=0.98, fontsize=9, family="monospace")
-    fig.subplots_adjust(top=1 - (0.2 * n + 0.15) / (3.3 + 0.2 * n), bottom=0.02, left=0.02, right=0.98, wspace=0.04)
+    fig.subplots_adjust(top=1 - (0.15 * n + 0.15) / (3.3 + 0.15 * n), bottom=0.02, left=0.02, right=0.98, wspace=0.04)
     return fig
 
 def gallery_figure(faces, heats, captions, ncols: int = 4, title: str = ""):
@@ -639,7 +639,11 @@ def annotate_frame(frame: np.ndarray, faces: list[dict], header: str, footer: st
         colour = _MAIN_COLOURS[f["face"] % len(_MAIN_COLOURS)] if f.get("main", True) else (160, 160, 160)
         x0, y0, x1, y1 = (round(f[k] * scale) for k in ("x0", "y0", "x1", "y1"))
         cv2.rectangle(out, (x0, y0), (x1, y1), colour, 2)
-        _text(out, f"track {f['face']}{'' if f.get('main', True) else ' (bg)'} p={f['score']:.2f}", (x0, max(14, y0 - 6)), 0.5, colour)
+        label = f"track {f['face']}{'' if f.get('main', True) else ' (bg)'} p={f['score']:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        ly = max(th + 6, y0)  # the label on a filled tag above the box (inside the frame)
+        cv2.rectangle(out, (x0, ly - th - 6), (x0 + tw + 6, ly), colour, -1)
+        cv2.putText(out, label, (x0 + 3, ly - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0) if sum(colour) > 500 else (255, 255, 255), 1, cv2.LINE_AA)
     cv2.rectangle(out, (0, 0), (out.shape[1], 26), (0, 0, 0), -1)
     _text(out, header, (6, 18), 0.55)
     if footer:
