@@ -20,7 +20,7 @@ from .data import ImageReadError, ValTransform, atomic_write, read_image_rgb
 from .data import write_bytes_atomic, write_json_atomic
 from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, RULES, SAMPLE_COLUMNS, VOTING, checkpoint_provenance,
                                        frame_probabilities, load_detector, predict_video, predict_videos, provenance_line,
-                                       provenance_warning, report_verdicts, verdict_from_frames)
+                                       provenance_warning, report_verdicts, video_score)
 from .preprocess import UsageError, cli_errors, open_video, square_box
 
 # %% auto #0
@@ -583,8 +583,9 @@ def explain_video(video, model, output, frames_per_video: int = FRAMES_PER_VIDEO
 class VideoExplainer:
     """The explainer of `04_evaluate.predict_videos(explainer=...)`: `score` is its scorer (the fake probabilities of
     `score_crops`, the same batches and forward pass, plus the `method` map of every crop, `explain_batch` crops at a
-    time), `write` a video's explained outputs, `index` the output folder's index.html; `k` evidence frames per page."""
-    def __init__(self, k: int = 4, method: str = "relevancy", target="fake", explain_batch: int = 8, fps: float = 2.0,
+    time: default the scoring batch, 8 for models of more than 256 tokens, the seed layout), `write` a video's explained
+    outputs, `index` the output folder's index.html; `k` evidence frames per page."""
+    def __init__(self, k: int = 4, method: str = "relevancy", target="fake", explain_batch: int | None = None, fps: float = 2.0,
                  max_side: int = 960):
         if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.k, self.method, self.target, self.explain_batch, self.fps, self.max_side = k, method, target, explain_batch, fps, max_side
@@ -593,15 +594,16 @@ class VideoExplainer:
     def score(self, model, images, batch_size: int = 32, image_size: int | None = None) -> np.ndarray:
         "Fake probabilities (N,) of RGB face crops, as `score_crops`; keeps the crops at the model's size and their maps."
         tf, dev = ValTransform(_size_of(model, image_size)), next(model.parameters()).device
+        eb = self.explain_batch or (batch_size if getattr(model, "num_tokens", 0) <= 256 else 8)  # one backward per batch where memory allows
         self.crops, self.layout, probs, maps = [tf(im) for im in images], getattr(model, "layout", "spatial"), [], []
         with eval_mode(model):
             for s in range(0, len(self.crops), batch_size):
                 x = faces_to_batch(self.crops[s:s + batch_size], dev)  # (B, 3, S, S)
                 cache = backbone_cache(model, x)                        # the backbone once
                 with torch.no_grad(): probs.append(frame_probabilities(model.classify_tokens(cache["tokens"])).cpu().numpy())
-                for e in range(0, len(x), self.explain_batch):
-                    sub = {k: v[e:e + self.explain_batch] for k, v in cache.items()}
-                    maps.append(explain_batch(model, x[e:e + self.explain_batch], self.method, self.target, cache=sub)[1].cpu().numpy())
+                for e in range(0, len(x), eb):
+                    sub = {k: v[e:e + eb] for k, v in cache.items()}
+                    maps.append(explain_batch(model, x[e:e + eb], self.method, self.target, cache=sub)[1].cpu().numpy())
         self.maps = np.concatenate(maps).astype(np.float32) if maps else np.zeros((0, 1, 1), np.float32)
         return np.concatenate(probs) if probs else np.zeros(0)
 
@@ -798,17 +800,18 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 4, fp
         frames = rec.get("_frames") or {}
         if frames:
             H, W = next(iter(frames.values())).shape[:2]
-            scale, df, images = min(1.0, max_side / max(H, W)), pd.DataFrame(fr), []
+            scale, images, seen, vote = min(1.0, max_side / max(H, W)), [], {}, set(rec["voting_faces"])
             try: cap_fps = open_video(rec["path"])[1]["fps"]; cap_fps = cap_fps if cap_fps > 0 else None
             except Exception: cap_fps = None
-            for n_seen, f in enumerate(sorted(frames), 1):
+            for f in sorted(frames):
                 faces = [dict(fr[i], main=main.get(fr[i]["face"], True), heat=maps[i]) for i in range(len(fr)) if fr[i]["frame"] == f]
-                seen = df[df["frame"] <= f]
-                run = verdict_from_frames(seen, rec["rule"], rec["threshold"], n_seen, rec["voting"]) if len(seen) else None
-                vote = [x["score"] for x in faces if x["main"]] if rec["voting"] == "main" else [x["score"] for x in faces]
+                for x in faces:
+                    if x["face"] in vote: seen.setdefault(x["face"], []).append(x["score"])
+                run = video_score([np.mean(seen[t]) for t in sorted(seen)], rec["rule"], rec["threshold"]) if seen else None
+                here = [x["score"] for x in faces if x["face"] in vote]
                 t = f" ({f / cap_fps:.1f} s)" if cap_fps else ""
-                header = (f"frame {f}{t}  p(fake)={max(vote):.2f}" if vote else f"frame {f}{t}  no face") + \
-                         (f"  | running: {run['verdict'].upper()} {run['video_score']:.2f}" if run else "  | running: -")
+                header = (f"frame {f}{t}  p(fake)={max(here):.2f}" if here else f"frame {f}{t}  no voting face") + \
+                         (f"  | running: {'FAKE' if run > rec['threshold'] else 'REAL'} {run:.2f}" if run is not None else "  | running: -")
                 images.append(annotate_frame(frames[f], faces, header, f"WARNING: {warn}" if warn else None, scale, rec.get("margin", 0.0)))
             vids = write_video_files(images, folder / "annotated", fps=fps)
             res.update(mp4=str(vids["mp4"]), webm=str(vids["webm"]))
