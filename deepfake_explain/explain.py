@@ -33,7 +33,7 @@ __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_C
            'localisation_metrics', 'explanation_quality', 'per_image_aucs', 'paired_differences', 'write_csv_atomic',
            'overlay_jet', 'classification', 'figure_title', 'explained_figure', 'gallery_figure', 'figure_png',
            'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces', 'explain_video',
-           'VideoExplainer', 'annotate_frame', 'write_video_files', 'evidence_crops', 'timeline_figure', 'data_uri',
+           'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri',
            'video_page_html', 'index_html', 'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops',
            'study_quality', 'perturbation_figure']
 
@@ -608,7 +608,7 @@ class VideoExplainer:
         return np.concatenate(probs) if probs else np.zeros(0)
 
     def write(self, rec: dict, output) -> dict:
-        "The explained outputs of one verdict (`predict_video` with this scorer and `keep_images`): {html, mp4, webm, timeline}."
+        "The explained outputs of one verdict (`predict_video` with this scorer and `keep_images`): {html, mp4, timeline}."
         ok = rec["status"] == "ok" and len(self.maps) == rec["n_crops"]
         return write_explained_video(rec, output, self.crops if ok else [], self.maps if ok else None, self.k, self.fps,
                                      self.max_side, self.method, self.layout)
@@ -653,21 +653,25 @@ def annotate_frame(frame: np.ndarray, faces: list[dict], header: str, footer: st
         _text(out, footer[:int(out.shape[1] / 7.5)], (6, out.shape[0] - 7), 0.45, (255, 220, 220))
     return out
 
-def write_video_files(frames: list[np.ndarray], stem, fps: float = 2.0) -> dict:
-    """RGB frames of one size written as `<stem>.mp4` (MPEG-4 part 2, any player) and `<stem>.webm` (VP8, browsers), each
-    atomically (a temp file renamed); {"mp4": path, "webm": path}."""
-    stem, out = Path(stem), {}
-    stem.parent.mkdir(parents=True, exist_ok=True)
+def write_mp4(frames: list[np.ndarray], path, fps: float = 2.0) -> Path:
+    "RGB frames of one size written as an MPEG-4 video (OpenCV's `mp4v`: plays in VLC and most players) atomically."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
-    for ext, fourcc in (("mp4", "mp4v"), ("webm", "VP80")):
-        tmp = stem.parent / f".{stem.name}.{os.getpid()}.tmp.{ext}"
-        vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (w - w % 2, h - h % 2))
-        if not vw.isOpened(): raise RuntimeError(f"{stem}.{ext}: OpenCV cannot write {fourcc} video here")
-        try:
-            for f in frames: vw.write(np.ascontiguousarray(f[: h - h % 2, : w - w % 2, ::-1]))
-        finally: vw.release()
-        os.replace(tmp, out.setdefault(ext, stem.with_suffix(f".{ext}")))
-    return out
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.mp4"  # OpenCV picks the container by the suffix
+    vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w - w % 2, h - h % 2))
+    if not vw.isOpened(): raise RuntimeError(f"{path}: OpenCV cannot write MPEG-4 video here")
+    try:
+        for f in frames: vw.write(np.ascontiguousarray(f[: h - h % 2, : w - w % 2, ::-1]))
+    finally: vw.release()
+    os.replace(tmp, path)
+    return path
+
+def jpeg_uri(rgb: np.ndarray, quality: int = 75) -> str:
+    "An RGB image as a JPEG `data:` URI (the annotated frames embedded in the page: any browser shows them, offline)."
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok: raise ValueError("JPEG encoding failed")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
 
 # %% ../nbs/05_explain.ipynb #de739120
 def evidence_crops(rec: dict, k: int = 4) -> list[int]:
@@ -721,10 +725,16 @@ def _track_table(rec: dict) -> str:
     return ("<table><tr><th>track</th><th class=l>role</th><th>frames</th><th>persistence</th><th>size</th><th>detection</th>"
             f"<th>prominence</th><th>mean fake probability</th><th class=l></th></tr>{rows}</table>") if rows else ""
 
-def video_page_html(rec: dict, timeline_png: bytes | None = None, evidence: list[tuple[str, bytes]] = (), media: dict | None = None,
-                    index_href: str = "../index.html") -> str:
-    """The self-contained page of one explained verdict: images embedded (`data:` URIs), the annotated videos linked
-    beside it (`media`: {"webm": href, "mp4": href}), nothing external."""
+_PLAYER = """<script>(function(){var f=FRAMES,i=0,t=null,im=document.getElementById("player"),lb=document.getElementById("plabel");
+function show(k){i=(k+f.length)%f.length;im.src=f[i][1];lb.textContent=f[i][0]+" ("+(i+1)+"/"+f.length+")";}
+document.getElementById("prev").onclick=function(){show(i-1)};document.getElementById("next").onclick=function(){show(i+1)};
+document.getElementById("play").onclick=function(){if(t){clearInterval(t);t=null}else{t=setInterval(function(){show(i+1)},FPS)}};show(0);})();</script>"""
+
+def video_page_html(rec: dict, timeline_png: bytes | None = None, evidence: list[tuple[str, bytes]] = (),
+                    frames: list[tuple[str, str]] = (), mp4_href: str | None = None, index_href: str = "../index.html",
+                    fps: float = 2.0) -> str:
+    """The self-contained page of one explained verdict: images embedded (`data:` URIs: the timeline, the evidence figures,
+    the annotated `frames` as (label, JPEG URI) in a small player), the annotated MP4 linked beside it, nothing external."""
     e, name = html.escape, rec.get("name", rec["video"])
     v = rec.get("verdict")
     head = (f"<span class='verdict {v}'>{v.upper()}</span> video score <b>{rec['video_score']:.4f}</b> ({e(rec['rule'])} rule, "
@@ -739,10 +749,11 @@ def video_page_html(rec: dict, timeline_png: bytes | None = None, evidence: list
     if rec["tracks"]: parts += ["<h2>Face tracks</h2>", _track_table(rec),
                                 f"<p>{rec['n_tracks']} tracks, {rec['n_background']} background (reported, not voting); "
                                 f"{rec['n_crops']} faces on {rec['frames_with_face']} of {rec['n_frames']} sampled frames.</p>"]
-    if media:
-        src = "".join(f"<source src='{e(h)}' type='video/{k}'>" for k, h in media.items())
-        parts.append(f"<h2>Annotated video</h2><video controls width='720' preload='metadata'>{src}</video>"
-                     f"<p><a href='{e(media.get('mp4', ''))}'>annotated MP4</a></p>")
+    if frames:
+        parts.append("<h2>Annotated video</h2><div><button id=prev>&#9664;</button> <button id=play>play / pause</button> "
+                     f"<button id=next>&#9654;</button> <span id=plabel></span></div><img id=player alt='annotated frame' src='{frames[0][1]}'>"
+                     + (f"<p><a href='{e(mp4_href)}'>annotated MP4</a> (the same frames, {fps:g} per second)</p>" if mp4_href else "")
+                     + _PLAYER.replace("FRAMES", json.dumps([list(f) for f in frames])).replace("FPS", str(round(1000 / fps))))
     if timeline_png: parts.append(f"<h2>Timeline</h2><img alt='timeline' src='{data_uri(timeline_png)}'>")
     if evidence: parts += ["<h2>Strongest evidence</h2>"] + [f"<figure><img alt='{e(c)}' src='{data_uri(p)}'><figcaption>{e(c)}</figcaption></figure>"
                                                              for c, p in evidence]
@@ -779,12 +790,12 @@ rs.forEach(function(r){t.appendChild(r)});});});</script>"""
 def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 4, fps: float = 2.0, max_side: int = 960,
                           method: str = "relevancy", layout: str = "spatial") -> dict:
     """Write the explained outputs of one verdict (see above) under `<output>/explained/`: the page `<name>.html` and, for a
-    verdict, `<name>/annotated.mp4|.webm`, `<name>/timeline.png`, `<name>/evidence_<i>.png` (`crops`/`maps`: per row of
-    `rec["frames"]`, from `VideoExplainer.score`; the frames from `rec["_frames"]`). Returns {html, mp4, webm, timeline}."""
+    verdict, `<name>/annotated.mp4`, `<name>/timeline.png`, `<name>/evidence_<i>.png` (`crops`/`maps`: per row of
+    `rec["frames"]`, from `VideoExplainer.score`; the frames from `rec["_frames"]`). Returns {html, mp4, timeline}."""
     name = rec.get("name", rec["video"])
     page, folder = Path(output) / "explained" / f"{name}.html", Path(output) / "explained" / name
-    res = dict(html=str(page), mp4=None, webm=None, timeline=None)
-    timeline, evidence, media = None, [], None
+    res = dict(html=str(page), mp4=None, timeline=None)
+    timeline, evidence, shown, mp4_href = None, [], [], None
     if rec["status"] == "ok" and maps is not None:
         fr, main, warn = rec["frames"], {t["face"]: t["main"] for t in rec["tracks"]}, rec.get("warning")
         ev = evidence_crops(rec, k)
@@ -813,11 +824,11 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 4, fp
                 header = (f"frame {f}{t}  p(fake)={max(here):.2f}" if here else f"frame {f}{t}  no voting face") + \
                          (f"  | running: {'FAKE' if run > rec['threshold'] else 'REAL'} {run:.2f}" if run is not None else "  | running: -")
                 images.append(annotate_frame(frames[f], faces, header, f"WARNING: {warn}" if warn else None, scale, rec.get("margin", 0.0)))
-            vids = write_video_files(images, folder / "annotated", fps=fps)
-            res.update(mp4=str(vids["mp4"]), webm=str(vids["webm"]))
-            media = {"webm": f"{Path(name).name}/annotated.webm", "mp4": f"{Path(name).name}/annotated.mp4"}
+                shown.append((f"frame {f}{t}", jpeg_uri(images[-1])))
+            res["mp4"] = str(write_mp4(images, folder / "annotated.mp4", fps))
+            mp4_href = f"{Path(name).name}/annotated.mp4"
     index_href = os.path.relpath(Path(output) / "index.html", page.parent)
-    write_bytes_atomic(page, video_page_html(dict(rec, name=name), timeline, evidence, media, Path(index_href).as_posix()).encode())
+    write_bytes_atomic(page, video_page_html(dict(rec, name=name), timeline, evidence, shown, mp4_href, Path(index_href).as_posix(), fps).encode())
     return res
 
 # %% ../nbs/05_explain.ipynb #5fa4adf8

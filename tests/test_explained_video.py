@@ -2,7 +2,7 @@
 
 * `deepfake-explain-explain --video` and `deepfake-explain-predict` (console scripts, subprocesses) on a shared FF++ fake
   (FaceSwap 634_660, official test split) at the same settings give the same scores, bit for bit; the explained outputs
-  (annotated MP4/WebM, timeline PNG, self-contained HTML page, index.html) are written, every image of the page and of
+  (annotated MP4, timeline PNG, self-contained HTML page with the annotated frames, index.html) are written, every image of the page and of
   the index loads in headless Chromium (skipped without it), and the detector's provenance and warning (a checkpoint
   saved here with the `provenance` key set by hand: generated demo data) are on every verdict.
 * The main face: a video composed here of a real face (frames of the real FF++ original 004) with a smaller static face
@@ -104,7 +104,7 @@ def test_explain_and_predict_one_fake(shared_data, checkpoint, tmp_path):
     assert summary["warning"].tolist() == [ev.DEMO_DATA_WARNING] and json.loads(summary["decided_by"][0]) == je["decided_by"]
     # the explained outputs
     assets = ex / "explained" / name
-    assert {p.name for p in assets.iterdir()} >= {"annotated.mp4", "annotated.webm", "timeline.png", "evidence_1.png"}
+    assert {p.name for p in assets.iterdir()} >= {"annotated.mp4", "timeline.png", "evidence_1.png"}
     cap = cv2.VideoCapture(str(assets / "annotated.mp4"))
     n = 0
     while cap.read()[0]: n += 1
@@ -115,13 +115,14 @@ def test_explain_and_predict_one_fake(shared_data, checkpoint, tmp_path):
     assert "decided the verdict" in page and "Strongest evidence" in page and "Skipped frames" in page
     assert f"{name}, frame" in page  # evidence captions name the video and the frame
     assert not re.findall(r"(?:src|href)='(?:https?:)?//", page), "no external asset"
-    for src in re.findall(r"<img[^>]*src='([^']+)'", page): assert src.startswith("data:image/png;base64,")
-    for src in re.findall(r"<source src='([^']+)'", page): assert (ex / "explained" / src).is_file()
+    for src in re.findall(r"<img[^>]*src='([^']+)'", page): assert src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+    assert page.count("data:image/jpeg;base64,") == 1 + 4  # the player's first frame, then every annotated frame in its script
+    for href in re.findall(r"<a href='([^']+)'", page): assert (ex / "explained" / href).is_file(), href  # the MP4, the index
     index = (ex / "index.html").read_text()
     assert f"href='explained/{name}.html'" in index
     # in a real browser: every image loads (timeline + evidence figures)
     loaded, total = browser_images(ex / "explained" / f"{name}.html")
-    assert loaded == total == 1 + len(list(assets.glob("evidence_*.png")))  # the timeline and the evidence figures
+    assert loaded == total == 2 + len(list(assets.glob("evidence_*.png")))  # the player, the timeline and the evidence figures
     loaded, total = browser_images(ex / "index.html")
     assert loaded == total
 
