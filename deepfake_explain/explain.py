@@ -698,8 +698,8 @@ def timeline_figure(rec: dict, evidence: list[int] = ()):
     warn = f"\nWARNING: {rec['warning']}" if rec.get("warning") else ""
     ax.set(xlabel="frame", ylabel="fake probability", ylim=(-0.02, 1.02),
            title=f"{rec.get('name', rec['video'])}: {str(rec['verdict']).upper()} (video score {rec['video_score']:.3f}, {rec['rule']} rule){warn}")
-    ax.title.set_fontsize(9); ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    ax.title.set_fontsize(9); ax.legend(fontsize=7, loc="lower right")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.84 if warn else 0.9)  # fixed: no layout pass (a second draw)
     return fig
 
 # %% ../nbs/05_explain.ipynb #19f0ba44
