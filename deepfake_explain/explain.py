@@ -430,9 +430,9 @@ def gallery_figure(faces, heats, captions, ncols: int = 4, title: str = ""):
     if title: fig.suptitle(title, fontsize=9)
     return fig
 
-def figure_png(fig, dpi: int = 110) -> bytes:
-    "A matplotlib figure as PNG bytes."
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi)
+def figure_png(fig, dpi: int = 110, compress_level: int = 6) -> bytes:
+    "A matplotlib figure as PNG bytes (`compress_level` 1: larger, encoded several times faster)."
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": compress_level})
     return buf.getvalue()
 
 # %% ../nbs/05_explain.ipynb #a97c3f6a
@@ -585,7 +585,7 @@ class VideoExplainer:
     `score_crops`, the same batches and forward pass, plus the `method` map of every crop, `explain_batch` crops at a
     time: default the scoring batch, 8 for models of more than 256 tokens, the seed layout), `write` a video's explained
     outputs, `index` the output folder's index.html; `k` evidence frames per page."""
-    def __init__(self, k: int = 4, method: str = "relevancy", target="fake", explain_batch: int | None = None, fps: float = 2.0,
+    def __init__(self, k: int = 3, method: str = "relevancy", target="fake", explain_batch: int | None = None, fps: float = 2.0,
                  max_side: int = 960):
         if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.k, self.method, self.target, self.explain_batch, self.fps, self.max_side = k, method, target, explain_batch, fps, max_side
@@ -787,7 +787,7 @@ rs.forEach(function(r){t.appendChild(r)});});});</script>"""
             "<th class=l>verdict</th><th>score</th><th>tracks</th><th class=l>decided by track</th><th class=l>warning</th>"
             f"<th class=l>failure</th></tr>{''.join(rows)}</table>{sort}{_IMG_CHECK}</body></html>")
 
-def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 4, fps: float = 2.0, max_side: int = 960,
+def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fps: float = 2.0, max_side: int = 960,
                           method: str = "relevancy", layout: str = "spatial") -> dict:
     """Write the explained outputs of one verdict (see above) under `<output>/explained/`: the page `<name>.html` and, for a
     verdict, `<name>/annotated.mp4`, `<name>/timeline.png`, `<name>/evidence_<i>.png` (`crops`/`maps`: per row of
@@ -799,14 +799,14 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 4, fp
     if rec["status"] == "ok" and maps is not None:
         fr, main, warn = rec["frames"], {t["face"]: t["main"] for t in rec["tracks"]}, rec.get("warning")
         ev = evidence_crops(rec, k)
-        timeline = figure_png(timeline_figure(rec, ev), dpi=90)
+        timeline = figure_png(timeline_figure(rec, ev), dpi=90, compress_level=1)
         res["timeline"] = str(write_bytes_atomic(folder / "timeline.png", timeline))
         for j, i in enumerate(ev):
             r = fr[i]
             cap = f"{name}, frame {r['frame']}, track {r['face']}"
             title = figure_title(None, None, rec["video_score"], r["score"], "fake" if r["score"] > rec["threshold"] else "real", method,
                                  layout, cap, warn)
-            png = figure_png(explained_figure(crops[i], maps[i], title), dpi=80)
+            png = figure_png(explained_figure(crops[i], maps[i], title), dpi=80, compress_level=1)
             write_bytes_atomic(folder / f"evidence_{j + 1}.png", png); evidence.append((cap + f": p={r['score']:.3f}", png))
         frames = rec.get("_frames") or {}
         if frames:
@@ -855,7 +855,7 @@ def explain_cli(
     frames_per_video: int = FRAMES_PER_VIDEO,  # with --video: equidistant frames to detect faces on (predict's default)
     rule: str = "reference",    # with --video: video score rule, reference | mean | max
     voting: str = "main",       # with --video: face tracks that decide, main | all
-    evidence: int = 4,          # with --video: frames with the strongest evidence shown as explained figures
+    evidence: int = 3,          # with --video: frames with the strongest evidence shown as explained figures
 ):
     """Relevancy maps and explained figures for evaluation samples, a folder of faces, or explained videos.
     Counts are this run's. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line."""
