@@ -16,22 +16,27 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              confusion_matrix, f1_score, roc_auc_score, roc_curve)
 
 from .data import atomic_write, write_bytes_atomic, write_json_atomic
+from .preprocess import UsageError, cli_errors
 
 # %% auto #0
-__all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'METRIC_COLUMNS', 'SAMPLE_COLUMNS', 'REPORT_FILES', 'PREDICT_STATUSES',
+__all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SAMPLE_COLUMNS', 'REPORT_FILES',
+           'DEMO_DATA_WARNING', 'RANDOM_BACKBONE_WARNING', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICT_STATUSES',
            'PREDICTION_FRAME_COLUMNS', 'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores',
            'synthetic_frame_scores', 'track_scores', 'video_score', 'aggregate_videos', 'strict_operating_points',
            'calibrate_threshold', 'choose_threshold', 'equal_error_rate', 'binary_metrics', 'auc_rows', 'bootstrap_ci',
            'video_metrics', 'per_method_table', 'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure',
            'score_hist_figure', 'write_test_report', 'sample_track_frames', 'frame_probabilities', 'score_frames',
-           'file_sha256', 'detector_config', 'load_detector', 'empty_video_folders', 'cached_frame_scores',
-           'test_checkpoint', 'test_cli', 'score_crops', 'verdict_from_frames', 'predict_video', 'list_videos',
-           'predict_videos', 'predict_cli']
+           'file_sha256', 'check_checkpoint_path', 'detector_config', 'load_detector', 'empty_video_folders',
+           'cached_frame_scores', 'test_checkpoint', 'provenance_of', 'checkpoint_provenance', 'provenance_line',
+           'provenance_warning', 'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops',
+           'verdict_from_frames', 'predict_video', 'list_videos', 'read_predictions', 'merge_predictions',
+           'predict_videos', 'report_verdicts', 'predict_cli']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
 RULES = ("reference", "mean", "max")
 DEFAULT_THRESHOLD = 0.55  # the reference's decision threshold (utils.custom_round / custom_video_round)
+FRAMES_PER_VIDEO = 20     # the one default frame budget of test, predict and explain (the reference tests on 20 frames per video)
 
 def check_frame_scores(frames: pd.DataFrame, name: str = "frame scores") -> pd.DataFrame:
     "Validate a frame-score table; return a copy with a fresh index, `label`/`face` as int, `score` as float."
@@ -325,8 +330,9 @@ def write_test_report(frames: pd.DataFrame, output, rule: str = "reference", thr
                    ci=pooled["ci"], undefined=pooled["undefined"],
                    per_method=table.drop(columns="undefined").to_dict("records"),
                    skipped=list(frames.attrs.get("skipped", [])) + list((val_frames.attrs.get("skipped", []) if val_frames is not None else [])),
-                   files=REPORT_FILES, info=info or {})
+                   files=REPORT_FILES, info=info or {}, warning=(info or {}).get("warning"))
     vcsv = videos.assign(faces=videos["faces"].map(json.dumps), track_scores=videos["track_scores"].map(json.dumps))
+    if metrics["warning"]: vcsv["warning"] = metrics["warning"]  # on every verdict
     _write_csv(out / REPORT_FILES["videos"], vcsv)
     _write_csv(out / REPORT_FILES["per_method"], table)
     with atomic_write(out / REPORT_FILES["labels"], "w") as f: f.write("".join(l + "\n" for l in reference_lines(videos)))
@@ -346,7 +352,7 @@ from tqdm.auto import tqdm
 from .data import FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, equidistant
 
 # %% ../nbs/04_evaluate.ipynb #dd7df9c7
-def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = 20, split: str | None = "test",
+def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, split: str | None = "test",
                         methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Rows of `crop_index` to score: of `split` (None: all), of `methods` and the reals (None: all), and per
     face track (method, video, face) `frames_per_video` equidistant frames (all if <= 0 or fewer)."""
@@ -382,7 +388,7 @@ def frame_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.float())
 
 @torch.inference_mode()
-def score_frames(model: nn.Module, crop_index: pd.DataFrame, frames_per_video: int = 20, batch_size: int = 32,
+def score_frames(model: nn.Module, crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32,
                  device="cpu", image_size: int | None = None, workers: int = 0, split: str | None = "test",
                  methods: Sequence[str] | None = None, transform=None, progress: bool = True,
                  shard: tuple[int, int] | None = None) -> pd.DataFrame:
@@ -429,12 +435,19 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         for b in iter(lambda: f.read(chunk), b""): h.update(b)
     return h.hexdigest()
 
+def check_checkpoint_path(path) -> Path:
+    "`path` as a `Path` when it is a file; a directory or a missing path raises, naming it as what it is."
+    p = Path(path)
+    if p.is_dir(): raise IsADirectoryError(f"{p}: is a directory, not a checkpoint file (pass a file in it, e.g. {p / 'best.pt'})")
+    if not p.is_file(): raise FileNotFoundError(f"{p}: checkpoint file not found")
+    return p
+
 def detector_config(model_path, config=None) -> dict:
     """The validated config of a detector: `config` (YAML path or dict, read as training reads it:
     `train.load_train_config`), or without it the config stored in a training checkpoint."""
     from deepfake_explain.train import is_training_checkpoint, load_train_config, read_checkpoint
     if config is None:
-        obj = read_checkpoint(model_path)  # torch.load(weights_only=True), errors name the file
+        obj = read_checkpoint(check_checkpoint_path(model_path))  # torch.load(weights_only=True), errors name the file
         if not (is_training_checkpoint(obj) and isinstance(obj.get("config"), dict)):
             raise ValueError(f"{model_path}: a plain state dict carries no config: pass the model's config (--config)")
         from deepfake_explain.model import ConfigError
@@ -447,6 +460,7 @@ def load_detector(model_path, config=None, device="cpu") -> tuple[nn.Module, dic
     A checkpoint that does not fit the config raises naming the missing, unexpected and mismatched keys."""
     from deepfake_explain.model import build_model
     from deepfake_explain.train import load_weights, model_config
+    check_checkpoint_path(model_path)
     cfg = detector_config(model_path, config)
     model = build_model(model_config(cfg))
     report = load_weights(model, str(model_path), strict=True)
@@ -526,7 +540,7 @@ def cached_frame_scores(get_model, crops: pd.DataFrame, split: str, frames_per_v
     return df, False
 
 def test_checkpoint(model_path, config=None, data_root=None, output="results", dataset: str = "All", split: str = "test",
-                    frames_per_video: int = 20, batch_size: int = 32, workers: int = 0, device="auto",
+                    frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32, workers: int = 0, device="auto",
                     rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, calibrate: str | None = None,
                     n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Score `split` of the crops under `data_root` with a checkpoint and write the test report to `<output>/test/`.
@@ -535,7 +549,7 @@ def test_checkpoint(model_path, config=None, data_root=None, output="results", d
     from deepfake_explain.train import select_method, setup_distributed
     if data_root is None: raise ValueError("data_root is required: the face-crop folder (<data_root>/<split>_set/<method>/<video>/...)")
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
-    if not Path(model_path).is_file(): raise FileNotFoundError(f"{model_path}: checkpoint file not found")
+    check_checkpoint_path(model_path)
     methods = _method_selection(dataset)
     crops = select_method(index_crops(data_root), methods, str(data_root))  # cheap checks first, the model last
     dist_info, dev = setup_distributed(device)  # one process (world 1) unless run by torchrun
@@ -564,9 +578,40 @@ def _test_checkpoint(model_path, config, data_root, output, methods, crops, spli
     info = dict(model_path=str(model_path), model_sha256=key["model_sha256"], config=str(config) if config is not None else "from checkpoint",
                 data_root=str(data_root), dataset=methods, split=split, frames_per_video=frames_per_video, device=str(dev),
                 frame_scores="reused (same checkpoint, config and crops)" if reused else "scored",
-                processes=dist_info.world, model=getattr(loaded.get("model"), "meta", {}), weights=loaded.get("weights", {}))
+                processes=dist_info.world, model=getattr(loaded.get("model"), "meta", {}), weights=loaded.get("weights", {}),
+                provenance=(prov := checkpoint_provenance(model_path)), warning=provenance_warning(prov))
     if not dist_info.is_main: return None
     return write_test_report(frames, output, rule, threshold, calibrate, val, n_boot, seed, info=info)
+
+# %% ../nbs/04_evaluate.ipynb #46d37680
+DEMO_DATA_WARNING = "trained on generated demo data (mini-forensics): verdicts on real videos are not meaningful"
+RANDOM_BACKBONE_WARNING = "random-init backbone (no ImageNet weights): verdicts on real videos are not meaningful"
+
+def provenance_of(checkpoint: dict) -> dict:
+    "The provenance recorded in a loaded checkpoint: `known: True` and its keys, or `{known: False}` (plain state dict, older checkpoint)."
+    from deepfake_explain.train import is_training_checkpoint
+    p = checkpoint.get("provenance") if is_training_checkpoint(checkpoint) else None
+    return dict(p, known=True) if isinstance(p, dict) else dict(known=False)
+
+def checkpoint_provenance(path) -> dict:
+    "`provenance_of` the checkpoint file `path` (read with `torch.load(weights_only=True)`)."
+    from deepfake_explain.train import read_checkpoint
+    return provenance_of(read_checkpoint(check_checkpoint_path(path)))
+
+def provenance_line(p: dict) -> str:
+    "One line: what the detector was trained on."
+    if not p.get("known"): return "detector provenance: unknown (the checkpoint records no training provenance: a plain state dict or an older checkpoint)"
+    ms, ds = ", ".join(p.get("methods") or []), ", ".join(p.get("datasets") or []) or "?"
+    parts = [f"trained on {ds}" + (f" ({ms})" if ms else ""), f"{p.get('n_train_videos', '?')} train / {p.get('n_val_videos', '?')} val videos",
+             f"backbone {p.get('backbone_init', '?')}", f"{p.get('image_size', '?')} px", f"{p.get('layout', '?')} layout", f"{p.get('epochs', '?')} epochs"]
+    if p.get("git_commit"): parts.append(f"commit {str(p['git_commit'])[:10]}")
+    if p.get("generated_data"): parts.append("generated demo data")
+    return "detector provenance: " + ", ".join(parts)
+
+def provenance_warning(p: dict) -> str | None:
+    "The warning every verdict carries (None when there is nothing to warn of)."
+    w = ([DEMO_DATA_WARNING] if p.get("generated_data") else []) + ([RANDOM_BACKBONE_WARNING] if p.get("backbone_init") == "random" else [])
+    return "; ".join(w) or None
 
 # %% ../nbs/04_evaluate.ipynb #ecf213f8
 from fastcore.script import call_parse
@@ -576,7 +621,7 @@ def test_cli(model_path: str = None,             # checkpoint (train's best.pt/l
              config: str = None,                 # model YAML config (default: the one stored in a training checkpoint)
              dataset: str = "All",               # method folder to test with the reals (Deepfakes|Face2Face|...|DFDC) or All
              workers: int = 2,                   # DataLoader workers
-             frames_per_video: int = 20,         # equidistant frames per face track
+             frames_per_video: int = FRAMES_PER_VIDEO,         # equidistant frames per face track
              batch_size: int = 32,               # crops per batch
              data_root: str = None,              # face-crop folder holding <split>_set/<method>/<video>/<frame>_<face>.png
              output: str = "results",            # report folder: files go to <output>/test/
@@ -587,23 +632,63 @@ def test_cli(model_path: str = None,             # checkpoint (train's best.pt/l
              calibrate: str = None,              # eer | youden: choose the threshold on the val split
              n_boot: int = 1000,                 # bootstrap resamples for the 95% intervals
              seed: int = 0):                     # bootstrap seed
-    "Test a checkpoint on a split of face crops: video-level metrics, per-method table, samples list and figures."
-    if not model_path: raise SystemExit("deepfake-explain-test: --model_path is required")
-    if not data_root: raise SystemExit("deepfake-explain-test: --data_root is required (the face-crop folder)")
-    try: m = test_checkpoint(model_path, config, data_root, output, dataset, split, frames_per_video, batch_size, workers,
-                             device, rule, threshold, calibrate, n_boot, seed)
-    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"deepfake-explain-test: {e}") from None  # bad input: the message, no traceback
+    """Test a checkpoint on a split of face crops: video-level metrics, per-method table, samples list and figures.
+    Exit status 0 done, 1 failed (a missing or bad checkpoint or crop folder), 2 bad command line."""
+    with cli_errors("deepfake-explain-test"):
+        if not model_path: raise UsageError("--model_path is required")
+        if not data_root: raise UsageError("--data_root is required (the face-crop folder)")
+        if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
+        if calibrate not in (None, "", "none", "eer", "youden"): raise UsageError(f"--calibrate must be eer or youden, got {calibrate!r}")
+        m = test_checkpoint(model_path, config, data_root, output, dataset, split, frames_per_video, batch_size, workers,
+                            device, rule, threshold, calibrate, n_boot, seed)
     if m is None: return  # not rank 0 of a torchrun job
+    print(provenance_line(m["info"]["provenance"]))
+    if m["warning"]: print(f"WARNING: {m['warning']}")
     fmt = lambda v: "undefined" if v is None else f"{v:.4f}"
     print(f"{Path(model_path).name} [{dataset}, {split}, {m['n_videos']} videos, threshold {m['threshold']['value']:.4g}] "
           f"accuracy {fmt(m['accuracy'])} AUC {fmt(m['auc'])} F1 {fmt(m['f1'])} EER {fmt(m['eer'])} -> {Path(output) / 'test'}")
     for k, why in m["undefined"].items(): print(f"  {k}: {why}")
+    if m["warning"]: print(f"  (these verdicts: {m['warning']})")
     if m["skipped"]: print(f"  skipped {len(m['skipped'])} inputs (listed in metrics.json)")
 
 test_checkpoint.__test__ = test_cli.__test__ = False  # library functions, not tests: pytest must not collect them
 
+# %% ../nbs/04_evaluate.ipynb #21067828
+MAIN_RATIO = 0.5  # a track is a main face when its prominence is at least this share of the most prominent track's
+VOTING = ("main", "all")
+TRACK_COLUMNS = ["face", "n_frames", "persistence", "size", "det_prob", "prominence", "main", "score"]
+
+def rank_tracks(frames: pd.DataFrame, n_sampled: int | None = None, main_ratio: float = MAIN_RATIO) -> pd.DataFrame:
+    """The face tracks of one video's per-frame rows (`PREDICTION_FRAME_COLUMNS`), most prominent first (`TRACK_COLUMNS`):
+    persistence (share of the `n_sampled` frames, default the frames with a face), size (median box side / the largest
+    track's), det_prob (mean), prominence = size x persistence x det_prob, main (prominence >= `main_ratio` x the top one),
+    score (mean fake probability)."""
+    f = frames.assign(side=np.maximum(frames["x1"] - frames["x0"], frames["y1"] - frames["y0"]))
+    g = f.groupby("face")
+    t = pd.DataFrame({"n_frames": g["frame"].nunique(), "side": g["side"].median(), "det_prob": g["det_prob"].mean(),
+                      "score": g["score"].mean()}).reset_index()
+    t["persistence"] = t["n_frames"] / max(int(n_sampled or f["frame"].nunique()), 1)
+    t["size"] = t["side"] / t["side"].max()
+    t["prominence"] = t["size"] * t["persistence"] * t["det_prob"]
+    t["main"] = t["prominence"] >= main_ratio * t["prominence"].max()
+    return t.sort_values(["prominence", "face"], ascending=[False, True], kind="stable")[TRACK_COLUMNS].reset_index(drop=True)
+
+def track_records(tracks: pd.DataFrame) -> list[dict]:
+    "`rank_tracks` rows as plain JSON-able dicts."
+    return [dict(face=int(r.face), n_frames=int(r.n_frames), persistence=float(r.persistence), size=float(r.size),
+                 det_prob=float(r.det_prob), prominence=float(r.prominence), main=bool(r.main), score=float(r.score))
+            for r in tracks.itertuples()]
+
+def deciding_tracks(faces, scores, rule: str = "reference", threshold: float = DEFAULT_THRESHOLD) -> list[int]:
+    "The tracks (of `faces`, track order, with `scores`) whose scores make the video score under `rule`."
+    faces, scores = [int(f) for f in faces], [float(s) for s in scores]
+    if rule == "reference":
+        over = [f for f, s in zip(faces, scores) if s > threshold]
+        return over[:1] if over else faces
+    return [faces[int(np.argmax(scores))]] if rule == "max" else faces
+
 # %% ../nbs/04_evaluate.ipynb #e40734fb
-import os, time
+import os, sys, time
 from einops import rearrange
 
 PREDICT_STATUSES = ("ok", "no_face", "failed")
@@ -627,52 +712,74 @@ def score_crops(model: nn.Module, images: Sequence[np.ndarray], batch_size: int 
     finally: model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)
 
-def verdict_from_frames(frames: pd.DataFrame, rule: str = "reference", threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """The verdict of one video from its per-frame scores (columns frame, face, score): track means and video score
-    by `aggregate_videos` (`rule`, `threshold`), as `test_checkpoint` computes them."""
+def verdict_from_frames(frames: pd.DataFrame, rule: str = "reference", threshold: float = DEFAULT_THRESHOLD,
+                        n_sampled: int | None = None, voting: str = "main", main_ratio: float = MAIN_RATIO) -> dict:
+    """The verdict of one video from its per-frame rows (`PREDICTION_FRAME_COLUMNS`): face tracks ranked by `rank_tracks`
+    (`n_sampled` frames searched), the voting tracks (`main`: the main faces; `all`: every track, as the reference) aggregated
+    by `aggregate_videos` (`rule`, `threshold`) as `test_checkpoint` does. `faces`/`track_scores`: every track, face order;
+    `decided_by`: the track(s) whose scores make the video score (`deciding_tracks`)."""
+    if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
+    tracks = rank_tracks(frames, n_sampled, main_ratio)
+    vote = set(tracks["face"] if voting == "all" else tracks.loc[tracks["main"], "face"])
+    sel = frames[frames["face"].isin(vote)]
     table = pd.DataFrame(dict(video="video", method="", label=0,  # label: a placeholder, unknown and not reported
-                              face=frames["face"].astype(int), frame=frames["frame"].astype(int),
-                              path=[f"{f}_{k}" for f, k in zip(frames["frame"], frames["face"])], score=frames["score"]))
+                              face=sel["face"].astype(int), frame=sel["frame"].astype(int),
+                              path=[f"{f}_{k}" for f, k in zip(sel["frame"], sel["face"])], score=sel["score"]))
     v = aggregate_videos(table, rule, threshold).iloc[0]
+    order = tracks.sort_values("face")
     return dict(verdict="fake" if v.prediction else "real", prediction=int(v.prediction), video_score=float(v.video_score),
-                n_tracks=int(v.n_tracks), faces=[int(f) for f in v.faces], track_scores=[float(t) for t in v.track_scores])
+                n_tracks=len(tracks), faces=[int(f) for f in order["face"]], track_scores=[float(t) for t in order["score"]],
+                voting=voting, voting_faces=[int(f) for f in v.faces], main_face=int(tracks["face"].iloc[0]),
+                n_background=int((~tracks["main"]).sum()), decided_by=deciding_tracks(v.faces, v.track_scores, rule, threshold),
+                tracks=track_records(tracks))
 
-def predict_video(path, detector_model: nn.Module, face_detector=None, frames_per_video: int = 20, batch_size: int = 32,
+def predict_video(path, detector_model: nn.Module, face_detector=None, frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32,
                   rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, margin: float = 0.0,
-                  image_size: int | None = None, min_face: float = 0) -> dict:
+                  image_size: int | None = None, min_face: float = 0, voting: str = "main", scorer=None,
+                  keep_images: bool = False) -> dict:
     """Verdict of one video file: faces on `frames_per_video` equidistant frames (`face_detector`, a `preprocess.FaceDetector`),
-    crops scored by `detector_model`, video score by `rule`/`threshold`. Keys: video, path, status (`PREDICT_STATUSES`), reason,
-    verdict (fake|real), prediction, video_score, n_tracks, faces, track_scores, n_frames (sampled), frames_with_face, n_crops,
-    frames (one dict per crop, `PREDICTION_FRAME_COLUMNS`), rule, threshold, frames_per_video, margin, min_face, small_faces,
-    seconds. Faces whose box side (the longer one, in frame pixels) is below `min_face` are left out (`small_faces` counts them):
-    with the reference rule one fake-looking background face in a crowd makes the whole video fake.
-    A bad video does not raise: status `failed` (reason names the file) or `no_face`."""
+    crops scored by `detector_model`, video score by `rule`/`threshold` over the `voting` tracks (`verdict_from_frames`). Keys: video,
+    path, status (`PREDICT_STATUSES`), reason, verdict (fake|real), prediction, video_score, n_tracks, faces, track_scores, voting,
+    voting_faces, main_face, n_background, decided_by, tracks (`rank_tracks` rows), n_frames (sampled), sampled_frames,
+    frames_without_face, frames_with_face, n_crops, frames (one dict per crop, `PREDICTION_FRAME_COLUMNS`), rule, threshold,
+    frames_per_video, margin, min_face, small_faces, seconds. Faces whose box side (the longer one, in frame pixels) is below
+    `min_face` are left out (`small_faces` counts them). `scorer(model, images, batch_size, image_size)` replaces `score_crops`
+    (05_explain's scorer keeps relevancy maps of the same pass); `keep_images` adds the sampled frames ({index: RGB}) and the crops
+    under the private keys `_frames` and `_crops` (never written). A bad video does not raise: status `failed` (reason names the
+    file) or `no_face`."""
     from deepfake_explain.preprocess import FaceDetector, detect_and_crop_video
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
+    if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
     path, t0 = Path(path), time.time()
     rec = dict(video=path.stem, path=os.path.abspath(path), status="ok", reason=None, verdict=None, prediction=None, video_score=None,
-               n_tracks=0, faces=[], track_scores=[], n_frames=0, frames_with_face=0, n_crops=0, frames=[], rule=rule,
+               n_tracks=0, faces=[], track_scores=[], voting=voting, voting_faces=[], main_face=None, n_background=0, decided_by=[],
+               tracks=[], n_frames=0, sampled_frames=[], frames_without_face=[], frames_with_face=0, n_crops=0, frames=[], rule=rule,
                threshold=float(threshold), frames_per_video=frames_per_video, margin=margin, min_face=min_face, small_faces=0)
     done = lambda **kw: dict(rec, **kw, seconds=round(time.time() - t0, 3))
-    try: det = detect_and_crop_video(path, face_detector or FaceDetector(), frames_per_video=frames_per_video, margin=margin)
+    try: det = detect_and_crop_video(path, face_detector or FaceDetector(), frames_per_video=frames_per_video, margin=margin,
+                                     with_frames=keep_images)
     except Exception as e:  # VideoReadError (names the file) or whatever the decoder/detector raised on this file
         return done(status="failed", reason=str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}")
     boxes, crops = det["boxes"], det["crops"]
     n_found = len(crops)
     crops = [c for c in crops if max(c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) >= min_face]
-    rec.update(n_frames=len(boxes), frames_with_face=len({c["frame"] for c in crops}), n_crops=len(crops), small_faces=n_found - len(crops))
+    with_face = {c["frame"] for c in crops}
+    rec.update(n_frames=len(boxes), frames_with_face=len(with_face), n_crops=len(crops), small_faces=n_found - len(crops),
+               sampled_frames=[int(f) for f in sorted(boxes)], frames_without_face=[int(f) for f in sorted(boxes) if f not in with_face])
+    if keep_images: rec.update(_frames=det["frames"], _crops=[c["image"] for c in crops])
     if not crops:
         why = f"all {n_found} faces found are smaller than min_face={min_face:g} px" if n_found else "no face found"
         return done(status="no_face", reason=f"{path}: {why} in any of the {len(boxes)} sampled frames")
-    scores = score_crops(detector_model, [c["image"] for c in crops], batch_size, image_size)  # (n_crops,)
+    scores = (scorer or score_crops)(detector_model, [c["image"] for c in crops], batch_size, image_size)  # (n_crops,)
     frames = pd.DataFrame([dict(frame=c["frame"], face=c["face"], x0=c["box"][0], y0=c["box"][1], x1=c["box"][2], y1=c["box"][3],
                                 det_prob=c["box"][4], score=float(s)) for c, s in zip(crops, scores)], columns=PREDICTION_FRAME_COLUMNS)
-    return done(**verdict_from_frames(frames, rule, threshold), frames=frames.to_dict("records"))
+    return done(**verdict_from_frames(frames, rule, threshold, len(boxes), voting), frames=frames.to_dict("records"))
 
 # %% ../nbs/04_evaluate.ipynb #945a31f2
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-VERDICT_COLUMNS = ["name", "video", "path", "status", "reason", "verdict", "prediction", "video_score", "rule", "threshold",
-                   "n_tracks", "track_scores", "n_crops", "small_faces", "n_frames", "frames_with_face", "reused", "seconds", "json", "csv"]
+VERDICT_COLUMNS = ["name", "video", "path", "status", "reason", "verdict", "prediction", "video_score", "rule", "threshold", "voting",
+                   "n_tracks", "track_scores", "main_face", "decided_by", "n_background", "n_crops", "small_faces", "n_frames",
+                   "frames_with_face", "warning", "reused", "seconds", "json", "csv", "html"]
 
 def list_videos(paths_or_folder) -> list[tuple[Path, str]]:
     """(absolute path, output name) of every input video: files as given (any suffix), folders' files with a `VIDEO_SUFFIXES`
@@ -698,13 +805,14 @@ def list_videos(paths_or_folder) -> list[tuple[Path, str]]:
 def _verdict_files(output, name: str) -> tuple[Path, Path]:
     return Path(output) / "videos" / f"{name}.json", Path(output) / "videos" / f"{name}.csv"
 
-def _reusable(json_path: Path, key: dict, rule: str, threshold: float) -> dict | None:
-    "The saved verdict of `json_path` if it was made with `key` (and did not fail), re-aggregated for `rule`/`threshold`."
+def _reusable(json_path: Path, key: dict, rule: str, threshold: float, voting: str = "main") -> dict | None:
+    "The saved verdict of `json_path` if it was made with `key` (and did not fail), re-aggregated for `rule`/`threshold`/`voting`."
     try: rec = json.loads(json_path.read_text())
     except (OSError, ValueError): return None
     if not isinstance(rec, dict) or rec.get("key") != _jsonable(key) or rec.get("status") not in ("ok", "no_face"): return None
-    rec.update(rule=rule, threshold=float(threshold))
-    if rec["status"] == "ok": rec.update(verdict_from_frames(pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS), rule, threshold))
+    rec.update(rule=rule, threshold=float(threshold), voting=voting)
+    if rec["status"] == "ok":
+        rec.update(verdict_from_frames(pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS), rule, threshold, rec.get("n_frames"), voting))
     return rec
 
 class _LazyFaceDetector:
@@ -716,73 +824,126 @@ class _LazyFaceDetector:
             self.fd = FaceDetector(**self.kwargs)
         return getattr(self.fd, name)
 
-def predict_videos(paths_or_folder, model_path, config=None, output="predictions", frames_per_video: int = 20,
+def read_predictions(path) -> pd.DataFrame | None:
+    "An earlier run's summary `predictions.csv` (None when absent); a file that is not one raises, naming it."
+    path = Path(path)
+    if not path.exists(): return None
+    try: df = pd.read_csv(path, dtype={"name": str, "video": str, "path": str})
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable predictions table ({type(e).__name__}: {e}); move it away or choose another output") from None
+    if "path" not in df.columns: raise ValueError(f"{path}: not a predictions table (no 'path' column); move it away or choose another output")
+    return df
+
+def merge_predictions(earlier: pd.DataFrame | None, now: pd.DataFrame) -> pd.DataFrame:
+    "The summary of a run written into an output used before: earlier rows of other videos (by path) kept, then this run's rows."
+    if earlier is None or not len(earlier): return now.reset_index(drop=True)
+    keep = earlier[~earlier["path"].isin(set(now["path"]))].reindex(columns=now.columns)
+    return pd.concat([keep.astype(object), now.astype(object)], ignore_index=True) if len(keep) else now.reset_index(drop=True)
+
+def _summary_csv(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(track_scores=df["track_scores"].map(json.dumps), decided_by=df["decided_by"].map(json.dumps))
+
+def predict_videos(paths_or_folder, model_path, config=None, output="predictions", frames_per_video: int = FRAMES_PER_VIDEO,
                    batch_size: int = 32, device="auto", rule: str = "reference", threshold: float = DEFAULT_THRESHOLD,
                    margin: float = 0.0, face_detector=None, resume: bool = True, progress: bool = True,
-                   min_face: float = 0) -> pd.DataFrame:
+                   min_face: float = 0, voting: str = "main", explainer=None) -> pd.DataFrame:
     """Verdicts of raw videos (`list_videos(paths_or_folder)`) by a checkpoint: one `predict_video` per video, written to
-    `<output>/videos/<name>.json|.csv` and the summary `<output>/predictions.csv`; returns the summary (`VERDICT_COLUMNS`).
-    Bad videos get status `failed`/`no_face` and the others continue; a bad checkpoint or argument raises."""
+    `<output>/videos/<name>.json|.csv` and the summary `<output>/predictions.csv`; returns this run's summary (`VERDICT_COLUMNS`;
+    `attrs`: provenance, warning). An output used before is merged into: `predictions.csv` keeps the earlier rows of other
+    videos, this run's videos replace theirs (by path). Bad videos get status `failed`/`no_face` and the others continue;
+    a bad checkpoint or argument raises. `explainer` (05_explain's `VideoExplainer`) scores with relevancy in the same pass
+    and writes each video's explained outputs and `<output>/index.html`; explained videos are never reused."""
     from deepfake_explain.data import resolve_device
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
+    if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
     if not math.isfinite(threshold): raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not (math.isfinite(min_face) and min_face >= 0): raise ValueError(f"min_face must be a number of pixels >= 0, got {min_face!r}")
     videos = list_videos(paths_or_folder)  # cheap checks first, the model last
-    if not Path(model_path).is_file(): raise FileNotFoundError(f"{model_path}: checkpoint file not found")
+    check_checkpoint_path(model_path)
+    earlier = read_predictions(Path(output) / "predictions.csv")
     dev = resolve_device(device)
     model, cfg, _ = load_detector(model_path, config, dev)
+    prov = checkpoint_provenance(model_path)
+    warning = provenance_warning(prov)
     model_info = dict(path=os.path.abspath(model_path), sha256=file_sha256(model_path), config=str(config) if config is not None else "from checkpoint")
     face_detector = face_detector or _LazyFaceDetector(device=dev)
     rows = []
-    bar = tqdm(videos, desc="predict", unit="video", disable=not progress)
+    bar = tqdm(videos, desc="explain" if explainer else "predict", unit="video", disable=not progress)
     for path, name in bar:
         js, cs = _verdict_files(output, name)
         st = path.stat()
         key = dict(model_sha256=model_info["sha256"], config=cfg, frames_per_video=frames_per_video, margin=margin,
                    min_face=min_face, video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
-        rec = _reusable(js, key, rule, threshold) if resume else None
+        rec = _reusable(js, key, rule, threshold, voting) if resume and explainer is None else None
         reused = rec is not None
         if not reused:
             rec = predict_video(path, model, face_detector, frames_per_video, batch_size, rule, threshold, margin, cfg["model"]["image-size"],
-                                min_face)
-        rec.update(name=name, key=key, model=model_info)
+                                min_face, voting, scorer=explainer.score if explainer else None, keep_images=explainer is not None)
+        rec.update(name=name, key=key, model=model_info, provenance=prov, warning=warning, html=None)
+        if explainer is not None: rec.update(explainer.write(rec, output))
+        rec = {k: v for k, v in rec.items() if not k.startswith("_")}  # the images stay in memory only
         _write_csv(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
         write_json_atomic(js, _jsonable(rec))
         rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs)))
         bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
     df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-    _write_csv(Path(output) / "predictions.csv", df.assign(track_scores=df["track_scores"].map(json.dumps)))
+    merged = merge_predictions(earlier, _summary_csv(df))
+    _write_csv(Path(output) / "predictions.csv", merged)
+    if explainer is not None: explainer.index(merged, output)
+    df.attrs.update(provenance=prov, warning=warning)
     return df
 
-# %% ../nbs/04_evaluate.ipynb #2ac73866
-import sys
+def report_verdicts(df: pd.DataFrame, prog: str, output) -> int:
+    """Print the detector's provenance (and warning) once, one line per verdict (with the warning), and the run's summary,
+    ending with `N of M videos failed` when some got no verdict (unreadable or without a face); returns N."""
+    warn = df.attrs.get("warning")
+    if "provenance" in df.attrs: print(provenance_line(df.attrs["provenance"]))
+    if warn: print(f"WARNING: {warn}")
+    for r in df.itertuples():
+        if r.status != "ok": print(f"{r.name}: {r.status}: {r.reason}"); continue
+        extra = (f", {r.n_background} background" if r.n_background else "") + (f", {r.small_faces} small faces left out" if r.small_faces else "")
+        print(f"{r.name}: {r.verdict} ({r.video_score:.4f}, {r.n_tracks} face tracks{extra}, decided by track "
+              f"{', '.join(map(str, r.decided_by))})" + (f" [WARNING: {warn}]" if warn else ""))
+    n, bad = df["status"].value_counts().to_dict(), int((df["status"] != "ok").sum())
+    print(f"{prog}: {len(df)} videos, {int((df['verdict'] == 'fake').sum())} fake, {int((df['verdict'] == 'real').sum())} real, "
+          f"{n.get('no_face', 0)} without a face, {n.get('failed', 0)} unreadable -> {Path(output) / 'predictions.csv'}", file=sys.stderr)
+    if bad: print(f"{prog}: {bad} of {len(df)} videos failed", file=sys.stderr)
+    return bad
 
+# %% ../nbs/04_evaluate.ipynb #2ac73866
 @call_parse
 def predict_cli(path: str,                         # a video file or a folder of videos
                 model_path: str = None,            # checkpoint (train's best.pt/last.pt, or a plain state dict with --config)
                 config: str = None,                # model YAML config (default: the one stored in a training checkpoint)
-                output: str = "predictions",       # folder for videos/<name>.json|.csv and predictions.csv
-                frames_per_video: int = 20,        # equidistant frames per video searched for faces
+                output: str = "predictions",       # folder for videos/<name>.json|.csv and predictions.csv (a folder used before: merged by video path, earlier rows kept)
+                frames_per_video: int = FRAMES_PER_VIDEO,  # equidistant frames per video searched for faces
                 batch_size: int = 32,              # crops per batch
                 device: str = "auto",              # cpu | cuda | cuda:N | auto
                 rule: str = "reference",           # video score: reference | mean | max
                 threshold: float = DEFAULT_THRESHOLD,  # decision threshold: fake when the video score is above it
                 margin: float = 0.0,               # context around the face, as for deepfake-explain-crops (use the training crops' value)
                 min_face: float = 0,               # leave out faces smaller than this (box side, frame pixels), e.g. a crowd behind the subject
+                voting: str = "main",              # face tracks that decide: main (the main faces; background faces only reported) | all (the reference)
+                explain: bool = False,             # also explain: annotated MP4, timeline and HTML page per video, index.html
                 strict: bool = False):             # exit with status 1 if any video failed or showed no face
-    "Is it fake? Detect faces in raw videos, score them with a checkpoint, write a JSON + CSV verdict per video."
-    if not model_path: raise SystemExit("deepfake-explain-predict: --model_path is required")
-    try: df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin,
-                             min_face=min_face)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad checkpoint/config/path/device: the message, no traceback
-        print(f"deepfake-explain-predict: {e}", file=sys.stderr); sys.exit(2)
-    for r in df.itertuples():
-        small = f", {r.small_faces} small faces left out" if r.small_faces else ""
-        print(f"{r.name}: {r.verdict} ({r.video_score:.4f}, {r.n_tracks} face tracks{small})" if r.status == "ok" else f"{r.name}: {r.status}: {r.reason}")
-    n = df["status"].value_counts().to_dict()
-    print(f"deepfake-explain-predict: {len(df)} videos, {int((df['verdict'] == 'fake').sum())} fake, {int((df['verdict'] == 'real').sum())} real, "
-          f"{n.get('no_face', 0)} without a face, {n.get('failed', 0)} failed -> {Path(output) / 'predictions.csv'}", file=sys.stderr)
-    if strict and (df["status"] != "ok").any(): sys.exit(1)
-
-predict_videos.__test__ = predict_cli.__test__ = False  # library functions, not tests: pytest must not collect them
+    """Is it fake? Detect faces in raw videos, score them with a checkpoint, write a JSON + CSV verdict per video.
+    Writing into an output folder used before merges predictions.csv by video path: the rows of other videos are kept.
+    Exit status: 0 done (some videos may have failed: see the last line), 1 failed (a bad checkpoint, every video failed,
+    with --strict any video failed), 2 bad command line."""
+    prog = "deepfake-explain-predict"
+    with cli_errors(prog):
+        if not model_path: raise UsageError("--model_path is required")
+        if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
+        if voting not in VOTING: raise UsageError(f"--voting must be one of {', '.join(VOTING)}, got {voting!r}")
+        if frames_per_video < 1 or batch_size < 1: raise UsageError("--frames_per_video and --batch_size must be >= 1")
+        if not math.isfinite(threshold): raise UsageError(f"--threshold must be a finite number, got {threshold!r}")
+        explainer = None
+        if explain:
+            from deepfake_explain.explain import VideoExplainer
+            explainer = VideoExplainer()
+        df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin,
+                            min_face=min_face, voting=voting, explainer=explainer)
+    bad = report_verdicts(df, prog, output)
+    if explainer is not None: print(f"explained videos: {Path(output) / 'index.html'}")
+    if bad == len(df) or (strict and bad): sys.exit(1)

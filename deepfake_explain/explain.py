@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_explain.ipynb #fd3e7239
 from __future__ import annotations
-import contextlib, io, json, math, sys
+import base64, contextlib, html, io, json, math, os, sys, textwrap
 from pathlib import Path
 
 import cv2
@@ -18,7 +18,10 @@ from sklearn.metrics import roc_auc_score
 
 from .data import ImageReadError, ValTransform, atomic_write, read_image_rgb
 from .data import write_bytes_atomic, write_json_atomic
-from .evaluate import DEFAULT_THRESHOLD, SAMPLE_COLUMNS, load_detector, video_score
+from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, RULES, SAMPLE_COLUMNS, VOTING, checkpoint_provenance,
+                                       frame_probabilities, load_detector, predict_video, predict_videos, provenance_line,
+                                       provenance_warning, report_verdicts, video_score)
+from .preprocess import UsageError, cli_errors, open_video, square_box
 
 # %% auto #0
 __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_COLUMNS', 'PER_IMAGE_COLUMNS', 'HIGHER_IS_BETTER',
@@ -30,7 +33,9 @@ __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_C
            'localisation_metrics', 'explanation_quality', 'per_image_aucs', 'paired_differences', 'write_csv_atomic',
            'overlay_jet', 'classification', 'figure_title', 'explained_figure', 'gallery_figure', 'figure_png',
            'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces', 'explain_video',
-           'explain_cli', 'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure']
+           'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri',
+           'video_page_html', 'index_html', 'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops',
+           'study_quality', 'perturbation_figure']
 
 # %% ../nbs/05_explain.ipynb #3c899709
 METHODS = ("relevancy", "attention", "rollout", "gradcam", "random")
@@ -386,25 +391,29 @@ def classification(prob: float, label: int, threshold: float = DEFAULT_THRESHOLD
     fake = prob > threshold
     return ("TP" if fake else "FN") if int(label) == 1 else ("FP" if fake else "TN")
 
-def figure_title(label: int | None, method: str, video_prob: float | None, frame_prob: float, result: str,
-                 explanation: str = "relevancy", layout: str = "spatial") -> str:
-    "The reference's title lines (Label, Method, Video Pred Score, Frame Pred Score, Classification) + the explanation."
+def figure_title(label: int | None, method: str | None, video_prob: float | None, frame_prob: float, result: str,
+                 explanation: str = "relevancy", layout: str = "spatial", video: str | None = None, warning: str | None = None) -> str:
+    """The reference's title lines (Label, Method, Video Pred Score, Frame Pred Score, Classification) + the explanation;
+    `video` (e.g. its name and frame) is a first line `Video: ...`, an unknown method is `Method: unknown`, and a detector
+    `warning` (`04_evaluate.provenance_warning`) is the last line."""
     vp = "-" if video_prob is None or (isinstance(video_prob, float) and math.isnan(video_prob)) else f"{float(video_prob):.3f}"
     expl = explanation + (" (seed layout: NOT spatially grounded)" if layout == "seed" and explanation != "gradcam" else "")
     lab = "unknown" if label is None else "Fake Image" if int(label) == 1 else "True Image"
-    return "\n".join([f"Label: {lab}", f"Method: {method}",
-                      f"Video Pred Score: {vp}", f"Frame Pred Score: {frame_prob:.3f}",
-                      f"Classification: {result}", f"Explanation: {expl}"])
+    meth = "unknown" if method in (None, "", "-") else method
+    lines = ([f"Video: {video}"] if video else []) + [f"Label: {lab}", f"Method: {meth}", f"Video Pred Score: {vp}",
+             f"Frame Pred Score: {frame_prob:.3f}", f"Classification: {result}", f"Explanation: {expl}"]
+    return "\n".join(lines + (textwrap.wrap(f"WARNING: {warning}", 64) if warning else []))
 
 def explained_figure(face_rgb: np.ndarray, heat: np.ndarray, title: str):
     "Left the face, right the JET overlay of `heat`; `title` above (a matplotlib Figure, no pyplot state)."
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.4, 4.6))
+    n = title.count("\n") + 1
+    fig = Figure(figsize=(6.4, 3.3 + 0.15 * n))
     axs = fig.subplots(1, 2)
     axs[0].imshow(face_rgb); axs[1].imshow(overlay_jet(face_rgb, heat))
     for ax in axs: ax.axis("off")
     fig.suptitle(title, ha="left", x=0.1, y=0.98, fontsize=9, family="monospace")
-    fig.subplots_adjust(top=0.72, bottom=0.02, left=0.02, right=0.98, wspace=0.04)
+    fig.subplots_adjust(top=1 - (0.15 * n + 0.15) / (3.3 + 0.15 * n), bottom=0.02, left=0.02, right=0.98, wspace=0.04)
     return fig
 
 def gallery_figure(faces, heats, captions, ncols: int = 4, title: str = ""):
@@ -421,14 +430,14 @@ def gallery_figure(faces, heats, captions, ncols: int = 4, title: str = ""):
     if title: fig.suptitle(title, fontsize=9)
     return fig
 
-def figure_png(fig, dpi: int = 110) -> bytes:
-    "A matplotlib figure as PNG bytes."
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi)
+def figure_png(fig, dpi: int = 110, compress_level: int = 6) -> bytes:
+    "A matplotlib figure as PNG bytes (`compress_level` 1: larger, encoded several times faster)."
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": compress_level})
     return buf.getvalue()
 
 # %% ../nbs/05_explain.ipynb #a97c3f6a
 EXPLANATION_COLUMNS = ["name", "path", "label", "manipulation", "video_prob", "frame_prob", "classification",
-                       "method", "layout", "figure", "map"]
+                       "method", "layout", "figure", "map", "warning"]
 
 def _size_of(model, image_size=None) -> int:
     return int(image_size or getattr(model, "image_size", None) or 224)  # 224: the reference's image-size
@@ -438,9 +447,11 @@ def faces_to_batch(faces, device="cpu") -> torch.Tensor:
     return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().to(device)
 
 def explain_faces(model, faces, names, output, methods=("relevancy",), labels=None, manipulations=None, video_probs=None,
-                  threshold=DEFAULT_THRESHOLD, target="fake", batch_size=8, gallery_max=16, device="cpu") -> pd.DataFrame:
+                  threshold=DEFAULT_THRESHOLD, target="fake", batch_size=8, gallery_max=16, device="cpu",
+                  warning: str | None = None) -> pd.DataFrame:
     """Explain `faces` (RGB uint8 (H, W, 3), already at the model's input size) with every method in `methods`;
-    write figures, maps, galleries and `explanations.csv` under `<output>/explanation/`."""
+    write figures, maps, galleries and `explanations.csv` under `<output>/explanation/`. The table holds the rows of
+    earlier runs into `output` too; `attrs["names"]` are this run's images. `warning` goes on every figure and row."""
     out = Path(output) / "explanation"
     n = len(faces)
     labels = [None] * n if labels is None else list(labels)
@@ -467,22 +478,23 @@ def explain_faces(model, faces, names, output, methods=("relevancy",), labels=No
                 if (names[i], method) in rows: continue
                 heat, p = maps[j].cpu().numpy().astype(np.float32), float(probs[j])
                 result = classification(p, labels[i], threshold) if labels[i] is not None else ("fake" if p > threshold else "real")
-                title = figure_title(labels[i], manipulations[i], video_probs[i], p, result, method, layout)
+                title = figure_title(labels[i], manipulations[i], video_probs[i], p, result, method, layout, names[i], warning)
                 fig_path, map_path = out / method / f"{names[i]}.png", out / method / f"{names[i]}.npy"
                 with atomic_write(map_path, "wb") as f: np.save(f, heat)
                 write_bytes_atomic(fig_path, figure_png(explained_figure(faces[i], heat, title)))
                 rows[(names[i], method)] = dict(name=names[i], path="", label=labels[i], manipulation=manipulations[i],
                                                 video_prob=video_probs[i], frame_prob=p, classification=result, method=method,
-                                                layout=layout, figure=str(fig_path), map=str(map_path))
+                                                layout=layout, figure=str(fig_path), map=str(map_path), warning=warning)
     for method in methods:
         shown = list(range(n))[:gallery_max]
         if shown:
             heats = [np.load(rows[(names[i], method)]["map"]) for i in shown]
-            caps = [f"{manipulations[i]} {rows[(names[i], method)]['classification']} p={float(rows[(names[i], method)]['frame_prob']):.2f}" for i in shown]
+            caps = [f"{names[i]}\n{rows[(names[i], method)]['classification']} p={float(rows[(names[i], method)]['frame_prob']):.2f}" for i in shown]
             ttl = f"{method}" + (" (seed layout: NOT spatially grounded)" if layout == "seed" and method != "gradcam" else "")
             write_bytes_atomic(out / f"gallery_{method}.png", figure_png(gallery_figure([faces[i] for i in shown], heats, caps, title=ttl)))
     table = pd.DataFrame([rows[k] for k in sorted(rows, key=lambda k: (k[1], k[0]))], columns=EXPLANATION_COLUMNS)
     write_csv_atomic(index, table)
+    table.attrs["names"] = list(names)
     return table
 
 def _read_faces(paths, size, skipped):
@@ -499,7 +511,7 @@ def _threshold_near(csv_path) -> float:
     except (OSError, KeyError, TypeError, ValueError): return DEFAULT_THRESHOLD
 
 def explain_samples(samples_csv, model, output, methods=("relevancy",), images_dir=None, threshold=None, target="fake",
-                    batch_size=8, image_size=None, gallery_max=16, device="cpu") -> pd.DataFrame:
+                    batch_size=8, image_size=None, gallery_max=16, device="cpu", warning=None) -> pd.DataFrame:
     """Explained figures for the rows of an evaluation samples CSV (`SAMPLE_COLUMNS`). A crop is found at
     `images_dir/example_file_name` when `images_dir` is given, else at `video_name/example_file_name`
     (relative paths: from the working folder, then from the CSV's folder)."""
@@ -520,8 +532,8 @@ def explain_samples(samples_csv, model, output, methods=("relevancy",), images_d
     manip = [Path(v).parent.name for v in sub["video_name"]]
     names = [f"{m}_{Path(v).name}_{Path(e).stem}" for m, v, e in zip(manip, sub["video_name"], sub["example_file_name"])]
     table = explain_faces(model, faces, names, output, methods, sub["label"].astype(int).tolist(), manip,
-                          sub["video_prob"].astype(float).tolist(), threshold, target, batch_size, gallery_max, device)
-    table["path"] = table["name"].map(dict(zip(names, map(str, [paths[i] for i in keep]))))
+                          sub["video_prob"].astype(float).tolist(), threshold, target, batch_size, gallery_max, device, warning)
+    table["path"] = table["name"].map(dict(zip(names, map(str, [paths[i] for i in keep])))).fillna(table["path"])  # earlier rows keep theirs
     write_csv_atomic(Path(output) / "explanation" / "explanations.csv", table)
     write_json_atomic(Path(output) / "explanation" / "skipped.json", skipped)
     table.attrs["skipped"] = skipped
@@ -530,7 +542,7 @@ def explain_samples(samples_csv, model, output, methods=("relevancy",), images_d
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 def explain_folder(images_dir, model, output, methods=("relevancy",), threshold=DEFAULT_THRESHOLD, target="fake",
-                   batch_size=8, image_size=None, gallery_max=16, device="cpu") -> pd.DataFrame:
+                   batch_size=8, image_size=None, gallery_max=16, device="cpu", warning=None) -> pd.DataFrame:
     "Explained figures for every image in `images_dir` (recursively; labels unknown)."
     images_dir = Path(images_dir)
     if not images_dir.is_dir(): raise FileNotFoundError(f"{images_dir}: image folder not found")
@@ -539,8 +551,8 @@ def explain_folder(images_dir, model, output, methods=("relevancy",), threshold=
     skipped = []
     faces, keep = _read_faces(paths, _size_of(model, image_size), skipped)
     names = ["_".join(paths[i].relative_to(images_dir).with_suffix("").parts) for i in keep]
-    table = explain_faces(model, faces, names, output, methods, None, None, None, threshold, target, batch_size, gallery_max, device)
-    table["path"] = table["name"].map(dict(zip(names, [str(paths[i]) for i in keep])))
+    table = explain_faces(model, faces, names, output, methods, None, None, None, threshold, target, batch_size, gallery_max, device, warning)
+    table["path"] = table["name"].map(dict(zip(names, [str(paths[i]) for i in keep]))).fillna(table["path"])
     write_csv_atomic(Path(output) / "explanation" / "explanations.csv", table)
     write_json_atomic(Path(output) / "explanation" / "skipped.json", skipped)
     table.attrs["skipped"] = skipped
@@ -555,25 +567,269 @@ def predict_faces(model, faces, batch_size=8, device="cpu") -> np.ndarray:
             probs.append(fake_probability(model(faces_to_batch(faces[s:s + batch_size], device))).cpu().numpy())
     return np.concatenate(probs) if probs else np.zeros(0)
 
-def explain_video(video, model, output, methods=("relevancy",), frames_per_video=30, threshold=DEFAULT_THRESHOLD,
-                  target="fake", batch_size=8, image_size=None, gallery_max=16, device="cpu", detector=None) -> pd.DataFrame:
-    "Detect and crop the faces of a raw video (`01_preprocess`), score the video, explain every crop."
-    from deepfake_explain.preprocess import detect_and_crop_video
-    video = Path(video)
-    if not video.is_file(): raise FileNotFoundError(f"{video}: video file not found")
-    crops = detect_and_crop_video(video, detector, frames_per_video=frames_per_video)["crops"]
-    if not crops: raise ValueError(f"{video}: no face found on the {frames_per_video} sampled frames")
-    tf = ValTransform(_size_of(model, image_size))
-    faces = [tf(c["image"]) for c in crops]
-    probs = predict_faces(model, faces, batch_size, device)
-    tracks = pd.DataFrame({"face": [c["face"] for c in crops], "p": probs}).groupby("face")["p"].mean()
-    vp = video_score(tracks.tolist(), "reference", threshold)
-    names = [f"{video.stem}_{c['frame']}_{c['face']}" for c in crops]
-    table = explain_faces(model, faces, names, output, methods, None, [video.stem] * len(faces), [vp] * len(faces),
-                          threshold, target, batch_size, gallery_max, device)
-    table["path"] = str(video)
-    write_csv_atomic(Path(output) / "explanation" / "explanations.csv", table)
-    return table
+def explain_video(video, model, output, frames_per_video: int = FRAMES_PER_VIDEO, threshold=DEFAULT_THRESHOLD, rule="reference",
+                  voting="main", batch_size=32, face_detector=None, explainer=None, warning=None, provenance=None) -> dict:
+    """Explain one raw video with a loaded `model`: `04_evaluate.predict_video` (the same detection, crops and scores as
+    predict), scoring with the explainer's relevancy pass, then the explained outputs under `<output>/explained/`
+    (`VideoExplainer.write`). Returns the verdict with the paths of the outputs."""
+    ex = explainer or VideoExplainer()
+    rec = predict_video(video, model, face_detector, frames_per_video, batch_size, rule, threshold, voting=voting,
+                        scorer=ex.score, keep_images=True)
+    rec.update(name=Path(video).stem, warning=warning, provenance=provenance or {"known": False})
+    rec.update(ex.write(rec, output))
+    return {k: v for k, v in rec.items() if not k.startswith("_")}
+
+# %% ../nbs/05_explain.ipynb #e00e8ce3
+class VideoExplainer:
+    """The explainer of `04_evaluate.predict_videos(explainer=...)`: `score` is its scorer (the fake probabilities of
+    `score_crops`, the same batches and forward pass, plus the `method` map of every crop, `explain_batch` crops at a
+    time: default the scoring batch, 8 for models of more than 256 tokens, the seed layout), `write` a video's explained
+    outputs, `index` the output folder's index.html; `k` evidence frames per page."""
+    def __init__(self, k: int = 3, method: str = "relevancy", target="fake", explain_batch: int | None = None, fps: float = 2.0,
+                 max_side: int = 960):
+        if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.k, self.method, self.target, self.explain_batch, self.fps, self.max_side = k, method, target, explain_batch, fps, max_side
+        self.crops, self.maps, self.layout = [], np.zeros((0, 1, 1), np.float32), "spatial"
+
+    def score(self, model, images, batch_size: int = 32, image_size: int | None = None) -> np.ndarray:
+        "Fake probabilities (N,) of RGB face crops, as `score_crops`; keeps the crops at the model's size and their maps."
+        tf, dev = ValTransform(_size_of(model, image_size)), next(model.parameters()).device
+        eb = self.explain_batch or (batch_size if getattr(model, "num_tokens", 0) <= 256 else 8)  # one backward per batch where memory allows
+        self.crops, self.layout, probs, maps = [tf(im) for im in images], getattr(model, "layout", "spatial"), [], []
+        with eval_mode(model):
+            for s in range(0, len(self.crops), batch_size):
+                x = faces_to_batch(self.crops[s:s + batch_size], dev)  # (B, 3, S, S)
+                cache = backbone_cache(model, x)                        # the backbone once
+                with torch.no_grad(): probs.append(frame_probabilities(model.classify_tokens(cache["tokens"])).cpu().numpy())
+                for e in range(0, len(x), eb):
+                    sub = {k: v[e:e + eb] for k, v in cache.items()}
+                    maps.append(explain_batch(model, x[e:e + eb], self.method, self.target, cache=sub)[1].cpu().numpy())
+        self.maps = np.concatenate(maps).astype(np.float32) if maps else np.zeros((0, 1, 1), np.float32)
+        return np.concatenate(probs) if probs else np.zeros(0)
+
+    def write(self, rec: dict, output) -> dict:
+        "The explained outputs of one verdict (`predict_video` with this scorer and `keep_images`): {html, mp4, timeline}."
+        ok = rec["status"] == "ok" and len(self.maps) == rec["n_crops"]
+        return write_explained_video(rec, output, self.crops if ok else [], self.maps if ok else None, self.k, self.fps,
+                                     self.max_side, self.method, self.layout)
+
+    def index(self, summary: pd.DataFrame, output) -> Path:
+        "`<output>/index.html` over the videos of `summary` (predictions.csv)."
+        return write_bytes_atomic(Path(output) / "index.html", index_html(summary, output).encode())
+
+# %% ../nbs/05_explain.ipynb #94e98c49
+_MAIN_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+
+def _text(img, txt, org, scale=0.5, colour=(255, 255, 255)):
+    "Text with a dark outline (readable on any background)."
+    cv2.putText(img, txt, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, txt, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+def annotate_frame(frame: np.ndarray, faces: list[dict], header: str, footer: str | None = None, scale: float = 1.0,
+                   margin: float = 0.0, alpha: float = 0.45) -> np.ndarray:
+    """A copy of the RGB `frame` (full resolution) resized by `scale`, with per face (dict: box x0, y0, x1, y1; face; main; score;
+    heat (S, S) in [0, 1] of its square crop or None) the JET heat blended on its square crop, its box, `track <id> p=<score>`;
+    `header` (frame, frame probability, running verdict) on top, `footer` (e.g. the detector's warning) at the bottom."""
+    H, W = frame.shape[:2]
+    out = cv2.resize(frame, (max(1, round(W * scale)), max(1, round(H * scale))), interpolation=cv2.INTER_AREA) if scale != 1 else frame.copy()
+    for f in faces:
+        sx0, sy0, sx1, sy1 = (round(v * scale) for v in square_box([f["x0"], f["y0"], f["x1"], f["y1"]], (H, W), margin))
+        if f.get("heat") is not None and sx1 > sx0 and sy1 > sy0:
+            jet = cv2.applyColorMap(np.uint8(255 * np.clip(cv2.resize(f["heat"], (sx1 - sx0, sy1 - sy0)), 0, 1)), cv2.COLORMAP_JET)[..., ::-1]
+            roi = out[sy0:sy1, sx0:sx1]
+            out[sy0:sy1, sx0:sx1] = cv2.addWeighted(roi, 1 - alpha, jet[:roi.shape[0], :roi.shape[1]], alpha, 0)
+        colour = _MAIN_COLOURS[f["face"] % len(_MAIN_COLOURS)] if f.get("main", True) else (160, 160, 160)
+        x0, y0, x1, y1 = (round(f[k] * scale) for k in ("x0", "y0", "x1", "y1"))
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, 2)
+        label = f"track {f['face']}{'' if f.get('main', True) else ' (bg)'} p={f['score']:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        ly = max(th + 6, y0)  # the label on a filled tag above the box (inside the frame)
+        cv2.rectangle(out, (x0, ly - th - 6), (x0 + tw + 6, ly), colour, -1)
+        cv2.putText(out, label, (x0 + 3, ly - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0) if sum(colour) > 500 else (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.rectangle(out, (0, 0), (out.shape[1], 26), (0, 0, 0), -1)
+    _text(out, header, (6, 18), 0.55)
+    if footer:
+        cv2.rectangle(out, (0, out.shape[0] - 22), (out.shape[1], out.shape[0]), (90, 0, 0), -1)
+        _text(out, footer[:int(out.shape[1] / 7.5)], (6, out.shape[0] - 7), 0.45, (255, 220, 220))
+    return out
+
+def write_mp4(frames: list[np.ndarray], path, fps: float = 2.0) -> Path:
+    "RGB frames of one size written as an MPEG-4 video (OpenCV's `mp4v`: plays in VLC and most players) atomically."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.mp4"  # OpenCV picks the container by the suffix
+    vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w - w % 2, h - h % 2))
+    if not vw.isOpened(): raise RuntimeError(f"{path}: OpenCV cannot write MPEG-4 video here")
+    try:
+        for f in frames: vw.write(np.ascontiguousarray(f[: h - h % 2, : w - w % 2, ::-1]))
+    finally: vw.release()
+    os.replace(tmp, path)
+    return path
+
+def jpeg_uri(rgb: np.ndarray, quality: int = 75) -> str:
+    "An RGB image as a JPEG `data:` URI (the annotated frames embedded in the page: any browser shows them, offline)."
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok: raise ValueError("JPEG encoding failed")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
+
+# %% ../nbs/05_explain.ipynb #de739120
+def evidence_crops(rec: dict, k: int = 4) -> list[int]:
+    """Indices (into `rec["frames"]`) of the `k` crops with the strongest evidence for the verdict: of the deciding tracks,
+    the highest fake probabilities for a fake verdict, the lowest for a real one."""
+    rows = [(i, r["score"]) for i, r in enumerate(rec["frames"]) if r["face"] in set(rec["decided_by"])]
+    return [i for i, _ in sorted(rows, key=lambda t: -t[1] if rec["verdict"] == "fake" else t[1])[:k]]
+
+def timeline_figure(rec: dict, evidence: list[int] = ()):
+    """Per track the fake probability over the sampled frames (main tracks solid, background dashed; the deciding track
+    thick), the threshold, and the evidence frames (`evidence`: indices into `rec["frames"]`) marked."""
+    from matplotlib.figure import Figure
+    fr = pd.DataFrame(rec["frames"])
+    main = {t["face"]: t["main"] for t in rec["tracks"]}
+    fig = Figure(figsize=(8, 3.2)); ax = fig.subplots()
+    for face, g in fr.groupby("face"):
+        g = g.sort_values("frame")
+        ax.plot(g["frame"], g["score"], "-" if main.get(face, True) else "--", marker="o", ms=4, lw=2.6 if face in rec["decided_by"] else 1.2,
+                label=f"track {face}" + (" (main)" if main.get(face, True) else " (background)") + (", decided" if face in rec["decided_by"] else ""))
+    ax.axhline(rec["threshold"], color="k", ls=":", lw=1, label=f"threshold {rec['threshold']:.2f}")
+    for j, i in enumerate(evidence):
+        ax.axvline(rec["frames"][i]["frame"], color="red", alpha=0.35, lw=6, label="strongest evidence" if j == 0 else None)
+    for f in rec.get("frames_without_face", []): ax.axvline(f, color="0.6", lw=0.8, ls="-.")
+    warn = f"\nWARNING: {rec['warning']}" if rec.get("warning") else ""
+    ax.set(xlabel="frame", ylabel="fake probability", ylim=(-0.02, 1.02),
+           title=f"{rec.get('name', rec['video'])}: {str(rec['verdict']).upper()} (video score {rec['video_score']:.3f}, {rec['rule']} rule){warn}")
+    ax.title.set_fontsize(9); ax.legend(fontsize=7, loc="lower right")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.84 if warn else 0.9)  # fixed: no layout pass (a second draw)
+    return fig
+
+# %% ../nbs/05_explain.ipynb #19f0ba44
+_PAGE_CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1100px;color:#222}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee;cursor:pointer}td.l,th.l{text-align:left}
+.fake{color:#fff;background:#c0392b}.real{color:#fff;background:#27ae60}.none{color:#fff;background:#7f8c8d}
+.verdict{display:inline-block;padding:.2em .6em;font-size:1.6em;font-weight:bold;border-radius:4px}
+.warn{background:#fdecea;border:2px solid #c0392b;padding:.6em;margin:.8em 0;font-weight:bold}.prov{color:#555;font-size:.9em}
+img{max-width:100%}figure{display:inline-block;margin:.3em;vertical-align:top}"""
+_IMG_CHECK = """<script>window.addEventListener("load",function(){var i=Array.from(document.images);
+document.body.setAttribute("data-images",i.filter(function(m){return m.complete&&m.naturalWidth>0}).length+"/"+i.length);});</script>"""
+
+def data_uri(png: bytes) -> str:
+    "A PNG as a `data:` URI (embedded in the page: nothing to fetch)."
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+def _track_table(rec: dict) -> str:
+    e = html.escape
+    rows = "".join(f"<tr><td>{t['face']}</td><td class=l>{'main' if t['main'] else 'background'}</td><td>{t['n_frames']}</td>"
+                   f"<td>{t['persistence']:.2f}</td><td>{t['size']:.2f}</td><td>{t['det_prob']:.3f}</td><td>{t['prominence']:.3f}</td>"
+                   f"<td>{t['score']:.4f}</td><td class=l>{'decided the verdict' if t['face'] in rec['decided_by'] else ''}</td></tr>"
+                   for t in rec["tracks"])
+    return ("<table><tr><th>track</th><th class=l>role</th><th>frames</th><th>persistence</th><th>size</th><th>detection</th>"
+            f"<th>prominence</th><th>mean fake probability</th><th class=l></th></tr>{rows}</table>") if rows else ""
+
+_PLAYER = """<script>(function(){var f=FRAMES,i=0,t=null,im=document.getElementById("player"),lb=document.getElementById("plabel");
+function show(k){i=(k+f.length)%f.length;im.src=f[i][1];lb.textContent=f[i][0]+" ("+(i+1)+"/"+f.length+")";}
+document.getElementById("prev").onclick=function(){show(i-1)};document.getElementById("next").onclick=function(){show(i+1)};
+document.getElementById("play").onclick=function(){if(t){clearInterval(t);t=null}else{t=setInterval(function(){show(i+1)},FPS)}};show(0);})();</script>"""
+
+def video_page_html(rec: dict, timeline_png: bytes | None = None, evidence: list[tuple[str, bytes]] = (),
+                    frames: list[tuple[str, str]] = (), mp4_href: str | None = None, index_href: str = "../index.html",
+                    fps: float = 2.0) -> str:
+    """The self-contained page of one explained verdict: images embedded (`data:` URIs: the timeline, the evidence figures,
+    the annotated `frames` as (label, JPEG URI) in a small player), the annotated MP4 linked beside it, nothing external."""
+    e, name = html.escape, rec.get("name", rec["video"])
+    v = rec.get("verdict")
+    head = (f"<span class='verdict {v}'>{v.upper()}</span> video score <b>{rec['video_score']:.4f}</b> ({e(rec['rule'])} rule, "
+            f"threshold {rec['threshold']:.3g}, tracks voting: {e(str(rec.get('voting')))}); decided by track "
+            f"{', '.join(map(str, rec['decided_by']))}" if v else f"<span class='verdict none'>NO VERDICT</span> {e(rec['status'])}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(name)}: {e(str(v or rec['status']))}</title>",
+             f"<style>{_PAGE_CSS}</style></head><body>", f"<p><a href='{e(index_href)}'>all videos</a></p><h1>{e(name)}</h1>",
+             f"<p class=l>{e(rec['path'])}</p><p>{head}</p>"]
+    if rec.get("warning"): parts.append(f"<div class=warn>WARNING: {e(rec['warning'])}</div>")
+    parts.append(f"<p class=prov>{e(provenance_line(rec.get('provenance') or {'known': False}))}</p>")
+    if rec.get("reason"): parts.append(f"<h2>Failure</h2><p>{e(rec['reason'])}</p>")
+    if rec["tracks"]: parts += ["<h2>Face tracks</h2>", _track_table(rec),
+                                f"<p>{rec['n_tracks']} tracks, {rec['n_background']} background (reported, not voting); "
+                                f"{rec['n_crops']} faces on {rec['frames_with_face']} of {rec['n_frames']} sampled frames.</p>"]
+    if frames:
+        parts.append("<h2>Annotated video</h2><div><button id=prev>&#9664;</button> <button id=play>play / pause</button> "
+                     f"<button id=next>&#9654;</button> <span id=plabel></span></div><img id=player alt='annotated frame' src='{frames[0][1]}'>"
+                     + (f"<p><a href='{e(mp4_href)}'>annotated MP4</a> (the same frames, {fps:g} per second)</p>" if mp4_href else "")
+                     + _PLAYER.replace("FRAMES", json.dumps([list(f) for f in frames])).replace("FPS", str(round(1000 / fps))))
+    if timeline_png: parts.append(f"<h2>Timeline</h2><img alt='timeline' src='{data_uri(timeline_png)}'>")
+    if evidence: parts += ["<h2>Strongest evidence</h2>"] + [f"<figure><img alt='{e(c)}' src='{data_uri(p)}'><figcaption>{e(c)}</figcaption></figure>"
+                                                             for c, p in evidence]
+    skipped = rec.get("frames_without_face") or []
+    parts.append("<h2>Skipped frames</h2><p>" + (f"{len(skipped)} of {rec['n_frames']} sampled frames without a (large enough) face: "
+                 + ", ".join(map(str, skipped)) if skipped else "none") + (f"; {rec['small_faces']} faces smaller than min_face left out" if rec.get("small_faces") else "") + "</p>")
+    return "".join(parts) + _IMG_CHECK + "</body></html>"
+
+# %% ../nbs/05_explain.ipynb #0d36ae0a
+def index_html(summary: pd.DataFrame, output) -> str:
+    """The index of an output folder's videos (`predictions.csv` rows): name linking its page (when there is one), verdict,
+    score, tracks, deciding track, warning, status; sortable by clicking a column header (inline script, offline)."""
+    e, out, rows = html.escape, Path(output), []
+    for r in summary.itertuples():
+        page = getattr(r, "html", None)
+        link = os.path.relpath(page, out) if isinstance(page, str) and page and Path(page).exists() else None
+        name = f"<a href='{e(Path(link).as_posix())}'>{e(str(r.name))}</a>" if link else e(str(r.name))
+        score = float(r.video_score) if pd.notna(r.video_score) else float("nan")
+        v = r.verdict if isinstance(r.verdict, str) else None
+        rows.append(f"<tr><td class=l>{name}</td><td class='l {v or 'none'}'>{e(v or r.status)}</td>"
+                    f"<td data-v='{score if score == score else -1}'>{'' if score != score else f'{score:.4f}'}</td>"
+                    f"<td>{'' if pd.isna(r.n_tracks) else int(r.n_tracks)}</td><td class=l>{e(str(getattr(r, 'decided_by', '') or ''))}</td>"
+                    f"<td class=l>{e(str(getattr(r, 'warning', '') or '') if pd.notna(getattr(r, 'warning', None)) else '')}</td>"
+                    f"<td class=l>{e(str(r.reason) if isinstance(r.reason, str) else '')}</td></tr>")
+    sort = """<script>document.querySelectorAll("th").forEach(function(th,c){th.addEventListener("click",function(){
+var t=th.closest("table"),rs=Array.from(t.querySelectorAll("tr")).slice(1),d=th.dataset.d=th.dataset.d=="1"?"-1":"1";
+rs.sort(function(a,b){var x=a.cells[c],y=b.cells[c],u=x.dataset.v!==undefined?parseFloat(x.dataset.v)-parseFloat(y.dataset.v):x.textContent.localeCompare(y.textContent);return d*u;});
+rs.forEach(function(r){t.appendChild(r)});});});</script>"""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Explained videos</title><style>{_PAGE_CSS}</style></head><body>"
+            f"<h1>Explained videos</h1><p>{len(summary)} videos; click a column to sort.</p><table><tr><th class=l>video</th>"
+            "<th class=l>verdict</th><th>score</th><th>tracks</th><th class=l>decided by track</th><th class=l>warning</th>"
+            f"<th class=l>failure</th></tr>{''.join(rows)}</table>{sort}{_IMG_CHECK}</body></html>")
+
+def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fps: float = 2.0, max_side: int = 960,
+                          method: str = "relevancy", layout: str = "spatial") -> dict:
+    """Write the explained outputs of one verdict (see above) under `<output>/explained/`: the page `<name>.html` and, for a
+    verdict, `<name>/annotated.mp4`, `<name>/timeline.png`, `<name>/evidence_<i>.png` (`crops`/`maps`: per row of
+    `rec["frames"]`, from `VideoExplainer.score`; the frames from `rec["_frames"]`). Returns {html, mp4, timeline}."""
+    name = rec.get("name", rec["video"])
+    page, folder = Path(output) / "explained" / f"{name}.html", Path(output) / "explained" / name
+    res = dict(html=str(page), mp4=None, timeline=None)
+    timeline, evidence, shown, mp4_href = None, [], [], None
+    if rec["status"] == "ok" and maps is not None:
+        fr, main, warn = rec["frames"], {t["face"]: t["main"] for t in rec["tracks"]}, rec.get("warning")
+        ev = evidence_crops(rec, k)
+        timeline = figure_png(timeline_figure(rec, ev), dpi=90, compress_level=1)
+        res["timeline"] = str(write_bytes_atomic(folder / "timeline.png", timeline))
+        for j, i in enumerate(ev):
+            r = fr[i]
+            cap = f"{name}, frame {r['frame']}, track {r['face']}"
+            title = figure_title(None, None, rec["video_score"], r["score"], "fake" if r["score"] > rec["threshold"] else "real", method,
+                                 layout, cap, warn)
+            png = figure_png(explained_figure(crops[i], maps[i], title), dpi=80, compress_level=1)
+            write_bytes_atomic(folder / f"evidence_{j + 1}.png", png); evidence.append((cap + f": p={r['score']:.3f}", png))
+        frames = rec.get("_frames") or {}
+        if frames:
+            H, W = next(iter(frames.values())).shape[:2]
+            scale, images, seen, vote = min(1.0, max_side / max(H, W)), [], {}, set(rec["voting_faces"])
+            try: cap_fps = open_video(rec["path"])[1]["fps"]; cap_fps = cap_fps if cap_fps > 0 else None
+            except Exception: cap_fps = None
+            for f in sorted(frames):
+                faces = [dict(fr[i], main=main.get(fr[i]["face"], True), heat=maps[i]) for i in range(len(fr)) if fr[i]["frame"] == f]
+                for x in faces:
+                    if x["face"] in vote: seen.setdefault(x["face"], []).append(x["score"])
+                run = video_score([np.mean(seen[t]) for t in sorted(seen)], rec["rule"], rec["threshold"]) if seen else None
+                here = [x["score"] for x in faces if x["face"] in vote]
+                t = f" ({f / cap_fps:.1f} s)" if cap_fps else ""
+                header = (f"frame {f}{t}  p(fake)={max(here):.2f}" if here else f"frame {f}{t}  no voting face") + \
+                         (f"  | running: {'FAKE' if run > rec['threshold'] else 'REAL'} {run:.2f}" if run is not None else "  | running: -")
+                images.append(annotate_frame(frames[f], faces, header, f"WARNING: {warn}" if warn else None, scale, rec.get("margin", 0.0)))
+                shown.append((f"frame {f}{t}", jpeg_uri(images[-1])))
+            res["mp4"] = str(write_mp4(images, folder / "annotated.mp4", fps))
+            mp4_href = f"{Path(name).name}/annotated.mp4"
+    index_href = os.path.relpath(Path(output) / "index.html", page.parent)
+    write_bytes_atomic(page, video_page_html(dict(rec, name=name), timeline, evidence, shown, mp4_href, Path(index_href).as_posix(), fps).encode())
+    return res
 
 # %% ../nbs/05_explain.ipynb #5fa4adf8
 def _methods_arg(methods: str) -> tuple:
@@ -586,38 +842,54 @@ def _methods_arg(methods: str) -> tuple:
 def explain_cli(
     samples: str = None,        # evaluation samples CSV (04_evaluate's test/samples.csv)
     images: str = None,         # or: a folder of face images
-    video: str = None,          # or: a raw video (faces detected and cropped with 01_preprocess)
+    video: str = None,          # or: a raw video or a folder of videos: explained videos (annotated MP4, timeline, HTML page) + index.html
     model_path: str = None,     # weights: training checkpoint, or plain state dict (the reference's) with --config
     config: str = None,         # model YAML config (default: the one stored in a training checkpoint)
-    output: str = "outputs/explain",  # figures go to <output>/explanation/
-    batch_size: int = 8,        # images per forward/backward
+    output: str = "outputs/explain",  # figures go to <output>/explanation/; with --video, as deepfake-explain-predict --explain
+    batch_size: int = None,     # images per forward/backward (default 8; with --video predict's 32 per forward, relevancy 8 at a time)
     device: str = "auto",       # auto | cpu | cuda | cuda:1 ...
-    methods: str = "relevancy", # comma-separated: relevancy,attention,rollout,gradcam,random
+    methods: str = "relevancy", # comma-separated: relevancy,attention,rollout,gradcam,random (--video: the first one)
     target: str = "fake",       # explained logit: fake | real | predicted
-    threshold: float = None,    # frame decision threshold (default: metrics.json beside --samples, else 0.55)
+    threshold: float = None,    # decision threshold (default: metrics.json beside --samples, else 0.55)
     images_dir: str = None,     # with --samples: folder holding the example files (default: each row's video_name)
-    frames_per_video: int = 30, # with --video: equidistant frames to detect faces on
+    frames_per_video: int = FRAMES_PER_VIDEO,  # with --video: equidistant frames to detect faces on (predict's default)
+    rule: str = "reference",    # with --video: video score rule, reference | mean | max
+    voting: str = "main",       # with --video: face tracks that decide, main | all
+    evidence: int = 3,          # with --video: frames with the strongest evidence shown as explained figures
 ):
-    "Relevancy maps and explained figures for evaluation samples, a folder of faces, or a video."
+    """Relevancy maps and explained figures for evaluation samples, a folder of faces, or explained videos.
+    Counts are this run's. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line."""
     from deepfake_explain.data import resolve_device
-    try:
-        if sum(a is not None for a in (samples, images, video)) != 1:
-            raise ValueError("give exactly one of --samples, --images, --video")
-        if target not in TARGETS: raise ValueError(f"--target must be one of {TARGETS}, got {target!r}")
-        if not model_path: raise ValueError("--model_path is required (a training checkpoint, or a state dict with --config)")
-        ms, dev = _methods_arg(methods), resolve_device(device)
-        model, _, _ = load_detector(model_path, config, dev)
-        kw = dict(methods=ms, target=target, batch_size=batch_size, device=dev)
-        thr = DEFAULT_THRESHOLD if threshold is None else threshold
-        if samples: table = explain_samples(samples, model, output, images_dir=images_dir, threshold=threshold, **kw)
-        elif images: table = explain_folder(images, model, output, threshold=thr, **kw)
-        else: table = explain_video(video, model, output, frames_per_video=frames_per_video, threshold=thr, **kw)
-    except (OSError, ValueError, RuntimeError, TypeError) as e:
-        print(f"deepfake-explain-explain: {e}", file=sys.stderr); sys.exit(1)
+    prog = "deepfake-explain-explain"
+    with cli_errors(prog):
+        if sum(a is not None for a in (samples, images, video)) != 1: raise UsageError("give exactly one of --samples, --images, --video")
+        if target not in TARGETS: raise UsageError(f"--target must be one of {TARGETS}, got {target!r}")
+        if not model_path: raise UsageError("--model_path is required (a training checkpoint, or a state dict with --config)")
+        if rule not in RULES or voting not in VOTING: raise UsageError(f"--rule must be one of {RULES} and --voting one of {VOTING}")
+        if frames_per_video < 1 or evidence < 0 or (batch_size is not None and batch_size < 1):
+            raise UsageError("--frames_per_video and --batch_size must be >= 1, --evidence >= 0")
+        try: ms = _methods_arg(methods)
+        except ValueError as e: raise UsageError(str(e)) from None
+        dev, thr = resolve_device(device), DEFAULT_THRESHOLD if threshold is None else threshold
+        if video:
+            ex = VideoExplainer(k=evidence, method=ms[0], target=target, explain_batch=batch_size or 8)
+            df = predict_videos(video, model_path, config, output, frames_per_video, 32, dev, rule, thr, voting=voting, explainer=ex)
+        else:
+            model, _, _ = load_detector(model_path, config, dev)
+            prov = checkpoint_provenance(model_path)
+            warn = provenance_warning(prov)
+            print(provenance_line(prov) + (f"\nWARNING: {warn}" if warn else ""))
+            kw = dict(methods=ms, target=target, batch_size=batch_size or 8, device=dev, warning=warn)
+            if samples: table = explain_samples(samples, model, output, images_dir=images_dir, threshold=threshold, **kw)
+            else: table = explain_folder(images, model, output, threshold=thr, **kw)
+    if video:
+        bad = report_verdicts(df, prog, output)
+        print(f"explained {len(df) - bad} of {len(df)} videos -> {Path(output) / 'index.html'}")
+        if bad == len(df): sys.exit(1)
+        return
     skipped = table.attrs.get("skipped", [])
-    print(f"explained {table['name'].nunique()} images x {len(ms)} method(s) -> {Path(output) / 'explanation'}"
+    print(f"explained {len(table.attrs.get('names', []))} images x {len(ms)} method(s) -> {Path(output) / 'explanation'}"
           + (f"; {len(skipped)} skipped (see skipped.json)" if skipped else ""))
-    return table
 
 # %% ../nbs/05_explain.ipynb #0c2afd62
 def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:

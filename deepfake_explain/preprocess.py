@@ -22,7 +22,8 @@ __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadEr
            'brighten', 'FaceDetector', 'box_iou', 'track_faces', 'boxes_path', 'write_boxes', 'read_boxes',
            'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
            'parse_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps', 'VideoFrames',
-           'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'detect_cli', 'crops_cli']
+           'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'UsageError', 'cli_errors',
+           'detect_cli', 'crops_cli']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -285,9 +286,10 @@ def detect_and_crop_frames(detector: FaceDetector, indices, frames, margin: floa
 
 def detect_and_crop_video(path, detector: FaceDetector | None = None, frames_per_video: int = 30, every_n: int = 1,
                           margin: float = 0.0, landmarks: bool = False, out_dir=None, boxes_json=None,
-                          iou_threshold: float = 0.2) -> dict:
+                          iou_threshold: float = 0.2, with_frames: bool = False) -> dict:
     """Detect faces on the sampled frames of one video and crop them. Returns {"boxes", "crops"} (crops:
-    [{frame, face, box, image RGB (S, S, 3)}]); writes `out_dir/<frame>_<face>.png` and `boxes_json` if given."""
+    [{frame, face, box, image RGB (S, S, 3)}]), and with `with_frames` also "frames" ({index: full RGB frame});
+    writes `out_dir/<frame>_<face>.png` and `boxes_json` if given."""
     detector = detector or FaceDetector()
     idx, frames = read_frames(path, frames_per_video=frames_per_video, every_n=every_n)
     r = detect_and_crop_frames(detector, idx, frames, margin, landmarks, iou_threshold)
@@ -295,7 +297,7 @@ def detect_and_crop_video(path, detector: FaceDetector | None = None, frames_per
     if out_dir is not None:
         for c in crops: write_png_atomic(Path(out_dir) / f"{c['frame']}_{c['face']}.png", c["image"])
     if boxes_json is not None: write_boxes(boxes_json, boxes)
-    return dict(boxes=boxes, crops=crops)
+    return dict(boxes=boxes, crops=crops, **({"frames": dict(zip(idx, frames))} if with_frames else {}))
 
 # %% ../nbs/01_preprocess.ipynb #e124133d
 def parse_shard(shard) -> tuple[int, int]:
@@ -476,6 +478,18 @@ def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "F
         else: rec.update(status="done", crops=item["n"]); log.clear(rec["path"])
     return pd.DataFrame(rows, columns=["video", "method", "path", "status", "crops"]).astype({"crops": "Int64"})
 
+# %% ../nbs/01_preprocess.ipynb #5ec06b1c
+class UsageError(ValueError):
+    "A bad command line (a missing, conflicting or invalid flag): console scripts exit with status 2, as `argparse` does."
+
+@contextlib.contextmanager
+def cli_errors(prog: str):
+    """Around a console script's body: a `UsageError` prints `prog: message` to stderr and exits 2; an expected
+    failure (`OSError`, `ValueError`, `RuntimeError`: a missing input, a bad checkpoint) prints it and exits 1."""
+    try: yield
+    except UsageError as e: print(f"{prog}: {e}", file=sys.stderr); sys.exit(2)
+    except (OSError, ValueError, RuntimeError) as e: print(f"{prog}: {e}", file=sys.stderr); sys.exit(1)
+
 # %% ../nbs/01_preprocess.ipynb #0d98f5b2
 def _index(data_path, dataset, compression):
     from deepfake_explain.data import index_videos
@@ -504,19 +518,21 @@ def detect_cli(
     shard: str = None,               # k/N: process the k-th of N deterministic parts of the dataset
     strict: bool = False,            # exit with status 1 if any video failed
 ):
-    "Detect faces (MTCNN) on sampled frames of every video; boxes JSON per video; resumable."
-    if not data_path: print("deepfake-explain-detect: --data_path is required", file=sys.stderr); sys.exit(2)
-    try: videos = _index(data_path, dataset, compression)
-    except (FileNotFoundError, ValueError) as e: print(f"deepfake-explain-detect: {e}", file=sys.stderr); sys.exit(2)
-    root = output_path or data_path
-    log = FailureLog(failures_path(Path(root) / "boxes", shard))
-    for sk in videos.attrs.get("skipped", []):  # files the index refused (empty, unreadable, unknown name, ...)
-        if Path(sk["path"]).is_file() and shard_videos(pd.DataFrame(dict(method=[""], video=[sk["path"]])), shard).shape[0]:
-            log.add(sk["path"], "index", sk["reason"])
-    s = detect_dataset(videos, root, dataset, frames_per_video, every_n, landmarks, device=device, batch_size=batch_size,
-                       num_workers=workers, threads=threads or None, shard=shard)
-    code = _finish("deepfake-explain-detect", s, failures_path(Path(root) / "boxes", shard), strict)
-    if code: sys.exit(code)
+    "Detect faces (MTCNN) on sampled frames of every video; boxes JSON per video; resumable. Exit 0 ok, 1 failed, 2 bad flags."
+    with cli_errors("deepfake-explain-detect"):
+        if not data_path: raise UsageError("--data_path is required")
+        try: parse_shard(shard)
+        except ValueError as e: raise UsageError(f"--shard: {e}") from None
+        videos = _index(data_path, dataset, compression)
+        root = output_path or data_path
+        log = FailureLog(failures_path(Path(root) / "boxes", shard))
+        for sk in videos.attrs.get("skipped", []):  # files the index refused (empty, unreadable, unknown name, ...)
+            if Path(sk["path"]).is_file() and shard_videos(pd.DataFrame(dict(method=[""], video=[sk["path"]])), shard).shape[0]:
+                log.add(sk["path"], "index", sk["reason"])
+        s = detect_dataset(videos, root, dataset, frames_per_video, every_n, landmarks, device=device, batch_size=batch_size,
+                           num_workers=workers, threads=threads or None, shard=shard)
+        code = _finish("deepfake-explain-detect", s, failures_path(Path(root) / "boxes", shard), strict)
+        if code: sys.exit(code)
 
 @call_parse
 def crops_cli(
@@ -530,11 +546,12 @@ def crops_cli(
     shard: str = None,               # k/N: process the k-th of N deterministic parts of the dataset
     strict: bool = False,            # exit with status 1 if any video failed
 ):
-    "Cut square face crops from the videos at the detected boxes; resumable."
-    if not data_path or not output_path:
-        print("deepfake-explain-crops: --data_path and --output_path are required", file=sys.stderr); sys.exit(2)
-    try: videos = _index(data_path, dataset, compression)
-    except (FileNotFoundError, ValueError) as e: print(f"deepfake-explain-crops: {e}", file=sys.stderr); sys.exit(2)
-    s = crop_dataset(videos, boxes_path or data_path, output_path, dataset, margin, num_workers=workers, shard=shard)
-    code = _finish("deepfake-explain-crops", s, failures_path(output_path, shard), strict)
-    if code: sys.exit(code)
+    "Cut square face crops from the videos at the detected boxes; resumable. Exit 0 ok, 1 failed, 2 bad flags."
+    with cli_errors("deepfake-explain-crops"):
+        if not data_path or not output_path: raise UsageError("--data_path and --output_path are required")
+        try: parse_shard(shard)
+        except ValueError as e: raise UsageError(f"--shard: {e}") from None
+        videos = _index(data_path, dataset, compression)
+        s = crop_dataset(videos, boxes_path or data_path, output_path, dataset, margin, num_workers=workers, shard=shard)
+        code = _finish("deepfake-explain-crops", s, failures_path(output_path, shard), strict)
+        if code: sys.exit(code)

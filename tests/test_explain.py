@@ -33,10 +33,10 @@ def test_explain_real_face_photos(shared_data, model, tmp_path):
 
 def test_explain_real_video(shared_data, model, tmp_path):
     video = shared_data / "faces" / "real_face_video.mp4"
-    table = explain_video(video, model, tmp_path, frames_per_video=2, batch_size=4)
-    assert len(table) >= 2 and set(table["manipulation"]) == {"real_face_video"}
-    assert table["video_prob"].notna().all() and table["classification"].isin(["fake", "real"]).all()
-    assert all(Path(f).exists() for f in table["figure"])
+    rec = explain_video(video, model, tmp_path, frames_per_video=2, batch_size=4)
+    assert rec["status"] == "ok" and rec["n_crops"] >= 2 and rec["verdict"] in ("fake", "real") and rec["decided_by"]
+    assert all(Path(rec[k]).exists() for k in ("html", "mp4", "timeline"))
+    assert sorted(p.name for p in (tmp_path / "explained").iterdir()) == ["real_face_video", "real_face_video.html"]
 
 
 def test_batched_equals_single_on_real_faces(shared_data, model):

@@ -1,7 +1,8 @@
 """Integration tests of `deepfake-explain-predict` (deepfake_explain.evaluate.predict_videos / predict_cli) on raw videos.
 
 Every video of ../shared/data/dfdc and ../shared/data/ffpp/*/c23 gets a verdict; bad files get a verdict row with the
-reason; the command line exits 0 (1 with --strict when a video failed, 2 on a bad checkpoint). The detector is a small
+reason; the command line exits 0 (1 with --strict when a video failed, when every video failed or on a bad checkpoint, 2 on
+a bad command line); a run into an existing output merges its summary by video path. The detector is a small
 random-init model saved as a training checkpoint: these tests check the plumbing (detection, crops, scores, the video
 rule, the files), not the detector. 4 frames per video (2 for the short clips), so the file runs in a few minutes on 2 cores."""
 from __future__ import annotations
@@ -79,7 +80,10 @@ def check_verdict_files(row, frames_per_video: int, threshold: float = 0.55):
     tracks = csv.groupby("face")["score"].mean()  # face order
     np.testing.assert_allclose(js["track_scores"], tracks.to_numpy(), rtol=0, atol=1e-12)
     assert js["faces"] == tracks.index.tolist() and row.n_tracks == len(tracks) and row.n_crops == len(csv)
-    assert js["video_score"] == pytest.approx(reference_video_round(list(tracks), threshold), abs=1e-12)
+    main = sorted(t["face"] for t in js["tracks"] if t["main"])  # the main faces vote (background faces are reported only)
+    assert main and js["voting_faces"] == main and js["n_background"] == len(tracks) - len(main) == row.n_background
+    assert js["video_score"] == pytest.approx(reference_video_round(list(tracks[main]), threshold), abs=1e-12)
+    assert set(js["decided_by"]) <= set(main) and list(row.decided_by) == js["decided_by"]
     assert row.video_score == pytest.approx(js["video_score"], abs=1e-12)
     assert row.prediction == int(row.video_score > threshold) and row.verdict == ("fake" if row.prediction else "real")
     return js
@@ -154,8 +158,10 @@ def test_bad_files_get_rows_and_the_rest_continues(mixed_folder, checkpoint, tmp
     again = ev.predict_videos(mixed_folder, checkpoint, output=out, frames_per_video=2, device="cpu", rule="mean",
                               threshold=thr, progress=False).set_index("name")
     assert again.loc["street", "reused"] and again.loc["blank", "reused"] and not again.loc["corrupt", "reused"]
-    assert again.loc["street", "video_score"] == pytest.approx(np.mean(street["track_scores"]), abs=1e-12)
-    assert again.loc["street", "prediction"] == int(np.mean(street["track_scores"]) > thr)
+    main_scores = [s for f, s in zip(street["faces"], street["track_scores"]) if f in street["voting_faces"]]
+    assert again.loc["street", "video_score"] == pytest.approx(np.mean(main_scores), abs=1e-12)
+    assert again.loc["street", "prediction"] == int(np.mean(main_scores) > thr)
+    assert again.loc["street", "decided_by"] == street["voting_faces"]  # the mean rule: every voting track
     # other settings (frames per video): no reuse
     third = ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out, frames_per_video=3, device="cpu", progress=False)
     assert not third["reused"].any() and json.loads((out / "videos/street.json").read_text())["n_frames"] == 3
@@ -206,12 +212,36 @@ def test_cli(mixed_folder, checkpoint, tmp_path, run_cli):
     assert js["verdict"] == street["verdict"] and js["frames"] and len(pd.read_csv(out / "videos/street.csv")) == len(js["frames"])
     assert json.loads((out / "videos/corrupt.json").read_text())["status"] == "failed"
     assert f"street: {street['verdict']}" in r.stdout and "corrupt: failed" in r.stdout
-    assert "5 videos" in r.stderr and "3 failed" in r.stderr
+    assert "5 videos" in r.stderr and "3 unreadable" in r.stderr and "1 without a face" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "deepfake-explain-predict: 4 of 5 videos failed"
+    assert r.stdout.startswith("detector provenance: unknown") and "decided by track" in r.stdout
     # --strict: a failed video makes the exit status 1 (the verdicts are written all the same)
     r = run_cli(mixed_folder, "--model_path", checkpoint, "--output", out, "--frames_per_video", 2, "--device", "cpu", "--strict")
     assert r.returncode == 1, r.stderr
     r = run_cli(mixed_folder / "street.mp4", "--model_path", checkpoint, "--output", out, "--frames_per_video", 2, "--device", "cpu", "--strict")
     assert r.returncode == 0, r.stderr
-    # a bad checkpoint stops the run: message, no traceback, exit 2
+    # a bad checkpoint stops the run: message, no traceback, exit 1 (2 is for a bad command line)
     r = run_cli(mixed_folder, "--model_path", tmp_path / "missing.pt", "--output", out)
-    assert r.returncode == 2 and "missing.pt: checkpoint file not found" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "missing.pt: checkpoint file not found" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(mixed_folder, "--model_path", checkpoint, "--output", out, "--voting", "some")
+    assert r.returncode == 2 and "--voting must be one of" in r.stderr
+    # every video failed: exit 1 although nothing went wrong with the run itself; the summary keeps the earlier rows
+    r = run_cli(mixed_folder / "empty.mp4", "--model_path", checkpoint, "--output", out, "--device", "cpu")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "deepfake-explain-predict: 1 of 1 videos failed"
+    assert "1 videos, 0 fake, 0 real" in r.stderr  # this run's counts
+    assert sorted(pd.read_csv(out / "predictions.csv")["name"]) == ["blank", "corrupt", "empty", "street", "truncated"]
+
+
+def test_predict_into_an_existing_output_merges(mixed_folder, checkpoint, tmp_path):
+    "A second run into the same output keeps the first run's rows of other videos and replaces the rows of its own videos."
+    out, kw = tmp_path / "pred", dict(frames_per_video=2, batch_size=4, device="cpu", progress=False)
+    first = ev.predict_videos([mixed_folder / "street.mp4", mixed_folder / "empty.mp4"], checkpoint, output=out, **kw)
+    second = ev.predict_videos([mixed_folder / "street.mp4", mixed_folder / "blank.mp4"], checkpoint, output=out, rule="max", **kw)
+    assert len(second) == 2 and second["reused"].tolist() == [True, False]  # the returned table: this run only
+    summary = pd.read_csv(out / "predictions.csv")
+    assert summary["name"].tolist() == ["empty", "street", "blank"]  # the earlier row kept, then this run's rows
+    assert summary.set_index("name").loc["street", "rule"] == "max"   # replaced by this run's verdict
+    assert summary.set_index("name").loc["empty", "status"] == first.set_index("name").loc["empty", "status"] == "failed"
+    (out / "predictions.csv").write_text("not,a\nsummary,table\n")
+    with pytest.raises(ValueError, match="predictions.csv: not a predictions table"):
+        ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out, **kw)
