@@ -342,8 +342,6 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
         record = run_dir / "stages" / f"{name}.json"
         if resume and record.exists() and json.loads(record.read_text()).get("params") == digest:
             print(f"[study] {name}: complete, skipped (--resume)"); continue
-        out_nb = run_dir / "notebooks" / notebooks[name]
-        out_nb.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         if name in RUNNER_STEPS:
             print(f"[study] {name}: {RUNNER_STEPS[name]}", flush=True)
@@ -351,6 +349,8 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
             except Exception as e: raise StageFailed(f"stage {name!r} failed ({type(e).__name__}: {e})") from e
             write_json_atomic(record, {"stage": name, "runner_step": True, "params": digest, "seconds": round(time.time() - t0, 1)})
             print(f"[study] {name}: done in {time.time() - t0:.0f}s", flush=True); continue
+        out_nb = run_dir / "notebooks" / notebooks[name]
+        out_nb.parent.mkdir(parents=True, exist_ok=True)
         print(f"[study] {name}: running {notebooks[name]}", flush=True)
         try:
             pm.execute_notebook(str(nbs_dir / notebooks[name]), str(out_nb), parameters=p, kernel_name=kernel, language="python",
