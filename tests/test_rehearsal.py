@@ -3,7 +3,7 @@
 weights; 20 frames per video; the reference video rule) on the real FF++ c23 samples (official splits), then tests
 cross-dataset on the DFDC samples, through every stage, on CPU for 2 epochs; the seed layout
 (configs/study_rehearsal_seed.yaml: configs/reference.yaml) trains, evaluates, explains and tests cross-dataset on the
-same data stages, 5 of the 20 crops per video (its 1025 tokens are ~10x dearer on CPU). The ImageNet file is a stand-in
+same data stages, 3 of the 20 crops per video (its 1025 tokens are ~10x dearer on CPU). The ImageNet file is a stand-in
 in a temporary TORCH_HOME (inherited by papermill's kernels). Asserts every stage's artefacts and their consistency,
 not accuracy. Stage timings go to outputs/rehearsal-<layout>/timings.csv and the test's output."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ from imagenet_standin import write_standin
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("data", "preprocess", "model")      # layout-independent: run once, by the spatial rehearsal
 LAYOUT_STAGES = ("train", "evaluate", "explain", "cross")
-SEED_FRAMES = 5
+SEED_FRAMES = 3
 
 
 @pytest.fixture(scope="module")
