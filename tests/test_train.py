@@ -184,3 +184,17 @@ def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
             "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False}
         assert p["git_commit"] is None or len(p["git_commit"]) == 40
     assert ck["meta"]["trainable_blocks"] == 1 and ck["meta"]["backbone_weights"].startswith("imagenet (")
+
+
+def test_study_refuses_untrainable_config_before_writing(tmp_path, monkeypatch):
+    "The study checks the training config (and the ImageNet file) before its first stage writes anything."
+    from deepfake_explain.model import BackboneWeightsError, ConfigError
+    from deepfake_explain.study import run_study
+    cfg = tmp_path / "frozen.yaml"
+    cfg.write_text("model: {backbone-weights: null, trainable-blocks: 3}\n")
+    with pytest.raises(ConfigError, match="'model.trainable-blocks' = 3 freezes .* 'model.backbone-weights' is null"):
+        run_study({"config": str(cfg)}, output=tmp_path / "run")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th")); monkeypatch.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
+    with pytest.raises(BackboneWeightsError, match="efficientnet-b0-355c32eb.pth"):
+        run_study({"config": str(ROOT / "configs" / "explained_architecture.yaml")}, output=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
