@@ -507,13 +507,15 @@ def _train(info, dev, config, data_root, output, num_epochs, patience, resume, d
     if config is None:
         if not full: raise ValueError("config is required (a YAML file or dict), unless resuming from a checkpoint written by train")
         config = ckpt["config"]
-    cfg, _ = training_config(config)  # refused (frozen random blocks) or ImageNet file missing: before any work
+    # refused (frozen random blocks) or ImageNet file missing: before any work; a resumed run has its weights in ckpt
+    cfg = load_train_config(config, for_training=True) if ckpt is not None else training_config(config)[0]
     ts = cfg["training"]
     log = (lambda msg: tqdm.write(msg)) if (progress and info.is_main) else (lambda msg: None)
     train_ds, val_ds, summary = make_datasets(data_root, cfg, dataset, max_videos, seed)
 
     seed_everything(seed)                      # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=True).to(dev)  # resumed: weights from ckpt
+    # (checked above; resumed: the backbone's weights come from the checkpoint, none are loaded here)
+    model = build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=ckpt is None).to(dev)
     set_bn_momentum(model, ts["bn-momentum"])
     opt, amp = make_optimizer(model, ts), precision_dtype(precision, dev)
     sched = make_scheduler(opt, ts, num_epochs)

@@ -184,6 +184,10 @@ def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
             "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False}
         assert p["git_commit"] is None or len(p["git_commit"]) == 40
     assert ck["meta"]["trainable_blocks"] == 1 and ck["meta"]["backbone_weights"].startswith("imagenet (")
+    # resuming needs no ImageNet file (the checkpoint holds the backbone): an empty cache, offline
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    res = train(None, crops, tmp_path / "run", num_epochs=3, workers=0, seed=0, progress=False, resume=tmp_path / "run" / "last.pt")
+    assert res["start_epoch"] == 3 and read_checkpoint(tmp_path / "run" / "last.pt")["provenance"]["epochs"] == 3
 
 
 def test_study_refuses_untrainable_config_before_writing(tmp_path, monkeypatch):
