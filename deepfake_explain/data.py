@@ -14,11 +14,12 @@ import torch
 from einops import rearrange
 
 # %% auto #0
-__all__ = ['FFPP_METHODS', 'ORIGINAL', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'DATASETS',
-           'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS', 'atomic_write', 'write_json_atomic', 'write_bytes_atomic',
-           'ImageReadError', 'to_rgb_uint8', 'read_image_rgb', 'write_png_atomic', 'read_json_file', 'read_ffpp_splits',
-           'bad_video_reason', 'scan_videos', 'video_row', 'video_frame', 'index_ffpp', 'dfdc_metadata_files',
-           'index_dfdc', 'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
+__all__ = ['FFPP_METHODS', 'ORIGINAL', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'CELEBDF_METHOD',
+           'CELEBDF_FOLDERS', 'CELEBDF_TEST_LIST', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS', 'atomic_write',
+           'write_json_atomic', 'write_bytes_atomic', 'ImageReadError', 'to_rgb_uint8', 'read_image_rgb',
+           'write_png_atomic', 'read_json_file', 'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row',
+           'video_frame', 'index_ffpp', 'dfdc_metadata_files', 'index_dfdc', 'read_celebdf_test_list', 'index_celebdf',
+           'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
            'select_training_frames', 'isotropic_resize', 'pad_to_square', 'jpeg_compress', 'gauss_noise',
            'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform',
            'TrainTransform', 'FaceCropDataset', 'synthetic_crops', 'resolve_device', 'write_video_index',
@@ -242,11 +243,54 @@ def index_dfdc(root, default_split: str = "train", check_videos: bool = False) -
     if not rows: raise ValueError(f"{root}: no usable DFDC videos ({len(skipped)} skipped, e.g. {skipped[:3]})")
     return video_frame(rows, skipped)
 
+# %% ../nbs/00_data.ipynb #3eca11e7
+CELEBDF_METHOD = "Celeb-synthesis"                       # method of Celeb-DF fakes (its own folder name)
+CELEBDF_FOLDERS = {"Celeb-real": 0, "YouTube-real": 0, CELEBDF_METHOD: 1}  # folder -> label
+CELEBDF_TEST_LIST = "List_of_testing_videos.txt"
+_CELEB_FAKE = re.compile(r"(id\d+)_(id\d+)_(\d+)")
+
+def read_celebdf_test_list(path) -> dict[str, int]:
+    "`<folder>/<file>` -> label (1 fake, 0 real) of Celeb-DF's test list (its own labels: 1 real, 0 fake)."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: Celeb-DF test list not found")
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip(): continue
+        parts = line.split()
+        if len(parts) != 2 or parts[0] not in ("0", "1"):
+            raise ValueError(f"{path}: line {n} {line!r} is not '<1 real | 0 fake> <folder>/<file>.mp4'")
+        out[parts[1].replace("\\", "/")] = 1 - int(parts[0])
+    return out
+
+def index_celebdf(root, check_videos: bool = False) -> pd.DataFrame:
+    "Index a Celeb-DF v2 folder (see `VIDEO_COLUMNS`): listed test videos are `test`, the others `train`."
+    root = Path(root)
+    if not root.is_dir(): raise FileNotFoundError(f"{root}: Celeb-DF folder not found")
+    listed = read_celebdf_test_list(root/CELEBDF_TEST_LIST)
+    rows, skipped, seen = [], [], set()
+    def _skip(p, reason): skipped.append(dict(path=os.path.abspath(p), reason=reason))
+    for folder, label in CELEBDF_FOLDERS.items():
+        if not (root/folder).is_dir(): _skip(root/folder, "folder not found"); continue
+        for p in scan_videos(root/folder, skipped, check_videos):
+            key = f"{folder}/{p.name}"; seen.add(key)
+            if key in listed and listed[key] != label:
+                _skip(p, f"{CELEBDF_TEST_LIST} labels it {'fake' if listed[key] else 'real'}, its folder {folder} says otherwise"); continue
+            split = "test" if key in listed else "train"
+            if label:
+                mt = _CELEB_FAKE.fullmatch(p.stem)
+                if not mt: _skip(p, "name is not id<a>_id<b>_<n>.mp4"); continue
+                rows.append(video_row(p, split, CELEBDF_METHOD, 1, "", f"{mt[1]}_{mt[3]}"))
+            else: rows.append(video_row(p, split, ORIGINAL, 0))
+    for key in sorted(set(listed) - seen): _skip(root/key, f"listed in {CELEBDF_TEST_LIST} but the file is missing")
+    if not rows: raise ValueError(f"{root}: no usable Celeb-DF videos ({len(skipped)} skipped, e.g. {skipped[:3]})")
+    return video_frame(rows, skipped)
+
 # %% ../nbs/00_data.ipynb #6edf53ee
-DATASETS = {"FACEFORENSICS": index_ffpp, "FFPP": index_ffpp, "MINI": index_ffpp, "DFDC": index_dfdc}
+DATASETS = {"FACEFORENSICS": index_ffpp, "FFPP": index_ffpp, "MINI": index_ffpp, "DFDC": index_dfdc,
+            "CELEBDF": index_celebdf, "CELEB-DF": index_celebdf}
 
 def index_videos(root, dataset: str, **kwargs) -> pd.DataFrame:
-    "Index the videos of `root` laid out as `dataset` (FACEFORENSICS, DFDC, or MINI: FF++ layout)."
+    "Index the videos of `root` laid out as `dataset` (FACEFORENSICS, DFDC, CELEBDF, or MINI: FF++ layout)."
     fn = DATASETS.get(str(dataset).upper())
     if fn is None: raise ValueError(f"dataset {dataset!r}: expected one of {sorted(DATASETS)}")
     return fn(root, **kwargs)
@@ -514,5 +558,5 @@ def study_video_index(output_root, dataset: str = "mini", data_root=None, compre
     if dataset.lower() == "mini" and not (root/"manifest.json").is_file():
         from deepfake_explain.mini_forensics import make_mini_forensics  # (imports this module: import here)
         make_mini_forensics(root, compression=compression, progress=False)
-    kw = dict(compression=compression) if dataset.upper() != "DFDC" else {}
+    kw = dict(compression=compression) if dataset.upper() in ("FACEFORENSICS", "FFPP", "MINI") else {}
     return write_video_index(root, dataset, out, **kw)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_model.ipynb #00d3944c
 from __future__ import annotations
-import contextlib, copy, difflib, math
+import contextlib, copy, difflib, functools, math, os, socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +16,10 @@ from efficientnet_pytorch import EfficientNet
 from torch import nn
 
 # %% auto #0
-__all__ = ['BACKBONES', 'LAYOUTS', 'CONFIG_SCHEMA', 'IMAGENET_MEAN', 'IMAGENET_STD', 'ConfigError', 'Key', 'default_config',
-           'load_config', 'unwrap_state_dict', 'load_backbone_weights', 'make_efficientnet', 'block_strides',
+__all__ = ['BACKBONES', 'LAYOUTS', 'CONFIG_SCHEMA', 'IMAGENET', 'OFFLINE_ENV', 'IMAGENET_MEAN', 'IMAGENET_STD', 'ConfigError',
+           'Key', 'default_config', 'backbone_blocks', 'frozen_blocks', 'training_problems', 'load_config',
+           'unwrap_state_dict', 'load_backbone_weights', 'BackboneWeightsError', 'imagenet_weights',
+           'imagenet_weights_file', 'resolve_backbone_weights', 'backbone_init', 'make_efficientnet', 'block_strides',
            'default_feature_block', 'feature_grid', 'EfficientNetTrunk', 'freeze_blocks', 'Attention', 'FeedForward',
            'Block', 'Transformer', 'record_attention', 'clear_attention', 'resolve_input', 'EfficientViTBase',
            'SeedViT', 'SpatialViT', 'build_model', 'checkpoint_layout', 'load_checkpoint', 'forward_gflops']
@@ -85,7 +87,8 @@ CONFIG_SCHEMA: dict[str, dict[str, Key]] = {
         # -- our keys
         "layout": Key(str, "spatial", "token layout: spatial (feature-map cells) or seed (the reference's)", choices=LAYOUTS),
         "backbone": Key(str, "efficientnet-b0", "efficientnet-pytorch backbone", choices=BACKBONES),
-        "backbone-weights": Key(str, None, "local ImageNet weights file for the backbone (null: random init)", nullable=True),
+        "backbone-weights": Key(str, None, "imagenet (the published ImageNet weights, torch hub cache), a local weights file, "
+                                 "or null (random init)", nullable=True),
         "trainable-blocks": Key(int, 3, "backbone MBConv blocks left trainable, counted from the last one used", min=0),
         "input-normalization": Key(str, "auto", "auto (spatial: imagenet, seed: none), imagenet, or none (raw 0..255)",
                                    choices=("auto", "imagenet", "none")),
@@ -121,8 +124,32 @@ def _cross_checks(cfg: dict) -> list[str]:
                          "for the seed layout: each token holds one value per feature cell")
     return probs
 
-def load_config(src, schema: dict | None = None) -> dict:
-    "Read and validate a YAML config file (or check a dict); returns a new dict with defaults filled in."
+@functools.lru_cache(maxsize=None)
+def backbone_blocks(name: str) -> tuple[int, int]:
+    "(MBConv blocks, last stride-16 block) of an efficientnet-pytorch backbone (built on the meta device: no memory)."
+    with torch.device("meta"): net = EfficientNet.from_name(name)
+    return len(net._blocks), default_feature_block(net)
+
+def frozen_blocks(cfg: dict) -> tuple[int, int]:
+    "(frozen, used) backbone blocks of a validated config: the blocks the layout uses and how many `model.trainable-blocks` leaves frozen."
+    m, n_blocks, last16 = cfg["model"], *backbone_blocks(cfg["model"]["backbone"])
+    fb = cfg["spatial"]["feature-block"]
+    used = n_blocks if m["layout"] == "seed" else min(n_blocks, (last16 if fb is None else fb) + 1)
+    return max(0, used - m["trainable-blocks"]), used
+
+def training_problems(cfg: dict) -> list[str]:
+    "Why a validated config must not be trained (empty if it may): a backbone with frozen blocks needs pretrained weights."
+    m = cfg["model"]
+    frozen, used = frozen_blocks(cfg)
+    if frozen and m["backbone-weights"] is None:
+        return [f"'model.trainable-blocks' = {m['trainable-blocks']} freezes {frozen} of the {used} backbone blocks used, but "
+                f"'model.backbone-weights' is null (random init): frozen random filters never learn. Set "
+                f"'model.backbone-weights: imagenet' (or a weights file), or 'model.trainable-blocks' >= {used} to train every block"]
+    return []
+
+def load_config(src, schema: dict | None = None, for_training: bool = False) -> dict:
+    """Read and validate a YAML config file (or check a dict); returns a new dict with defaults filled in.
+    `for_training` also refuses what cannot be trained (`training_problems`: frozen blocks of a random backbone)."""
     schema = schema or CONFIG_SCHEMA
     if isinstance(src, (str, Path)):
         name = str(src)
@@ -156,6 +183,7 @@ def load_config(src, schema: dict | None = None) -> dict:
             if err: probs.append(f"'{sec}.{k}' = {v!r}: {err}")
             else: cfg[sec][k] = spec.coerce(v)
     if not probs: probs = _cross_checks(cfg)
+    if not probs and for_training: probs = training_problems(cfg)
     if probs: raise ConfigError(f"{name}: invalid config:\n  - " + "\n  - ".join(probs))
     return cfg
 
@@ -188,11 +216,56 @@ def load_backbone_weights(net: EfficientNet, path) -> EfficientNet:
     net.load_state_dict(sd, strict=False)
     return net
 
+IMAGENET = "imagenet"                       # `model.backbone-weights: imagenet`
+OFFLINE_ENV = "DEEPFAKE_EXPLAIN_OFFLINE"    # set (to anything but 0) to forbid downloads
+
+class BackboneWeightsError(FileNotFoundError):
+    "ImageNet weights that are neither cached nor downloadable (the message names the file, its URL and the cache path)."
+
+def imagenet_weights(backbone: str = "efficientnet-b0") -> dict:
+    "file, url and cache path of `backbone`'s published ImageNet weights (efficientnet-pytorch's URL map, the torch hub cache)."
+    from efficientnet_pytorch.utils import url_map
+    if backbone not in url_map: raise ValueError(f"no published ImageNet weights for {backbone!r}; known: {sorted(url_map)}")
+    url = url_map[backbone]
+    name = url.rsplit("/", 1)[-1]
+    return {"file": name, "url": url, "path": Path(torch.hub.get_dir()) / "checkpoints" / name}
+
+def imagenet_weights_file(backbone: str = "efficientnet-b0", download: bool | None = None, timeout: float = 60) -> Path:
+    """The cached ImageNet weights file of `backbone`; when missing it is downloaded once into the cache, unless
+    `download` is False (default: True unless $DEEPFAKE_EXPLAIN_OFFLINE is set). Raises `BackboneWeightsError`."""
+    w = imagenet_weights(backbone)
+    if w["path"].is_file(): return w["path"]
+    if download is None: download = os.environ.get(OFFLINE_ENV, "") in ("", "0")
+    todo = (f"download {w['url']} and put it at {w['path']} (the torch hub cache: $TORCH_HOME/hub/checkpoints), "
+            f"or set 'model.backbone-weights' to a local weights file")
+    if not download:
+        raise BackboneWeightsError(f"{w['file']}: ImageNet weights of {backbone} ('model.backbone-weights: imagenet') are not in "
+                                   f"the cache and downloads are off (${OFFLINE_ENV}): {todo}")
+    w["path"].parent.mkdir(parents=True, exist_ok=True)
+    old = socket.getdefaulttimeout(); socket.setdefaulttimeout(timeout)  # no endless wait where there is no network
+    try: torch.hub.download_url_to_file(w["url"], str(w["path"]), progress=False)  # temp file, then renamed: atomic
+    except Exception as e:
+        raise BackboneWeightsError(f"{w['file']}: ImageNet weights of {backbone} ('model.backbone-weights: imagenet') are not in "
+                                   f"the cache and cannot be downloaded ({type(e).__name__}: {e}): {todo}") from None
+    finally: socket.setdefaulttimeout(old)
+    return w["path"]
+
+def resolve_backbone_weights(spec, backbone: str = "efficientnet-b0", download: bool | None = None) -> Path | None:
+    "The weights file `model.backbone-weights` = `spec` means: None (random init), the cached ImageNet file, or the local path."
+    if spec is None: return None
+    return imagenet_weights_file(backbone, download) if str(spec).lower() == IMAGENET else Path(spec)
+
+def backbone_init(spec) -> str:
+    "How `model.backbone-weights` = `spec` starts the backbone: 'imagenet', 'file:<file name>' or 'random'."
+    if spec is None: return "random"
+    return IMAGENET if str(spec).lower() == IMAGENET else f"file:{Path(spec).name}"
+
 def make_efficientnet(name: str = "efficientnet-b0", weights=None, image_size: int = 224) -> EfficientNet:
-    "An efficientnet-pytorch network, random init or loaded from the local file `weights`."
+    "An efficientnet-pytorch network: random init (`weights=None`), ImageNet (`'imagenet'`) or loaded from a local file."
     if name not in BACKBONES: raise ValueError(f"unknown backbone {name!r}; expected one of {list(BACKBONES)}")
     net = EfficientNet.from_name(name, image_size=image_size)
-    return load_backbone_weights(net, weights) if weights else net
+    path = resolve_backbone_weights(weights, name)
+    return load_backbone_weights(net, path) if path else net
 
 # %% ../nbs/02_model.ipynb #e2487e1a
 def _stride(s) -> int:
@@ -388,8 +461,10 @@ class EfficientViTBase(nn.Module):
                 f"tokens={m['num_tokens']}x{m['emb_dim']}, depth={m['depth']}, input={m['channel_order']}/{m['input_normalization']}, "
                 f"trainable_blocks={m['trainable_blocks']}/{m['backbone_blocks']}, params={m['params']:,}")
 
-def _weights_label(path) -> str:
-    return f"loaded from {path}" if path else "random init"
+def _weights_label(spec, backbone: str) -> str:
+    if spec is None: return "random init"
+    if str(spec).lower() == IMAGENET: return f"imagenet ({imagenet_weights(backbone)['path']})"
+    return f"loaded from {spec}"
 
 # %% ../nbs/02_model.ipynb #bdfc856b
 class SeedViT(EfficientViTBase):
@@ -400,7 +475,7 @@ class SeedViT(EfficientViTBase):
         super().__init__()
         m = cfg["model"]
         self.cfg, self.backbone, self.image_size = copy.deepcopy(cfg), m["backbone"], m["image-size"]
-        self.backbone_weights, self.feature_block = _weights_label(m["backbone-weights"]), None
+        self.backbone_weights, self.feature_block = _weights_label(m["backbone-weights"], m["backbone"]), None
         self._setup_input(cfg)
         p = self.patch_size = m["patch-size"]
         n = (m["image-size"] // p) ** 2                        # 1024 tokens, shown as a 32x32 "grid"
@@ -437,7 +512,7 @@ class SpatialViT(EfficientViTBase):
         super().__init__()
         m, s = cfg["model"], cfg["spatial"]
         self.cfg, self.backbone, self.image_size = copy.deepcopy(cfg), m["backbone"], m["image-size"]
-        self.backbone_weights = _weights_label(m["backbone-weights"])
+        self.backbone_weights = _weights_label(m["backbone-weights"], m["backbone"])
         self._setup_input(cfg)
         net = make_efficientnet(m["backbone"], m["backbone-weights"], m["image-size"])
         self.feature_block = s["feature-block"] if s["feature-block"] is not None else default_feature_block(net)
@@ -461,9 +536,10 @@ class SpatialViT(EfficientViTBase):
 # %% ../nbs/02_model.ipynb #981cb7a4
 _LAYOUT_MARK = {"patch_to_embedding.weight": "seed", "feature_to_embedding.weight": "spatial"}
 
-def build_model(cfg) -> EfficientViTBase:
-    "Build the model a config (path or dict; validated) describes."
-    cfg = load_config(cfg)
+def build_model(cfg, for_training: bool = False) -> EfficientViTBase:
+    """Build the model a config (path or dict; validated) describes; `for_training` refuses frozen blocks of a
+    random backbone (`training_problems`). A model whose weights then come from a checkpoint needs neither."""
+    cfg = load_config(cfg, for_training=for_training)
     return {"spatial": SpatialViT, "seed": SeedViT}[cfg["model"]["layout"]](cfg)
 
 def checkpoint_layout(sd: dict) -> str | None:

@@ -13,9 +13,11 @@ from fastcore.script import call_parse
 from .data import atomic_write, write_json_atomic
 
 # %% auto #0
-__all__ = ['STAGES', 'PATH_PARAMS', 'REPORT_ITEMS', 'repo_root', 'load_params', 'select_stages', 'notebook_parameters',
-           'check_parameter_names', 'environment_info', 'write_report', 'params_digest', 'ensure_kernel',
-           'remove_run_temps', 'StageFailed', 'run_study', 'study_cli']
+__all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'RUNNER_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS',
+           'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'notebook_parameters', 'check_parameter_names',
+           'environment_info', 'write_report', 'check_test_sets', 'test_set_crops', 'cross_dataset_row',
+           'cross_dataset_test', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_before_work', 'run_step',
+           'StageFailed', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #11d60c43
 STAGES = {  # stage name -> notebook (in nbs/)
@@ -51,14 +53,20 @@ def load_params(params=None, base: Path | None = None) -> dict:
         if not isinstance(p, dict): raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(p).__name__}")
     for k in PATH_PARAMS:
         if isinstance(p.get(k), str) and not Path(p[k]).is_absolute(): p[k] = str((base / p[k]).resolve())
+    if isinstance(p.get("test_sets"), list):  # the cross-dataset test sets' folders, likewise
+        p["test_sets"] = [{**e, "data_root": str((base / e["data_root"]).resolve())}
+                          if isinstance(e, dict) and isinstance(e.get("data_root"), str) else e for e in p["test_sets"]]
     return p
 
-def select_stages(stages=None, dataset: str = "mini") -> list[str]:
-    "Stage names to run, in pipeline order; `stages` is a comma list or list (default all)."
+RUNNER_STEPS = {"cross": "cross-dataset test (runs after the stages when the study has test_sets)"}
+RUNNER_PARAMS = {"test_sets": ["cross"]}  # parameters the runner's own steps take (no stage notebook declares them)
+
+def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -> list[str]:
+    "Stage names to run, in pipeline order (the runner's `cross` step last, with `test_sets`); `stages` is a comma list or list (default all)."
     if isinstance(stages, str): stages = [s.strip() for s in stages.split(",") if s.strip()]
-    unknown = sorted(set(stages or []) - set(STAGES))
-    if unknown: raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    chosen = [s for s in STAGES if stages is None or s in stages]
+    unknown = sorted(set(stages or []) - set(STAGES) - set(RUNNER_STEPS))
+    if unknown: raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES) + list(RUNNER_STEPS)}")
+    chosen = [s for s in list(STAGES) + (["cross"] if test_sets else []) if stages is None or s in stages]
     return [s for s in chosen if not (s == "generate" and dataset != "mini" and stages is None)]
 
 # %% ../nbs/06_study.ipynb #9e6e0906
@@ -116,6 +124,7 @@ def environment_info(root: Path | None = None) -> dict:
 # %% ../nbs/06_study.ipynb #c1cc6855
 REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
     ("Video-level metrics", "test/metrics.json", "json"),
+    ("Cross-dataset test (threshold chosen on the training set's validation split)", "cross_dataset.csv", "csv"),
     ("Per-method metrics", "test/per_method.csv", "csv"),
     ("ROC", "test/roc.png", "png"),
     ("Training curves", "train/curves.png", "png"),
@@ -124,6 +133,7 @@ REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
     ("Explained faces (relevancy)", "explanation/gallery_relevancy.png", "png"),
     ("Perturbation curves", "explanation/perturbation.png", "png"),
 ]
+OPTIONAL_REPORT_ITEMS = {"cross_dataset.csv"}  # only runs with test_sets have it
 
 def _table_md(path: Path) -> str:
     import pandas as pd
@@ -152,7 +162,10 @@ def write_report(run_dir) -> Path:
     for title, rel, kind in REPORT_ITEMS:
         path = run_dir / rel
         md_parts.append(f"## {title}")
-        if not path.exists(): md_parts.append(f"*not produced: `{rel}` is missing*"); continue
+        if not path.exists():
+            if rel in OPTIONAL_REPORT_ITEMS: md_parts.pop()
+            else: md_parts.append(f"*not produced: `{rel}` is missing*")
+            continue
         if kind == "png":
             md_parts.append(f"![{title}]({rel})")
             html_imgs[rel] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
@@ -167,6 +180,94 @@ def write_report(run_dir) -> Path:
             "td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}</style></head><body>" + body + "</body></html>")
     with atomic_write(run_dir / "report.html", "w") as f: f.write(html)
     return run_dir / "report.html"
+
+# %% ../nbs/06_study.ipynb #450c5fff
+TEST_SET_SPLITS = ("train", "val", "test", "all")
+CROSS_COLUMNS = ["test_set", "dataset", "split", "n_videos", "n_fake", "n_real", "video_auc", "frame_auc", "eer", "ap",
+                 "accuracy", "threshold", "threshold_source"]
+
+def check_test_sets(test_sets, where: str = "test_sets") -> list[dict]:
+    "Validated cross-dataset test sets: each `{dataset, data_root}` (+ `name`, `split`, `compression`), names unique, folders present."
+    from deepfake_explain.data import DATASETS
+    if not isinstance(test_sets, list) or not test_sets:
+        raise ValueError(f"{where}: expected a list of {{dataset, data_root}} mappings, got {test_sets!r}")
+    out, names = [], set()
+    for n, e in enumerate(test_sets):
+        at = f"{where}[{n}]"
+        if not isinstance(e, dict) or not {"dataset", "data_root"} <= set(e):
+            raise ValueError(f"{at}: expected a mapping with 'dataset' and 'data_root', got {e!r}")
+        if extra := sorted(set(e) - {"dataset", "data_root", "name", "split", "compression"}):
+            raise ValueError(f"{at}: unknown key(s) {extra}; allowed: dataset, data_root, name, split, compression")
+        ds = str(e["dataset"]).upper()
+        if ds not in DATASETS: raise ValueError(f"{at}: dataset {e['dataset']!r}: expected one of {sorted(DATASETS)}")
+        split = e.get("split") or ("all" if ds == "DFDC" else "test")
+        if split not in TEST_SET_SPLITS: raise ValueError(f"{at}: split {split!r}: expected one of {TEST_SET_SPLITS}")
+        if not Path(e["data_root"]).is_dir(): raise FileNotFoundError(f"{at}: {e['data_root']}: test set folder not found")
+        name = str(e.get("name") or Path(e["data_root"]).name)
+        if name in names or name.startswith(".") or "/" in name: raise ValueError(f"{at}: name {name!r} is not a new plain folder name")
+        names.add(name)
+        out.append({"name": name, "dataset": ds, "data_root": str(e["data_root"]), "split": split,
+                     "compression": e.get("compression", "c23")})
+    return out
+
+# %% ../nbs/06_study.ipynb #efbb4d38
+def test_set_crops(entry: dict, out_dir, frames_per_video: int = 20, device="auto", progress: bool = False) -> Path:
+    """Face crops of one test set (`check_test_sets` entry): its videos of `split` (or all) are indexed, detected and
+    cropped into `<out_dir>/crops/test_set/` (tested as one `test` split); finished videos are skipped."""
+    from deepfake_explain.data import index_videos
+    from deepfake_explain.preprocess import crop_dataset, detect_dataset
+    kw = {"compression": entry["compression"]} if entry["dataset"] in ("FACEFORENSICS", "FFPP", "MINI") else {}
+    videos = index_videos(entry["data_root"], entry["dataset"], **kw)
+    sel = videos if entry["split"] == "all" else videos[videos["split"] == entry["split"]]
+    if not len(sel): raise ValueError(f"{entry['data_root']}: test set {entry['name']!r} has no videos in split {entry['split']!r}")
+    sel = sel.assign(split="test").reset_index(drop=True)
+    out_dir = Path(out_dir)
+    detect_dataset(sel, out_dir, entry["dataset"], frames_per_video, num_workers=1, device=device, progress=progress)
+    crop_dataset(sel, out_dir, out_dir / "crops", entry["dataset"], num_workers=1, progress=progress)
+    return out_dir / "crops"
+
+def cross_dataset_row(name: str, dataset: str, split: str, m: dict) -> dict:
+    "One row of the cross-dataset table from a test report's metrics (`test_checkpoint`'s metrics.json)."
+    return {"test_set": name, "dataset": dataset, "split": split, "n_videos": m["n_videos"], "n_fake": m["n_fake"],
+            "n_real": m["n_real"], "video_auc": m["auc"], "frame_auc": m["frame_auc"], "eer": m["eer"],
+            "ap": m["average_precision"], "accuracy": m["accuracy"], "threshold": m["threshold"]["value"],
+            "threshold_source": m["threshold"].get("source", "")}
+
+def _reuse_scores(src: Path, dst: Path, split: str):
+    "Copy the cached frame scores of `split` (valid for the same checkpoint, config and crops only: their key says so)."
+    import shutil
+    for ext in ("csv", "json"):
+        f = src / f"frame_scores_{split}.{ext}"
+        if f.is_file() and not (dst / f.name).exists(): dst.mkdir(parents=True, exist_ok=True); shutil.copy(f, dst / f.name)
+
+def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", frames_per_video: int = 20,
+                       batch_size: int = 32, device="auto", rule: str = "reference", seed: int = 0, n_boot: int = 200,
+                       progress: bool = False) -> "pd.DataFrame":
+    """Test `<run_dir>/train/best.pt` on the training set's test split and on every test set at the threshold chosen
+    on the training set's validation split; writes `<run_dir>/cross_dataset.csv` (`CROSS_COLUMNS`) and returns it."""
+    import pandas as pd
+    from deepfake_explain.evaluate import test_checkpoint
+    run_dir = Path(run_dir)
+    sets, model, crops = check_test_sets(test_sets), run_dir / "train" / "best.pt", run_dir / "crops"
+    if not model.is_file(): raise FileNotFoundError(f"{model}: no trained checkpoint; run the train stage first")
+    kw = dict(frames_per_video=frames_per_video, batch_size=batch_size, workers=0, device=device, rule=rule,
+              n_boot=n_boot, seed=seed, progress=progress)
+    own = run_dir / "cross" / "_training_set"
+    for split in ("test", "val"): _reuse_scores(run_dir / "test", own / "test", split)  # scored by the evaluate stage
+    try: m = test_checkpoint(model, None, crops, own, "All", "test", calibrate="eer", **kw)
+    except ValueError as e:  # a validation split of one class: no threshold can be chosen on it
+        if "cannot calibrate" not in str(e): raise
+        m = test_checkpoint(model, None, crops, own, "All", "test", **kw)
+    rows, thr = [cross_dataset_row(f"{train_dataset} (training set's test split)", train_dataset, "test", m)], m["threshold"]["value"]
+    for e in sets:
+        out = run_dir / "cross" / e["name"]
+        tc = test_set_crops(e, out, frames_per_video, device, progress)
+        m = test_checkpoint(model, None, tc, out, "All", "test", threshold=thr, **kw)
+        rows.append({**cross_dataset_row(e["name"], e["dataset"], e["split"], m), "threshold_source": "training set's validation split"})
+    if rows[0]["threshold_source"] == "calibrated": rows[0]["threshold_source"] = "training set's validation split"
+    table = pd.DataFrame(rows, columns=CROSS_COLUMNS)
+    with atomic_write(run_dir / "cross_dataset.csv", "w") as f: table.to_csv(f, index=False)
+    return table
 
 # %% ../nbs/06_study.ipynb #f8676e2b
 def params_digest(params: dict) -> str:
@@ -194,6 +295,21 @@ def remove_run_temps(run_dir, skip=("crops", "boxes")) -> int:
         n += remove_stale_temps(d)
     return n
 
+def check_before_work(p: dict, names: list, root: Path):
+    """Refuse a study that would fail later, before anything is written: a training config that freezes blocks of a
+    random backbone or whose ImageNet weights file is missing offline (`train.training_config`), bad `test_sets`."""
+    if "train" in names:
+        from deepfake_explain.train import training_config
+        training_config(p.get("config") or root / "configs" / "quick.yaml")  # 03_train's default config
+    if p.get("test_sets") is not None: check_test_sets(p["test_sets"])
+
+def run_step(name: str, p: dict, run_dir: Path):
+    "Run the runner's own step `name` (`RUNNER_STEPS`) with the study parameters `p`."
+    if name != "cross": raise ValueError(f"unknown runner step {name!r}")
+    cross_dataset_test(run_dir, p["test_sets"], train_dataset=str(p.get("dataset", "mini")),
+                       frames_per_video=int(p.get("frames_per_video", 20)), batch_size=int(p.get("batch_size", 32)),
+                       device=p.get("device", "auto"), seed=int(p.get("seed", 0)))
+
 class StageFailed(RuntimeError):
     "A study stage failed; the message names the stage and its executed notebook."
 
@@ -206,28 +322,36 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
     nbs_dir = Path(nbs_dir or root / "nbs")
     notebooks = stage_notebooks or STAGES
     p = load_params(params, base=root)
-    check_parameter_names(p, notebook_parameters(nbs_dir, notebooks), str(params) if isinstance(params, (str, Path)) else "parameters")
+    known = {**notebook_parameters(nbs_dir, notebooks), **(RUNNER_PARAMS if stage_notebooks is None else {})}
+    check_parameter_names(p, known, str(params) if isinstance(params, (str, Path)) else "parameters")
     stem = Path(params).stem if isinstance(params, (str, Path)) else "params"
     if output is None:
         if p.get("output_root") and not run_id: run_dir = Path(p["output_root"])
         else: run_dir = root / "outputs" / (run_id or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{stem}")
     else: run_dir = Path(output).resolve()
     p["output_root"] = str(run_dir)
+    check_before_work(p, select_stages(stages, p.get("dataset", "mini"), bool(p.get("test_sets"))) if stage_notebooks is None else [], root)
     run_dir.mkdir(parents=True, exist_ok=True)
     if n := remove_run_temps(run_dir): print(f"[study] removed {n} temp file(s) left by an interrupted run", flush=True)
     with atomic_write(run_dir / "params.yaml", "w") as f: yaml.safe_dump(p, f, sort_keys=True)
     write_json_atomic(run_dir / "environment.json", environment_info(root))
     digest, kernel = params_digest(p), kernel or ensure_kernel()
-    names = select_stages(stages, p.get("dataset", "mini")) if stage_notebooks is None else \
+    names = select_stages(stages, p.get("dataset", "mini"), bool(p.get("test_sets"))) if stage_notebooks is None else \
             [s for s in notebooks if stages is None or s in (stages.split(",") if isinstance(stages, str) else stages)]
     for name in names:
         record = run_dir / "stages" / f"{name}.json"
         if resume and record.exists() and json.loads(record.read_text()).get("params") == digest:
             print(f"[study] {name}: complete, skipped (--resume)"); continue
+        t0 = time.time()
+        if name in RUNNER_STEPS:
+            print(f"[study] {name}: {RUNNER_STEPS[name]}", flush=True)
+            try: run_step(name, p, run_dir)
+            except Exception as e: raise StageFailed(f"stage {name!r} failed ({type(e).__name__}: {e})") from e
+            write_json_atomic(record, {"stage": name, "runner_step": True, "params": digest, "seconds": round(time.time() - t0, 1)})
+            print(f"[study] {name}: done in {time.time() - t0:.0f}s", flush=True); continue
         out_nb = run_dir / "notebooks" / notebooks[name]
         out_nb.parent.mkdir(parents=True, exist_ok=True)
         print(f"[study] {name}: running {notebooks[name]}", flush=True)
-        t0 = time.time()
         try:
             pm.execute_notebook(str(nbs_dir / notebooks[name]), str(out_nb), parameters=p, kernel_name=kernel, language="python",
                                 cwd=str(nbs_dir), progress_bar=False, log_output=log_output)

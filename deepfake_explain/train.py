@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #e3cc3905
 from __future__ import annotations
-import csv, io, math, os, random, time, platform
+import csv, io, math, os, random, subprocess, time, platform
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -17,19 +17,21 @@ from fastcore.script import call_parse
 from tqdm.auto import tqdm
 
 import pandas as pd
-from .model import CONFIG_SCHEMA, Key, build_model, checkpoint_layout, load_config, unwrap_state_dict
-from .data import (resolve_device, ORIGINAL, FaceCropDataset, TrainTransform, ValTransform, atomic_write, index_crops,
+from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config, resolve_backbone_weights,
+                    unwrap_state_dict)
+from .data import (resolve_device, CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, ORIGINAL, FaceCropDataset, TrainTransform, ValTransform, atomic_write, index_crops,
                                    select_training_frames, write_bytes_atomic)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'DEFAULT_WORKERS',
-           'load_train_config', 'set_bn_momentum', 'model_config', 'make_optimizer', 'make_scheduler', 'bce_pos_weight',
-           'binary_metrics', 'EarlyStopping', 'CheckpointError', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'read_checkpoint', 'is_training_checkpoint', 'CheckpointMismatchError', 'load_weights', 'read_metrics',
-           'append_metrics', 'plot_curves', 'DistInfo', 'setup_distributed', 'gather_arrays', 'precision_dtype',
-           'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'epoch_seed', 'seed_everything', 'make_loader',
-           'start_epoch', 'select_method', 'limit_videos', 'make_datasets', 'config_changes', 'library_versions',
-           'train', 'train_cli', 'resume_point']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'PROVENANCE_KEYS',
+           'DEFAULT_WORKERS', 'load_train_config', 'training_config', 'set_bn_momentum', 'model_config',
+           'make_optimizer', 'make_scheduler', 'bce_pos_weight', 'binary_metrics', 'EarlyStopping', 'CheckpointError',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'read_checkpoint', 'is_training_checkpoint',
+           'CheckpointMismatchError', 'load_weights', 'read_metrics', 'append_metrics', 'plot_curves', 'DistInfo',
+           'setup_distributed', 'gather_arrays', 'precision_dtype', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch',
+           'epoch_seed', 'seed_everything', 'make_loader', 'start_epoch', 'select_method', 'limit_videos',
+           'make_datasets', 'dataset_names', 'git_commit', 'provenance', 'config_changes', 'library_versions', 'train',
+           'train_cli', 'resume_point']
 
 # %% ../nbs/03_train.ipynb #a2eeaf27
 OPTIMIZERS = ("sgd", "adamw")
@@ -45,9 +47,17 @@ TRAIN_KEYS = {
 }
 TRAIN_SCHEMA = {**CONFIG_SCHEMA, "training": {**CONFIG_SCHEMA["training"], **TRAIN_KEYS}}
 
-def load_train_config(src) -> dict:
-    "`model.load_config` (YAML path or dict) with the training keys `TRAIN_KEYS` known and validated."
-    return load_config(src, schema=TRAIN_SCHEMA)
+def load_train_config(src, for_training: bool = False) -> dict:
+    """`model.load_config` (YAML path or dict) with the training keys `TRAIN_KEYS` known and validated;
+    `for_training` also refuses frozen blocks of a random backbone (`model.training_problems`)."""
+    return load_config(src, schema=TRAIN_SCHEMA, for_training=for_training)
+
+def training_config(src) -> tuple[dict, Path | None]:
+    """(validated config, backbone weights file) of a config about to be trained, checked before any work: frozen blocks
+    of a random backbone are refused, and `imagenet` weights are found in the torch hub cache (downloaded once if missing
+    and allowed; else `model.BackboneWeightsError` naming the file, its URL and the cache path)."""
+    cfg = load_train_config(src, for_training=True)
+    return cfg, resolve_backbone_weights(cfg["model"]["backbone-weights"], cfg["model"]["backbone"])
 
 def set_bn_momentum(model: nn.Module, momentum: float | None) -> int:
     "Set the running-stat momentum of every BatchNorm layer (None: leave them); returns how many were set."
@@ -56,10 +66,13 @@ def set_bn_momentum(model: nn.Module, momentum: float | None) -> int:
     for m in bns: m.momentum = momentum
     return len(bns)
 
-def model_config(cfg: dict) -> dict:
-    "`cfg` without the training keys the model's own schema does not know (what `build_model` accepts)."
+def model_config(cfg: dict, keep_backbone_weights: bool = False) -> dict:
+    """`cfg` as `build_model` takes it: without the training keys the model's own schema does not know, and with
+    `model.backbone-weights` null unless `keep_backbone_weights` (training keeps them): a model whose weights come from
+    a checkpoint (predict, test, explain) needs no ImageNet file and no network."""
     known = CONFIG_SCHEMA["training"]
-    return {**cfg, "training": {k: v for k, v in cfg["training"].items() if k in known}}
+    model = cfg["model"] if keep_backbone_weights else {**cfg["model"], "backbone-weights": None}
+    return {**cfg, "model": model, "training": {k: v for k, v in cfg["training"].items() if k in known}}
 
 # %% ../nbs/03_train.ipynb #4f0dd2f7
 def make_optimizer(model: nn.Module, ts: dict) -> torch.optim.Optimizer:
@@ -199,6 +212,7 @@ def load_weights(model: nn.Module, src, strict: bool = True) -> dict:
         raise CheckpointMismatchError(f"{name}: {why}" + (": " + "; ".join(parts) if parts else ""))
     bad = set(missing) | {s.split(" ")[0] for s in shapes}
     model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
+    if hasattr(model, "backbone_weights"): model.backbone_weights = f"from {report['kind']} {name}"  # not ImageNet/random any more
     return report
 
 # %% ../nbs/03_train.ipynb #eed4bf62
@@ -407,6 +421,38 @@ def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int |
     return (FaceCropDataset(sel["train"], TrainTransform(size, seed=seed) if ts["augment"] else ValTransform(size), seed=seed),
             FaceCropDataset(sel["val"], ValTransform(size)), summary)
 
+# %% ../nbs/03_train.ipynb #9b9dd2f3
+def _dataset_of(method: str) -> str:
+    from deepfake_explain.mini_forensics import MINI_METHODS  # (mini_forensics imports data, not train)
+    if method in FFPP_METHODS or method == DFD_METHOD: return "FaceForensics++"
+    if method == DFDC_METHOD: return "DFDC"
+    if method == CELEBDF_METHOD: return "Celeb-DF v2"
+    return "mini" if method in MINI_METHODS else "unknown"
+
+def dataset_names(methods) -> list[str]:
+    "The datasets the fake `methods` (crop method folders) come from: FaceForensics++, DFDC, Celeb-DF v2, mini or unknown."
+    return sorted({_dataset_of(m) for m in methods if m != ORIGINAL})
+
+def git_commit() -> str | None:
+    "The git commit of the checkout this library runs from (None outside a git checkout)."
+    import deepfake_explain
+    try: r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(deepfake_explain.__file__).resolve().parent,
+                            capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError): return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+PROVENANCE_KEYS = ("datasets", "methods", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout", "epochs",
+                   "git_commit", "generated_data")
+
+def provenance(cfg: dict, summary: dict, epochs: int) -> dict:
+    "What a checkpoint was trained on (`PROVENANCE_KEYS`), from its validated config and `make_datasets`' summary."
+    methods = sorted({m for s in ("train", "val") for m in summary[s]["frames_per_method"]} - {ORIGINAL})
+    datasets = dataset_names(methods)
+    return {"datasets": datasets, "methods": methods, "n_train_videos": int(summary["train"]["videos"]),
+            "n_val_videos": int(summary["val"]["videos"]), "backbone_init": backbone_init(cfg["model"]["backbone-weights"]),
+            "image_size": int(cfg["model"]["image-size"]), "layout": cfg["model"]["layout"], "epochs": int(epochs),
+            "git_commit": git_commit(), "generated_data": "mini" in datasets}
+
 # %% ../nbs/03_train.ipynb #f36f78b6
 def _plain(obj):
     "`obj` with paths as str and numpy scalars as python numbers (what `weights_only` loading accepts)."
@@ -461,13 +507,15 @@ def _train(info, dev, config, data_root, output, num_epochs, patience, resume, d
     if config is None:
         if not full: raise ValueError("config is required (a YAML file or dict), unless resuming from a checkpoint written by train")
         config = ckpt["config"]
-    cfg = load_train_config(config)
+    # refused (frozen random blocks) or ImageNet file missing: before any work; a resumed run has its weights in ckpt
+    cfg = load_train_config(config, for_training=True) if ckpt is not None else training_config(config)[0]
     ts = cfg["training"]
     log = (lambda msg: tqdm.write(msg)) if (progress and info.is_main) else (lambda msg: None)
     train_ds, val_ds, summary = make_datasets(data_root, cfg, dataset, max_videos, seed)
 
     seed_everything(seed)                      # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(model_config(cfg)).to(dev)
+    # (checked above; resumed: the backbone's weights come from the checkpoint, none are loaded here)
+    model = build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=ckpt is None).to(dev)
     set_bn_momentum(model, ts["bn-momentum"])
     opt, amp = make_optimizer(model, ts), precision_dtype(precision, dev)
     sched = make_scheduler(opt, ts, num_epochs)
@@ -527,7 +575,7 @@ def _train(info, dev, config, data_root, output, num_epochs, patience, resume, d
             ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                   "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                   "early_stopping": stopper.state_dict(), "rng": rng_state(), "config": cfg_plain, "meta": meta,
-                  "metrics": row}
+                  "metrics": row, "provenance": _plain(provenance(cfg, summary, epoch))}
             save_checkpoint(last, ck)
             if improved: save_checkpoint(best, ck)
             rows = append_metrics(output / "metrics.csv", row)

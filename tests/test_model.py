@@ -105,3 +105,43 @@ def test_benchmark_main_smoke(tmp_path):
         assert x["throughput_ratio_vs_bare"] == pytest.approx(x["images_per_s"] / r["bare_backbone"]["images_per_s"]), name
     assert saved["devices"]["cpu"]["spatial_meets_target"] == (r["spatial"]["throughput_ratio_vs_bare"] >= bench.TARGET_SPATIAL_RATIO)
     assert saved["gflops_per_image"]["spatial"] <= 1.33 * saved["gflops_per_image"]["bare_backbone"]
+
+
+# --- ImageNet weights by name (model.backbone-weights: imagenet), no frozen random filters -----------------------------
+
+from deepfake_explain.model import BackboneWeightsError, ConfigError, imagenet_weights, load_config  # noqa: E402
+from imagenet_standin import write_standin  # noqa: E402
+
+
+def test_imagenet_weights_from_the_hub_cache(tmp_path, monkeypatch):
+    "The shipped config builds on the cached file (tensor for tensor) with 3 trainable blocks; nothing is downloaded."
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th")); monkeypatch.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
+    path = write_standin(tmp_path / "th")
+    assert imagenet_weights("efficientnet-b0")["path"] == path and path.name == "efficientnet-b0-355c32eb.pth"
+    model = build_model(ROOT / "configs" / "explained_architecture.yaml", for_training=True)
+    assert model.meta["backbone_weights"] == f"imagenet ({path})" and model.meta["trainable_blocks"] == 3
+    saved = torch.load(path, weights_only=True)
+    own = model.efficient_net.state_dict()
+    assert own and all(torch.equal(v, saved[k]) for k, v in own.items())  # the trunk's blocks are the file's
+    seed = build_model({"model": {"layout": "seed", "backbone-weights": "imagenet"}})
+    assert all(torch.equal(v, saved[k]) for k, v in seed.efficient_net.state_dict().items() if not k.startswith("_fc."))
+
+
+def test_imagenet_weights_missing_offline(tmp_path, monkeypatch):
+    "Offline with an empty cache: the error names the file, its URL and the cache path to put it in."
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty")); monkeypatch.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
+    w = imagenet_weights("efficientnet-b0")
+    with pytest.raises(BackboneWeightsError) as e: build_model(ROOT / "configs" / "explained_architecture.yaml")
+    msg = str(e.value)
+    assert "efficientnet-b0-355c32eb.pth" in msg and w["url"] in msg and str(tmp_path / "empty" / "hub" / "checkpoints") in msg
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("*.pth"))
+
+
+def test_random_init_with_frozen_blocks_is_refused_for_training():
+    for cfg in ({"model": {"backbone-weights": None, "trainable-blocks": 3}}, {"model": {"layout": "seed", "trainable-blocks": 15}}):
+        with pytest.raises(ConfigError) as e: build_model(cfg, for_training=True)
+        assert "'model.trainable-blocks'" in str(e.value) and "'model.backbone-weights' is null" in str(e.value)
+        assert build_model(cfg).meta["backbone_weights"] == "random init"  # a model to load a checkpoint into: not refused
+    assert load_config({"model": {"layout": "seed", "trainable-blocks": 16}}, for_training=True)  # every block trains
+    from deepfake_explain.train import training_config
+    assert training_config(ROOT / "configs" / "quick.yaml")[1] is None  # the quick config: random init, every block trains

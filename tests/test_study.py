@@ -155,11 +155,3 @@ def test_docs_site_from_quick_run(quick_run, tmp_path):
         assert re.search(r'<img[^>]+src="data:image/png;base64,', html), f"{page}.html has no rendered figure"
     # API docs: show_doc output rendered as a heading per documented function
     assert re.search(r'<h3[^>]*id="read_image_rgb"', (tmp_path / "_docs" / "00_data.html").read_text())
-
-
-def test_study_on_shared_ffpp(shared_data):
-    run = run_study(ROOT / "configs" / "study_shared_ffpp.yaml", output=ROOT / "outputs" / "shared_ffpp")
-    for stage in STAGES:
-        if stage == "generate": continue
-        assert (run / "stages" / f"{stage}.json").exists(), f"stage {stage} did not complete on real FF++ videos"
-    assert (run / "test" / "videos.csv").exists()

@@ -139,3 +139,68 @@ def test_ddp_two_cpu_processes(crops, tmp_path):
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["meta"]["world_size"] == 2 and ck["epoch"] == 1
     assert not any(k.startswith("module.") for k in ck["model"])
+
+
+# --- no frozen random filters, ImageNet weights checked first, provenance --------------------------------------------
+
+from imagenet_standin import write_standin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_CLI = Path(sys.executable).parent / "deepfake-explain-train"  # the console script
+
+
+def _cli(args, env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TRAIN_CLI)] + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_refuses_frozen_random_blocks_before_writing(crops, tmp_path):
+    cfg = tmp_path / "frozen.yaml"
+    cfg.write_text("model: {image-size: 32, backbone-weights: null, trainable-blocks: 3}\n")
+    r = _cli(["--config", cfg, "--data_root", crops, "--output", tmp_path / "out", "--num_epochs", 1, "--workers", 0], ENV)
+    assert r.returncode == 1, r.stderr
+    assert f"{cfg}: invalid config" in r.stderr and "'model.trainable-blocks' = 3" in r.stderr and "'model.backbone-weights'" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_imagenet_file_fails_before_work(crops, tmp_path):
+    env = {**ENV, "TORCH_HOME": str(tmp_path / "th"), "DEEPFAKE_EXPLAIN_OFFLINE": "1"}
+    r = _cli(["--config", ROOT / "configs" / "explained_architecture.yaml", "--data_root", crops, "--output", tmp_path / "out"], env)
+    assert r.returncode == 1
+    assert "efficientnet-b0-355c32eb.pth" in r.stderr and "https://github.com/lukemelas/EfficientNet-PyTorch/releases" in r.stderr
+    assert str(tmp_path / "th" / "hub" / "checkpoints") in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
+    "ImageNet (stand-in) backbone with frozen blocks: trains, and both checkpoints record what they were trained on."
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th")); monkeypatch.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
+    write_standin(tmp_path / "th")
+    cfg = {**TINY, "model": {**TINY["model"], "backbone-weights": "imagenet", "trainable-blocks": 1}}
+    train(cfg, crops, tmp_path / "run", num_epochs=2, workers=0, seed=0, progress=False)
+    for name in ("last.pt", "best.pt"):
+        ck = read_checkpoint(tmp_path / "run" / name)
+        p = ck["provenance"]
+        assert set(p) == {"datasets", "methods", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout",
+                          "epochs", "git_commit", "generated_data"}
+        assert {k: v for k, v in p.items() if k != "git_commit"} == {
+            "datasets": ["FaceForensics++"], "methods": ["Deepfakes", "FaceSwap"], "n_train_videos": 16, "n_val_videos": 16,
+            "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False}
+        assert p["git_commit"] is None or len(p["git_commit"]) == 40
+    assert ck["meta"]["trainable_blocks"] == 1 and ck["meta"]["backbone_weights"].startswith("imagenet (")
+    # resuming needs no ImageNet file (the checkpoint holds the backbone): an empty cache, offline
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    res = train(None, crops, tmp_path / "run", num_epochs=3, workers=0, seed=0, progress=False, resume=tmp_path / "run" / "last.pt")
+    assert res["start_epoch"] == 3 and read_checkpoint(tmp_path / "run" / "last.pt")["provenance"]["epochs"] == 3
+
+
+def test_study_refuses_untrainable_config_before_writing(tmp_path, monkeypatch):
+    "The study checks the training config (and the ImageNet file) before its first stage writes anything."
+    from deepfake_explain.model import BackboneWeightsError, ConfigError
+    from deepfake_explain.study import run_study
+    cfg = tmp_path / "frozen.yaml"
+    cfg.write_text("model: {backbone-weights: null, trainable-blocks: 3}\n")
+    with pytest.raises(ConfigError, match="'model.trainable-blocks' = 3 freezes .* 'model.backbone-weights' is null"):
+        run_study({"config": str(cfg)}, output=tmp_path / "run")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th")); monkeypatch.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
+    with pytest.raises(BackboneWeightsError, match="efficientnet-b0-355c32eb.pth"):
+        run_study({"config": str(ROOT / "configs" / "explained_architecture.yaml")}, output=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

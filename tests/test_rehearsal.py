@@ -1,0 +1,146 @@
+"""The GPU recipe rehearsed on real videos (issue 16): configs/study_rehearsal.yaml runs the full run's values unchanged
+(configs/explained_architecture.yaml: 224 px, SGD + StepLR, the reference's augmentations, 3 trainable blocks on ImageNet
+weights; 20 frames per video; the reference video rule) on the real FF++ c23 samples (official splits), then tests
+cross-dataset on the DFDC samples, through every stage, on CPU for 2 epochs; the seed layout
+(configs/study_rehearsal_seed.yaml: configs/reference.yaml) trains, evaluates, explains and tests cross-dataset on the
+same data stages, 3 of the 20 crops per video (its 1025 tokens are ~10x dearer on CPU). The ImageNet file is a stand-in
+in a temporary TORCH_HOME (inherited by papermill's kernels). Asserts every stage's artefacts and their consistency,
+not accuracy. Stage timings go to outputs/rehearsal-<layout>/timings.csv and the test's output."""
+from __future__ import annotations
+import json, shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from deepfake_explain.data import ORIGINAL, crop_path, equidistant, index_crops
+from deepfake_explain.model import imagenet_weights
+from deepfake_explain.study import STAGES, run_study
+from deepfake_explain.train import PROVENANCE_KEYS, load_train_config, read_checkpoint, read_metrics
+from imagenet_standin import write_standin
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_STAGES = ("data", "preprocess", "model")      # layout-independent: run once, by the spatial rehearsal
+LAYOUT_STAGES = ("train", "evaluate", "explain", "cross")
+SEED_FRAMES = 3
+
+
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory, shared_data):
+    "A temporary torch hub cache holding the stand-in ImageNet file; downloads off (nothing may be fetched)."
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("torch_home")
+    mp.setenv("TORCH_HOME", str(home)); mp.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
+    path = write_standin(home)
+    assert imagenet_weights("efficientnet-b0")["path"] == path
+    yield path
+    mp.undo()
+
+
+def _timings(run: Path, names) -> dict:
+    t = {n: json.loads((run / "stages" / f"{n}.json").read_text())["seconds"] for n in names}
+    pd.DataFrame({"stage": list(t), "seconds": list(t.values())}).to_csv(run / "timings.csv", index=False)
+    print(f"\n{run.name} stage seconds: {t} (total {sum(t.values()):.0f} s)")
+    return t
+
+
+@pytest.fixture(scope="module")
+def spatial_run(torch_home) -> Path:
+    run = ROOT / "outputs" / "rehearsal-spatial"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run: training would otherwise resume the finished one
+    run_study(ROOT / "configs" / "study_rehearsal.yaml", output=run)
+    _timings(run, [s for s in STAGES if s != "generate"] + ["cross"])
+    return run
+
+
+def _copy_data_stages(src: Path, dst: Path, frames: int):
+    "The spatial run's index, boxes and `frames` equidistant crops per video (training set and test sets) into `dst`."
+    shutil.rmtree(dst, ignore_errors=True)
+    for crops_root in [src / "crops", *sorted((src / "cross").glob("*/crops"))]:
+        rel = crops_root.relative_to(src)
+        for (split, method, video), df in index_crops(crops_root).groupby(["split", "method", "video"]):
+            keep = sorted(df["frame"].unique())
+            keep = {keep[i] for i in equidistant(len(keep), frames)}
+            for r in df[df["frame"].isin(keep)].itertuples():
+                out = crop_path(dst / rel, split, method, video, r.frame, r.face)
+                out.parent.mkdir(parents=True, exist_ok=True); shutil.copy(r.path, out)
+            done = crop_path(crops_root, split, method, video, 0, 0).parent / ".done.json"
+            shutil.copy(done, crop_path(dst / rel, split, method, video, 0, 0).parent / ".done.json")
+        boxes = crops_root.parent / "boxes"
+        shutil.copytree(boxes, dst / rel.parent / "boxes")
+    shutil.copytree(src / "index", dst / "index")
+
+
+@pytest.fixture(scope="module")
+def seed_run(spatial_run, torch_home) -> Path:
+    run = ROOT / "outputs" / "rehearsal-seed"
+    _copy_data_stages(spatial_run, run, SEED_FRAMES)
+    run_study(ROOT / "configs" / "study_rehearsal_seed.yaml", output=run, stages=",".join(LAYOUT_STAGES))
+    _timings(run, LAYOUT_STAGES)
+    return run
+
+
+def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
+    p = yaml.safe_load((run / "params.yaml").read_text())
+    # training: the full run's config, unchanged; 2 epochs; provenance
+    ref = load_train_config(ROOT / "configs" / "explained_architecture.yaml")
+    last, best = read_checkpoint(run / "train" / "last.pt"), read_checkpoint(run / "train" / "best.pt")
+    cfg = last["config"]
+    assert cfg["training"] == ref["training"]
+    assert cfg["model"] == {**ref["model"], "layout": layout} and cfg["spatial"] == ref["spatial"]
+    assert last["epoch"] == 2 and [r["epoch"] for r in read_metrics(run / "train" / "metrics.csv")] == [1, 2]
+    assert last["meta"]["layout"] == layout and last["meta"]["image_size"] == 224 and last["meta"]["trainable_blocks"] == 3
+    assert last["meta"]["backbone_weights"] == f"imagenet ({torch_home})"
+    crops = index_crops(run / "crops")
+    videos = crops.groupby("split")["video"].nunique().to_dict()
+    assert videos == {"train": 3, "val": 2, "test": 2}, videos
+    assert crops.groupby(["method", "video", "face"]).size().max() <= frames
+    prov = last["provenance"]
+    assert tuple(prov) == PROVENANCE_KEYS
+    assert {k: v for k, v in prov.items() if k != "git_commit"} == {
+        "datasets": ["FaceForensics++"], "methods": ["Deepfakes", "Face2Face", "NeuralTextures"], "n_train_videos": 3,
+        "n_val_videos": 2, "backbone_init": "imagenet", "image_size": 224, "layout": layout, "epochs": 2, "generated_data": False}
+    assert best["provenance"]["epochs"] == best["epoch"]
+    # evaluate: the official test split (634 real, 634_660 FaceSwap), reference rule, at most `frames` frames per track
+    m = json.loads((run / "test" / "metrics.json").read_text())
+    assert (m["n_videos"], m["n_fake"], m["n_real"], m["rule"]) == (2, 1, 1, "reference")
+    vids = pd.read_csv(run / "test" / "videos.csv", dtype={"video": str})
+    assert sorted(vids["video"]) == ["634", "634_660"] and (vids["n_frames"] <= frames * vids["n_tracks"]).all()
+    assert m["info"]["model_sha256"] and m["info"]["frames_per_video"] == p["frames_per_video"]
+    # explain: every sample explained by every method, quality table on the test fakes
+    ex = pd.read_csv(run / "explanation" / "explanations.csv")
+    assert set(ex["method"]) == {"relevancy", "attention", "rollout", "gradcam", "random"} and ex["name"].nunique() >= 1
+    assert all(Path(f).is_file() for f in ex["figure"])
+    q = pd.read_csv(run / "explanation" / "quality.csv")
+    assert set(q["method"]) == set(ex["method"])
+    # cross-dataset: the training set's test split and DFDC at one threshold, chosen on the validation split
+    cross = pd.read_csv(run / "cross_dataset.csv")
+    assert cross["test_set"].tolist() == ["FACEFORENSICS (training set's test split)", "dfdc"]
+    assert cross["threshold"].nunique() == 1 and set(cross["threshold_source"]) == {"training set's validation split"}
+    own, dfdc = cross.iloc[0], cross.iloc[1]
+    assert (own["n_videos"], own["n_fake"], own["n_real"]) == (m["n_videos"], m["n_fake"], m["n_real"])
+    assert own["video_auc"] == pytest.approx(m["auc"]) and own["frame_auc"] == pytest.approx(m["frame_auc"])  # threshold-free
+    assert (dfdc["dataset"], dfdc["split"], dfdc["n_videos"], dfdc["n_fake"], dfdc["n_real"]) == ("DFDC", "all", 4, 3, 1)
+    for col in ("video_auc", "frame_auc", "eer", "ap", "accuracy"): assert cross[col].between(0, 1).all(), col
+    dm = json.loads((run / "cross" / "dfdc" / "test" / "metrics.json").read_text())
+    assert dm["threshold"]["value"] == pytest.approx(own["threshold"]) and dm["info"]["model_sha256"] == m["info"]["model_sha256"]
+    # the report has every section, the cross-dataset table included
+    report = (run / "report.md").read_text()
+    assert "## Cross-dataset test" in report and "dfdc" in report
+    if layout == "spatial": assert "not produced" not in report
+    print(f"\n{run.name} cross-dataset table:\n{cross.round(3).to_string(index=False)}")
+
+
+def test_rehearsal_spatial(spatial_run, torch_home):
+    for stage in [s for s in STAGES if s != "generate"] + ["cross"]:
+        assert (spatial_run / "stages" / f"{stage}.json").exists(), f"stage {stage} did not complete"
+    index = pd.read_csv(spatial_run / "index" / "videos.csv", dtype=str)
+    assert len(index) == 7 and set(index["compression"]) == {"c23"}
+    _check_run(spatial_run, "spatial", 20, torch_home)
+
+
+def test_rehearsal_seed(seed_run, torch_home):
+    for stage in LAYOUT_STAGES: assert (seed_run / "stages" / f"{stage}.json").exists(), f"stage {stage} did not complete"
+    _check_run(seed_run, "seed", SEED_FRAMES, torch_home)
+    assert ORIGINAL in set(index_crops(seed_run / "cross" / "dfdc" / "crops")["method"])
