@@ -571,6 +571,7 @@ def plot_mini_example(root, target: str, source: str, frame: int | None = None, 
 
 # %% ../nbs/00a_mini_forensics.ipynb #2b3dab0c
 from fastcore.script import call_parse
+from .preprocess import cli_errors
 
 @call_parse
 def mini_forensics_cli(
@@ -585,8 +586,9 @@ def mini_forensics_cli(
     compression: str = "c23",  # c23 (mp4v) or c40 (JPEG q40 per frame, then mp4v)
     overwrite: bool = False,   # replace a set made with other parameters
 ):
-    "Generate the mini-forensics demo set (FaceForensics++ layout, with masks)."
-    m = make_mini_forensics(root, seed=seed, n_frames=n_frames, size=size, extra_faces=extra_faces,
-                            n_pairs=(n_train, n_val, n_test), compression=compression, overwrite=overwrite)
+    "Generate the mini-forensics demo set (FaceForensics++ layout, with masks). Exit status: 0 done, 1 failed, 2 bad command line."
+    with cli_errors("deepfake-explain-mini-forensics"):
+        m = make_mini_forensics(root, seed=seed, n_frames=n_frames, size=size, extra_faces=extra_faces,
+                                n_pairs=(n_train, n_val, n_test), compression=compression, overwrite=overwrite)
     print(f"{root}: {m['counts']['real']} real + {m['counts']['fake']} fake videos, digest {m['digest'][:12]}, "
           f"{m['seconds']} s")

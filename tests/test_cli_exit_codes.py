@@ -72,6 +72,7 @@ MISSING_INPUT = {  # arguments naming an input that does not exist: a failure, e
 def test_missing_input_exits_1(script, cheap_runs):
     r = cheap_runs[(script, "missing")]
     assert r.returncode == 1, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]  # a message that names the problem, not a stack
 
 
 @pytest.mark.parametrize("script, args, message", [
