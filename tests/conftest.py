@@ -1,6 +1,10 @@
-"Shared fixtures: the real test data in ../shared/data (never copied into the repository)."
+"Shared fixtures: the real test data in ../shared/data (never copied into the repository), a small checkpoint."
 from pathlib import Path
 import pytest
+import torch
+
+from deepfake_explain.model import build_model, load_config
+from deepfake_explain.train import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -11,3 +15,25 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real test data not found at {SHARED} (expected ../shared/data beside the repository)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def save_tiny_checkpoint():
+    """`save(path, config, **extra) -> path`: a training-style checkpoint (config inside, `extra` keys added, e.g.
+    `provenance`) of a small random-init model. A random-init EfficientNet in eval mode scores every image the same
+    (initial batch-norm statistics), which would hide a crop/score mix-up: the statistics are set from a few random
+    batches."""
+    def save(path, config, **extra) -> Path:
+        torch.manual_seed(0)
+        cfg = load_config(config)
+        net = build_model(cfg)
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.momentum = None
+        net.train()
+        size = cfg["model"]["image-size"]
+        with torch.no_grad():
+            for _ in range(3): net(torch.rand(8, 3, size, size) * 255)
+        torch.save({"format": CHECKPOINT_FORMAT, "model": net.eval().state_dict(), "config": cfg, "meta": {"layout": net.layout},
+                    **extra}, path)
+        return Path(path)
+    return save

@@ -23,8 +23,6 @@ import torch
 
 from deepfake_explain import evaluate as ev
 from deepfake_explain.explain import VideoExplainer
-from deepfake_explain.model import build_model, load_config
-from deepfake_explain.train import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -36,20 +34,9 @@ PROVENANCE = dict(datasets=["mini"], methods=["Deepfakes", "Face2Face"], n_train
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    "A training-style checkpoint of a small random-init model, its batch-norm statistics set (distinct scores), provenance by hand."
-    torch.manual_seed(0)
-    cfg = load_config(TINY)
-    net = build_model(cfg)
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for _ in range(3): net(torch.rand(8, 3, 64, 64) * 255)
-    path = tmp_path_factory.mktemp("model") / "demo.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": net.eval().state_dict(), "config": cfg, "meta": {"layout": net.layout},
-                "provenance": PROVENANCE}, path)
-    return path
+def checkpoint(tmp_path_factory, save_tiny_checkpoint) -> Path:
+    "A training-style checkpoint of a small random-init model (distinct scores), provenance by hand."
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "demo.pt", TINY, provenance=PROVENANCE)
 
 
 @pytest.fixture(autouse=True)

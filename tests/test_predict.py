@@ -17,8 +17,6 @@ import torch
 
 from deepfake_explain import evaluate as ev
 from deepfake_explain.data import equidistant
-from deepfake_explain.model import build_model, load_config
-from deepfake_explain.train import CHECKPOINT_FORMAT
 
 TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -32,22 +30,9 @@ def reference_video_round(preds, threshold=0.55):  # the reference's utils.custo
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, save_tiny_checkpoint) -> Path:
     "A training-style checkpoint (config inside) of a small random-init spatial model."
-    torch.manual_seed(0)
-    cfg = load_config(TINY)
-    net = build_model(cfg)
-    # a random-init EfficientNet in eval mode scores every image the same (initial batch-norm statistics), which would
-    # hide a crop/score mix-up: set the statistics from a few random batches
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for _ in range(3): net(torch.rand(8, 3, 64, 64) * 255)
-    net.eval()
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": net.state_dict(), "config": cfg, "meta": {"layout": net.layout}}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", TINY)
 
 
 @pytest.fixture(autouse=True)
