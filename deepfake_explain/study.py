@@ -4,9 +4,10 @@
 
 # %% ../nbs/06_study.ipynb #ec68dc4b
 from __future__ import annotations
-import base64, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, subprocess, sys, time
+import base64, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, subprocess, sys, time
 from pathlib import Path
 
+import nbformat
 import yaml
 from fastcore.script import call_parse
 
@@ -15,16 +16,16 @@ from .data import atomic_write, write_json_atomic
 # %% auto #0
 __all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'RUNNER_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS',
            'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'notebook_parameters', 'check_parameter_names',
-           'environment_info', 'write_report', 'check_test_sets', 'test_set_crops', 'cross_dataset_row',
-           'cross_dataset_test', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_before_work', 'run_step',
-           'StageFailed', 'run_study', 'study_cli']
+           'environment_info', 'markdown_table', 'write_report', 'check_test_sets', 'test_set_crops',
+           'cross_dataset_row', 'cross_dataset_test', 'cell_directives', 'study_notebook', 'params_digest',
+           'ensure_kernel', 'remove_run_temps', 'check_before_work', 'run_step', 'run_notebook', 'StageFailed',
+           'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #11d60c43
-STAGES = {  # stage name -> notebook (in nbs/)
+STAGES = {  # stage name -> notebook (in nbs/); 02_model defines the network and writes nothing, so it is no stage
     "generate": "00a_mini_forensics.ipynb",
     "data": "00_data.ipynb",
     "preprocess": "01_preprocess.ipynb",
-    "model": "02_model.ipynb",
     "train": "03_train.ipynb",
     "evaluate": "04_evaluate.ipynb",
     "explain": "05_explain.ipynb",
@@ -135,14 +136,17 @@ REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
 ]
 OPTIONAL_REPORT_ITEMS = {"cross_dataset.csv"}  # only runs with test_sets have it
 
+def markdown_table(df, floatfmt: str = ".4g") -> str:
+    "A pipe table of `df` (Markdown, rendered as an HTML table), floats written with `floatfmt`."
+    def cell(v):
+        if isinstance(v, float): return "" if v != v else format(v, floatfmt)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    head = "| " + " | ".join(map(cell, df.columns)) + " |\n|" + "---|" * len(df.columns)
+    return head + "".join("\n| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False))
+
 def _table_md(path: Path) -> str:
     import pandas as pd
-    df = pd.read_csv(path)
-    return df.to_markdown(index=False, floatfmt=".4g") if _has_tabulate() else "```\n" + df.to_string(index=False) + "\n```"
-
-def _has_tabulate() -> bool:
-    try: import tabulate; return True
-    except ImportError: return False
+    return markdown_table(pd.read_csv(path))
 
 def _json_md(path: Path) -> str:
     d = json.loads(path.read_text())
@@ -167,9 +171,9 @@ def write_report(run_dir) -> Path:
             else: md_parts.append(f"*not produced: `{rel}` is missing*")
             continue
         if kind == "png":
-            md_parts.append(f"![{title}]({rel})")
+            md_parts.append(f"![{title}]({rel})\n\n*Figure: {title} (`{rel}`)*")
             html_imgs[rel] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-        elif kind == "csv": md_parts.append(_table_md(path))
+        elif kind == "csv": md_parts.append(f"*Table: `{rel}`*\n\n" + _table_md(path))
         else: md_parts.append(_json_md(path))
     text = "\n\n".join(md_parts) + "\n"
     with atomic_write(run_dir / "report.md", "w") as f: f.write(text)
@@ -177,7 +181,8 @@ def write_report(run_dir) -> Path:
     for rel, uri in html_imgs.items(): body = body.replace(f'src="{rel}"', f'src="{uri}"')
     html = ("<!doctype html><html><head><meta charset='utf-8'><title>deepfake_explain study report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}</style></head><body>" + body + "</body></html>")
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+            "em{color:#555}</style></head><body>" + body + "</body></html>")
     with atomic_write(run_dir / "report.html", "w") as f: f.write(html)
     return run_dir / "report.html"
 
@@ -269,6 +274,53 @@ def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", 
     with atomic_write(run_dir / "cross_dataset.csv", "w") as f: table.to_csv(f, index=False)
     return table
 
+# %% ../nbs/06_study.ipynb #a37f3da5
+def cell_directives(source: str) -> dict[str, str]:
+    "The `#| name value` directives at the top of a code cell (nbdev's syntax): name -> value ('' when none)."
+    found = {}
+    for line in source.splitlines():
+        s = line.strip()
+        if not s: continue
+        if not s.startswith("#|"): break
+        name, _, value = s[2:].strip().partition(" ")
+        found[name.rstrip(":")] = value.strip()
+    return found
+
+# %% ../nbs/06_study.ipynb #9240dabe
+_NBDEV_EXPORT = re.compile(r"\bnbdev_export\s*\(")
+
+def _namespace_cell(module: str):
+    "A hidden cell that brings the library module's names (private ones too) into the study kernel."
+    return nbformat.v4.new_code_cell(
+        "#| hide\n# the exported library in place of the notebook's definitions (study view, see 06_study)\n"
+        f"import deepfake_explain.{module} as _stage_module\n"
+        "globals().update({k: v for k, v in vars(_stage_module).items() if not k.startswith('__')})\n"
+        "from IPython.display import Image, display",
+        metadata={"tags": ["injected-namespace"]})
+
+def study_notebook(nb_path) -> nbformat.NotebookNode:
+    """The notebook a study executes for stage notebook `nb_path`: the prose before the `parameters` cell, that cell,
+    the library module's namespace (`#| default_exp`), and every `#| stage` cell with the markdown right before it.
+    A notebook without `#| stage` cells runs whole. Cells that call nbdev's export never run."""
+    nb = nbformat.read(nb_path, as_version=4)
+    keep = [c for c in nb.cells if not (c.cell_type == "code" and _NBDEV_EXPORT.search(c.source))]
+    directives = [cell_directives(c.source) if c.cell_type == "code" else {} for c in keep]
+    if not any("stage" in d for d in directives):
+        nb.cells = keep
+        return nb
+    module = next((d["default_exp"] for d in directives if d.get("default_exp")), None)
+    params = next(i for i, c in enumerate(keep) if "parameters" in c.get("metadata", {}).get("tags", []))
+    chosen = {i for i in range(params) if keep[i].cell_type == "markdown"} | {params}
+    for i, d in enumerate(directives):
+        if "stage" not in d: continue
+        chosen.add(i)
+        j = i - 1
+        while j > params and keep[j].cell_type == "markdown": chosen.add(j); j -= 1
+    cells = [keep[i] for i in sorted(chosen)]
+    if module: cells.insert(cells.index(keep[params]) + 1, _namespace_cell(module))
+    nb.cells = cells
+    return nb
+
 # %% ../nbs/06_study.ipynb #f8676e2b
 def params_digest(params: dict) -> str:
     "A stable hash of the parameters (completion records are only trusted for the same parameters)."
@@ -310,14 +362,46 @@ def run_step(name: str, p: dict, run_dir: Path):
                        frames_per_video=int(p.get("frames_per_video", 20)), batch_size=int(p.get("batch_size", 32)),
                        device=p.get("device", "auto"), seed=int(p.get("seed", 0)))
 
+class _StageOutput:
+    "Where a stage kernel's stream output goes: all of it to the stage's log, its progress bars also to the console."
+    _BAR = re.compile(r"\d+%\||\d+it \[|it/s\]|s/it\]")
+    def __init__(self, log, console=None): self.log, self.console = log, console
+    def write(self, s: str):
+        self.log.write(s)
+        if self.console is not None and self._BAR.search(s): self.console.write(s); self.console.flush()
+    def flush(self): self.log.flush()
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send this process's file descriptor 2 to `path` (a kernel started meanwhile inherits it: its start-up warnings
+    and C-level messages, e.g. FFmpeg's, go to the log); yield a stream on the console's stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    console = os.fdopen(os.dup(saved), "w", buffering=1)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try: yield console, log
+        finally:
+            sys.stderr.flush(); os.dup2(saved, 2); os.close(saved); console.close()
+
+def run_notebook(nb_path, out_nb, params: dict, kernel: str, log_path: Path, label: str = None, log_output: bool = False):
+    """Execute `nb_path`'s study view (`study_notebook`) with `params` into `out_nb`: a progress bar of cells on the
+    console with the stage's own progress bars; warnings, kernel and FFmpeg messages in `log_path` and the notebook."""
+    import papermill as pm
+    with _stderr_to(Path(log_path)) as (console, log):
+        pm.execute_notebook(study_notebook(nb_path), str(out_nb), parameters=params, kernel_name=kernel,
+                            language="python", cwd=str(Path(nb_path).parent), log_output=log_output,
+                            progress_bar={"desc": f"[study] {label or Path(nb_path).stem}", "file": console, "leave": True},
+                            stdout_file=log, stderr_file=_StageOutput(log, console))
+
 class StageFailed(RuntimeError):
     "A study stage failed; the message names the stage and its executed notebook."
 
 def run_study(params=None, stages=None, output: str | None = None, resume: bool = False,
               kernel: str | None = None, nbs_dir: Path | None = None, run_id: str | None = None,
               stage_notebooks: dict | None = None, log_output: bool = False) -> Path:
-    "Execute the study's stage notebooks with papermill into one run folder; return the run folder."
-    import papermill as pm
+    "Execute the study's stage notebooks (their study views) with papermill into one run folder; return the run folder."
     root = repo_root()
     nbs_dir = Path(nbs_dir or root / "nbs")
     notebooks = stage_notebooks or STAGES
@@ -351,12 +435,11 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
             print(f"[study] {name}: done in {time.time() - t0:.0f}s", flush=True); continue
         out_nb = run_dir / "notebooks" / notebooks[name]
         out_nb.parent.mkdir(parents=True, exist_ok=True)
-        print(f"[study] {name}: running {notebooks[name]}", flush=True)
-        try:
-            pm.execute_notebook(str(nbs_dir / notebooks[name]), str(out_nb), parameters=p, kernel_name=kernel, language="python",
-                                cwd=str(nbs_dir), progress_bar=False, log_output=log_output)
-        except pm.PapermillExecutionError as e:
-            raise StageFailed(f"stage {name!r} failed ({e.ename}: {e.evalue}); see the executed notebook {out_nb}") from None
+        own = {k: v for k, v in p.items() if name in known.get(k, [])}  # each notebook gets only its own parameters
+        try: run_notebook(nbs_dir / notebooks[name], out_nb, own, kernel, run_dir / "logs" / f"{name}.log", name, log_output)
+        except Exception as e:
+            ename, evalue = (e.ename, e.evalue) if hasattr(e, "ename") else (type(e).__name__, e)
+            raise StageFailed(f"stage {name!r} failed ({ename}: {evalue}); see the executed notebook {out_nb}") from None
         write_json_atomic(record, {"stage": name, "notebook": notebooks[name], "params": digest,
                                    "seconds": round(time.time() - t0, 1)})
         print(f"[study] {name}: done in {time.time() - t0:.0f}s", flush=True)

@@ -21,7 +21,7 @@ from deepfake_explain.train import PROVENANCE_KEYS, load_train_config, read_chec
 from imagenet_standin import write_standin
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_STAGES = ("data", "preprocess", "model")      # layout-independent: run once, by the spatial rehearsal
+DATA_STAGES = ("data", "preprocess")      # layout-independent: run once, by the spatial rehearsal
 LAYOUT_STAGES = ("train", "evaluate", "explain", "cross")
 SEED_FRAMES = 3
 
