@@ -15,8 +15,16 @@ sys.path.insert(0, str(ROOT / "tools"))
 from quick_variation import figures  # noqa: E402  (one definition of the figures, for this test and the tool)
 
 
+def library_files() -> dict:
+    return {p.name: p.read_bytes() for p in sorted((ROOT / "deepfake_explain").glob("*.py"))}
+
+
+LIBRARY_BEFORE_STUDY = {}
+
+
 @pytest.fixture(scope="module")
 def quick_run() -> Path:
+    LIBRARY_BEFORE_STUDY.update(library_files())
     return run_study(ROOT / "configs" / "study_quick.yaml", output=ROOT / "outputs" / "quick")
 
 
@@ -62,6 +70,9 @@ ASSERTED = {  # figure (tools/quick_variation.figures) -> the bound it must exce
 
 
 def test_quick_study_completes_with_report(quick_run):
+    assert library_files() == LIBRARY_BEFORE_STUDY, "the study run rewrote the library (deepfake_explain/*.py)"
+    logs = {p.stem: p.read_text() for p in (quick_run / "logs").glob("*.log")}
+    assert set(logs) == set(STAGES), "every stage keeps its kernel's messages in logs/<stage>.log"
     for stage in STAGES:
         assert (quick_run / "stages" / f"{stage}.json").exists(), f"stage {stage} has no completion record"
         assert (quick_run / "notebooks" / STAGES[stage]).exists()
@@ -144,14 +155,26 @@ def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, 
         pd.testing.assert_frame_equal(pd.read_csv(run / "explanation" / table), pd.read_csv(quick_run / "explanation" / table))
 
 
-def test_docs_site_from_quick_run(quick_run, tmp_path):
+def test_docs_site_in_nbdev_manner(tmp_path):
+    """The offline docs site (two pages and the index): executed from the notebooks themselves, never from a study run
+    and never writing the library; show_doc signatures instead of exported source; no scaffolding, prompts, warnings,
+    absolute paths or injected parameters; figures inline; a sidebar linking every page."""
     from build_docs import build
-    index = build(tmp_path / "_docs", quick_run)
-    text = index.read_text()
-    pages = ["00_data", "01_preprocess", "02_model", "03_train", "04_evaluate", "05_explain"]
-    for page in pages:
-        assert f"href='{page}.html'" in text, f"index does not link {page}"
-        html = (tmp_path / "_docs" / f"{page}.html").read_text()
-        assert re.search(r'<img[^>]+src="data:image/png;base64,', html), f"{page}.html has no rendered figure"
-    # API docs: show_doc output rendered as a heading per documented function
-    assert re.search(r'<h3[^>]*id="read_image_rgb"', (tmp_path / "_docs" / "00_data.html").read_text())
+    lib = {p: p.read_bytes() for p in (ROOT / "deepfake_explain").glob("*.py")}
+    index = build(tmp_path / "_docs", pages=["00_data", "06_study"])
+    assert {p: p.read_bytes() for p in (ROOT / "deepfake_explain").glob("*.py")} == lib, "the docs build wrote the library"
+    pages = {p: (tmp_path / "_docs" / f"{p}.html").read_text() for p in ("index", "00_data", "06_study")}
+    assert index.name == "index.html"
+    for name, html in pages.items():
+        for other in pages: assert f"href='{other}.html'" in html, f"{name}.html's sidebar does not link {other}"
+        assert not re.search(r"(In|Out)(&nbsp;| )\[\d*\]:", html), f"{name}.html shows prompts"
+        assert str(ROOT) not in html and "injected-parameters" not in html, f"{name}.html shows this machine's paths or papermill's cell"
+        assert not re.search(r"\b\w*Warning\b:", html), f"{name}.html shows a warning"
+    data = pages["00_data"]
+    text = re.sub(r"<[^>]+>", "", data)
+    assert re.search(r'<h3[^>]*id="read_image_rgb"', data) and re.search(r"read_image_rgb\(\s*path\s*\)", text)  # signature
+    assert "Read an image file as RGB uint8" in text                                                    # its docstring
+    assert "cv2.imdecode" not in text and "from fastcore.test import" not in text      # no exported source, no scaffolding
+    assert re.search(r'<img[^>]+src="data:image/png;base64,', data), "00_data.html has no inline figure"
+    assert "#| export" not in data and "#| hide" not in data
+    assert re.search(r'<h3[^>]*id="study_notebook"', pages["06_study"])
