@@ -16,7 +16,8 @@ from quick_variation import figures  # noqa: E402  (one definition of the figure
 
 
 def library_files() -> dict:
-    return {p.name: p.read_bytes() for p in sorted((ROOT / "deepfake_explain").glob("*.py"))}
+    "Each library file's modification time and bytes (a rewrite with the same content still changes the time)."
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((ROOT / "deepfake_explain").glob("*.py"))}
 
 
 LIBRARY_BEFORE_STUDY = {}
@@ -160,9 +161,9 @@ def test_docs_site_in_nbdev_manner(tmp_path):
     and never writing the library; show_doc signatures instead of exported source; no scaffolding, prompts, warnings,
     absolute paths or injected parameters; figures inline; a sidebar linking every page."""
     from build_docs import build
-    lib = {p: p.read_bytes() for p in (ROOT / "deepfake_explain").glob("*.py")}
+    lib = library_files()
     index = build(tmp_path / "_docs", pages=["00_data", "06_study"])
-    assert {p: p.read_bytes() for p in (ROOT / "deepfake_explain").glob("*.py")} == lib, "the docs build wrote the library"
+    assert library_files() == lib, "the docs build wrote the library"
     pages = {p: (tmp_path / "_docs" / f"{p}.html").read_text() for p in ("index", "00_data", "06_study")}
     assert index.name == "index.html"
     for name, html in pages.items():
