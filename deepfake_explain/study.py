@@ -300,7 +300,8 @@ def _namespace_cell(module: str):
 
 def study_notebook(nb_path) -> nbformat.NotebookNode:
     """The notebook a study executes for stage notebook `nb_path`: the prose before the `parameters` cell, that cell,
-    the library module's namespace (`#| default_exp`), and every `#| stage` cell with the markdown right before it.
+    the library module's namespace (`#| default_exp`), and every `#| stage` cell with its section's prose (the
+    markdown cells before it, up to the section heading, across export cells).
     A notebook without `#| stage` cells runs whole. Cells that call nbdev's export never run."""
     nb = nbformat.read(nb_path, as_version=4)
     keep = [c for c in nb.cells if not (c.cell_type == "code" and _NBDEV_EXPORT.search(c.source))]
@@ -314,8 +315,11 @@ def study_notebook(nb_path) -> nbformat.NotebookNode:
     for i, d in enumerate(directives):
         if "stage" not in d: continue
         chosen.add(i)
-        j = i - 1
-        while j > params and keep[j].cell_type == "markdown": chosen.add(j); j -= 1
+        for j in range(i - 1, params, -1):  # the section's prose: back over markdown and export cells, to its heading
+            if keep[j].cell_type == "code" and not {"export", "exports"} & directives[j].keys(): break
+            if keep[j].cell_type == "markdown":
+                chosen.add(j)
+                if keep[j].source.startswith("#"): break
     cells = [keep[i] for i in sorted(chosen)]
     if module: cells.insert(cells.index(keep[params]) + 1, _namespace_cell(module))
     nb.cells = cells

@@ -8,6 +8,18 @@ from deepfake_explain.train import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+# A small spatial detector (64 px, one 32-wide transformer block): fast on CPU, every code path of the real one.
+TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (restored after): on 2 shared cores, small models run faster on one thread than
+    on two competing with the other jobs. Modules use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

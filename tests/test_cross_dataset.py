@@ -18,11 +18,6 @@ TINY = {"model": {"image-size": 32, "trainable-blocks": 16, "dropout": 0.0, "emb
                      "frames-per-video": 4, "rebalancing_fake": 1, "augment": False}}
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def celebdf_tree(root: Path, video: Path) -> Path:

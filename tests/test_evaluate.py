@@ -12,6 +12,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              roc_auc_score, roc_curve)
 
 from deepfake_explain import evaluate as ev
+from conftest import TINY  # the small detector shared by the tests
 
 
 def reference_video_round(preds):  # noame12/Explainable_Attention_Based_Deepfake_Detector, model_test_train/utils.py
@@ -164,7 +165,6 @@ import subprocess, sys
 import torch
 from deepfake_explain.data import crop_path, index_crops, write_png_atomic
 
-TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
 
 
 def make_crops(root, splits=("test", "val"), n_frames=6, seed=0):

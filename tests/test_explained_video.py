@@ -23,11 +23,11 @@ import torch
 
 from deepfake_explain import evaluate as ev
 from deepfake_explain.explain import VideoExplainer
+from conftest import TINY  # the small detector shared by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
 FAKE = "ffpp/manipulated_sequences/FaceSwap/c23/videos/634_660.mp4"
 PROVENANCE = dict(datasets=["mini"], methods=["Deepfakes", "Face2Face"], n_train_videos=36, n_val_videos=9, backbone_init="imagenet",
                   image_size=64, layout="spatial", epochs=2, git_commit=None, generated_data=True)
@@ -39,12 +39,7 @@ def checkpoint(tmp_path_factory, save_tiny_checkpoint) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "demo.pt", TINY, provenance=PROVENANCE)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def run(script: str, *args) -> subprocess.CompletedProcess:

@@ -29,20 +29,16 @@ from deepfake_explain.train import (CHECKPOINT_FORMAT, CheckpointError, Checkpoi
                                     load_weights, read_checkpoint, train)
 from deepfake_explain import evaluate as ev
 from deepfake_explain.study import load_params, run_study
+from conftest import TINY  # the small detector shared by the tests
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ODD = "dossier à espaces/データ 1"  # a folder name with a space and non-ASCII characters
-TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
 TINY_SEED = {"model": {"layout": "seed", "image-size": 64, "patch-size": 2, "emb-dim": 4, "depth": 1, "heads": 1,
                        "dim-head": 8, "mlp-dim": 16}}
 FACE_BOX = [96.6, 237.0, 125.7, 279.1, 1.0]  # MTCNN's box of the face in frame 0 of the 640x360 clip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def _write_clip(path: Path, frames: list) -> Path:
