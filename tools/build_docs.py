@@ -3,9 +3,9 @@
 With Quarto installed this is `nbdev_docs`. Quarto cannot be installed offline, so otherwise every notebook in nbs/
 is executed here the way `nbdev_test` executes it and rendered with nbconvert:
 
-- the cells `nbdev_test` skips (`notest`) and the study's `#| stage` cells are shown, not run (their results are the
-  study's: see a study run's report); no cell that calls nbdev's export runs, so building the docs never writes the
-  library;
+- the cells `nbdev_test` skips (`notest`: the study's heavy stage cells) are shown, not run (their results are a
+  study run's: its executed notebooks and report); no cell that calls nbdev's export runs, so building the docs never
+  writes the library;
 - each exported function or class appears as its `show_doc` signature and docstring, not as its source (as in
   nbdev's sites), unless the notebook already calls `show_doc` on it;
 - scaffolding (`#| hide`, `#| exporti`, `#| default_exp`) is left out, directive lines are removed, warnings written to
@@ -44,13 +44,13 @@ def title_of(nb) -> str:
 
 
 def skip_flags() -> set[str]:
-    "The directives `nbdev_test` skips (settings.ini's tst_flags), and the study's stage cells."
+    "The directives `nbdev_test` skips (settings.ini's tst_flags)."
     from nbdev.config import get_config
-    return set(str(get_config().get("tst_flags", "notest")).split()) | {"stage"}
+    return set(str(get_config().get("tst_flags", "notest")).split())
 
 
 def runs_here(cell, skip: set) -> bool:
-    "Whether the docs build executes `cell` (as nbdev_test would, stage cells and export calls excepted)."
+    "Whether the docs build executes `cell`: as nbdev_test would (no export call)."
     if cell.cell_type != "code" or EXPORT_CALL in cell.source: return False
     d = cell_directives(cell.source)
     return d.get("eval", "").lower() != "false" and not (skip & d.keys())
