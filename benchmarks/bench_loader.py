@@ -77,6 +77,17 @@ t = time.perf_counter(); crops = index_crops(root); out["index_seconds"] = time.
 del crops
 t = time.perf_counter(); train_ds, _, summary = make_datasets(root, cfg); out["datasets_seconds"] = time.perf_counter() - t
 out["train_frames"] = len(train_ds)
+# one item's cost, step by step, in this process (what each worker pays per image)
+import numpy as np, os
+from einops import rearrange
+from deepfake_explain.data import read_image_rgb
+cost, n = np.zeros(3), 100
+for i in range(n):  # one image at a time: nothing kept (the peak RSS stays the loader's)
+    t0 = time.perf_counter(); im = read_image_rgb(os.fsdecode(train_ds.paths[i]))
+    t1 = time.perf_counter(); a = train_ds.transform(im, np.random.default_rng(i))
+    t2 = time.perf_counter(); x = torch.from_numpy(np.ascontiguousarray(rearrange(a, "h w c -> c h w"))).float()
+    cost += np.diff([t0, t1, t2, time.perf_counter()])
+out["per_image_ms"] = dict(zip(("decode_png", "augment", "to_float_tensor"), (1e3 * cost / n).tolist()))
 out["loader"] = {}
 for w in workers:
     loader = make_loader(train_ds, cfg["training"]["bs"], shuffle=True, workers=w, seed=0)
@@ -103,33 +114,12 @@ def run_child(root: Path, workers, seconds: float) -> dict:
     return json.loads(lines[-1][7:])
 
 
-def training_rate(device: str = "cpu", batch_size: int = 32, iters: int = 2, precision: str = "fp32",
-                  channels_last: bool = False) -> dict:
-    "Training images/s of the default detector (B0 + spatial transformer, 224 px) on `device`: forward, BCE, backward, AdamW step."
-    import statistics, torch
-    sys.path.insert(0, str(ROOT))
-    from deepfake_explain.model import build_model
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    model = build_model({"model": {"layout": "spatial", "image-size": 224}}).to(dev).train()
-    if channels_last: model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.rand(batch_size, 3, 224, 224, device=dev) * 255
-    if channels_last: x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.arange(batch_size, device=dev) % 2).float()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    times = []
-    for i in range(iters + 1):  # the first step warms up
-        sync(); t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).reshape(-1).float(), y)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        sync()
-        if i: times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"device": device, "precision": precision, "channels_last": channels_last, "batch_size": batch_size,
-            "iters": iters, "sec_per_batch": med, "images_per_s": batch_size / med}
+def training_rate(device: str = "cpu", batch_size: int = 32, iters: int = 2) -> dict:
+    "The detector's training images/s on `device` (bench_throughput's measure, fp32)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_throughput", Path(__file__).with_name("bench_throughput.py"))
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return {"device": device, **mod.training_rate(device, batch_size, iters)}
 
 
 def main(out_json=None, videos: int = 6000, crops_per_video: int = 20, workers=(1, 4, 8), seconds: float = 8.0,
@@ -151,28 +141,30 @@ def main(out_json=None, videos: int = 6000, crops_per_video: int = 20, workers=(
         small = run_child(base / "small", workers[:1], min(seconds, 2.0))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    train = training_rate(device, CONFIG["training"]["bs"], train_iters)
+    train = training_rate(device, CONFIG["training"]["bs"], train_iters) if train_iters else None
     best = max(big["loader"].values(), key=lambda r: r["images_per_s"])
     res = {"benchmark": "loader", "videos": videos, "crops_per_video": crops_per_video, "device": device,
            "generate": gen, "index_seconds": big["index_seconds"], "index_crops_per_s": big["crops"] / big["index_seconds"],
-           "datasets_seconds": big["datasets_seconds"], "train_frames": big["train_frames"],
+           "datasets_seconds": big["datasets_seconds"], "train_frames": big["train_frames"], "per_image_ms": big["per_image_ms"],
            "loader": big["loader"], "training": train,
            "peak_rss_mb": {"big": big["peak_rss_mb"], "small": small["peak_rss_mb"], "small_videos": small_n},
            "peak_rss_ratio": big["peak_rss_mb"] / small["peak_rss_mb"],
            "peak_rss_within_10pct": abs(big["peak_rss_mb"] / small["peak_rss_mb"] - 1) <= 0.10,
-           "loader_vs_training_ratio": best["images_per_s"] / train["images_per_s"],
+           "loader_best_images_per_s": best["images_per_s"],
            "env": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                    "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
            "seconds": time.perf_counter() - t_all}
-    w8 = big["loader"].get("8")
-    if w8: res["loader_8_workers_vs_training_ratio"] = w8["images_per_s"] / train["images_per_s"]
+    if train:
+        res["loader_vs_training_ratio"] = best["images_per_s"] / train["images_per_s"]
+        if "8" in big["loader"]: res["loader_8_workers_vs_training_ratio"] = big["loader"]["8"]["images_per_s"] / train["images_per_s"]
     print(f"index_crops: {big['crops']} crops in {big['index_seconds']:.2f} s ({res['index_crops_per_s']:.0f} crops/s); "
           f"make_datasets {big['datasets_seconds']:.2f} s ({big['train_frames']} training frames)")
+    print("per image (one process): " + ", ".join(f"{k} {v:.2f} ms" for k, v in big["per_image_ms"].items()))
     for w, r in big["loader"].items():
         print(f"loader, {w} worker{'s' if w != '1' else ''}: {r['images_per_s']:.0f} images/s "
               f"({r['images']} images in {r['seconds']:.1f} s; first batch after {r['first_batch_seconds']:.2f} s)")
-    print(f"training on {device} ({train['precision']}, batch {train['batch_size']}, 224 px): {train['images_per_s']:.1f} images/s "
-          f"-> best loader / training = {res['loader_vs_training_ratio']:.1f}x")
+    if train: print(f"training on {device} ({train['precision']}, batch {train['batch_size']}, 224 px): {train['images_per_s']:.1f} images/s "
+                    f"-> best loader / training = {res['loader_vs_training_ratio']:.1f}x")
     print(f"peak RSS: {big['peak_rss_mb']:.0f} MB for {videos} videos, {small['peak_rss_mb']:.0f} MB for {small_n} "
           f"(ratio {res['peak_rss_ratio']:.3f}, within 10 %: {res['peak_rss_within_10pct']})")
     if out_json:
