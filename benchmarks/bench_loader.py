@@ -12,7 +12,7 @@ hard links are refused), so the loader opens and decodes a real file for every i
 * `loader`: images/s of the training loader (`train.make_datasets` + `train.make_loader`: the training split,
   `frames-per-video` crops per video, the training augmentations at 224 px, batch 32, shuffled) with 1, 4 and 8
   workers, each in a short timed window after the workers' first batch;
-* `peak_rss_mb`: the peak RSS of the main process (index + datasets + loader) for the full tree and for a tree
+* `peak_rss_mb`: the peak RSS (VmHWM) of the main process (index + datasets + loader) for the full tree and for a tree
   one tenth of its size: flat in dataset size means within 10 %.
 
 Beside them `training`: the training rate of the detector on this machine (`--device`; the default config: EfficientNet-B0
@@ -67,7 +67,7 @@ def make_tree(root: Path, videos: int, crops_per_video: int, pool: list[Path]) -
 
 
 CHILD = r"""
-import json, os, resource, sys, time, torch
+import json, os, sys, time, torch
 torch.set_num_threads(1)
 from deepfake_explain.data import index_crops
 from deepfake_explain.train import make_datasets, make_loader, start_epoch
@@ -100,7 +100,8 @@ for w in workers:
     dt = time.perf_counter() - t0
     out["loader"][str(w)] = {"images": n, "seconds": dt, "images_per_s": n / dt, "first_batch_seconds": first}
     del it, loader
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's own peak (ru_maxrss would carry over the peak of a large parent across fork + exec)
+out["peak_rss_mb"] = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))) / 1024
 print("RESULT " + json.dumps(out))
 """
 
@@ -126,7 +127,7 @@ def main(out_json=None, videos: int = 6000, crops_per_video: int = 20, workers=(
          device: str = "cpu", train_iters: int = 2, small_fraction: float = 0.1, tmp_root: str | None = None,
          quick: bool = False) -> dict:
     "Generate the trees, time index and loader, compare peak RSS and the training rate; print; return (and write) the results."
-    if quick: videos, seconds, train_iters = min(videos, 600), min(seconds, 3.0), 1
+    if quick: videos, seconds, train_iters = min(videos, 600), min(seconds, 3.0), min(train_iters, 1)
     t_all = time.perf_counter()
     base = Path(tempfile.mkdtemp(prefix="bench_loader_", dir=tmp_root))
     try:
