@@ -22,9 +22,9 @@ __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadEr
            'brighten', 'FaceDetector', 'box_iou', 'track_faces', 'boxes_path', 'write_boxes', 'read_boxes',
            'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
            'parse_shard', 'in_shard', 'rank_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps',
-           'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command', 'VideoFrames', 'video_loader',
-           'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'UsageError', 'cli_errors', 'detect_cli',
-           'crops_cli']
+           'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command', 'run_torchrun', 'VideoFrames',
+           'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'UsageError', 'cli_errors',
+           'detect_cli', 'crops_cli']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -415,6 +415,20 @@ def torchrun_command(script: str, flags=(), nproc: int = 1, nnodes: int = 1, rdz
     elif not rdzv_endpoint: raise ValueError(f"{nnodes} nodes need rdzv_endpoint, the host:port of the first node")
     else: launch += ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv_endpoint]
     return launch + [exe, *_flags(flags)]
+
+def run_torchrun(script: str, flags=(), nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None, **kwargs) -> int:
+    """Run `torchrun_command(...)`, its output passed through as it comes (`kwargs` go to `subprocess.Popen`); a non-zero
+    exit status raises `RuntimeError` naming the command, its status and the last lines of its error output."""
+    import subprocess
+    cmd = torchrun_command(script, flags, nproc, nnodes, rdzv_endpoint)
+    p, tail = subprocess.Popen(cmd, stderr=subprocess.PIPE, **kwargs), b""
+    for chunk in iter(lambda: p.stderr.read1(4096), b""):
+        sys.stderr.write(chunk.decode(errors="replace")); sys.stderr.flush()
+        tail = (tail + chunk)[-4000:]
+    if p.wait():
+        last = "\n".join(tail.decode(errors="replace").replace("\r", "\n").strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(cmd)}: exit status {p.returncode}" + (f"\n{last}" if last else ""))
+    return 0
 
 # %% ../nbs/01_preprocess.ipynb #32c2d8e6
 def _worker_init(_):
