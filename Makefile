@@ -30,8 +30,12 @@ test: $(STAMP)
 docs: $(STAMP)
 	$(PY) tools/build_docs.py
 
+## Benchmarks: every one on this CPU; DEVICE=cuda (or cpu): the device benchmark (training, inference, explanation,
+## MTCNN, loader; targets as PASS/FAIL lines); QUICK=1 makes it small enough for a CPU.
+DEVICE ?=
+QUICK ?=
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(if $(DEVICE),--device $(DEVICE)) $(if $(QUICK),--quick)
 
 export: $(STAMP)
 	$(BIN)/nbdev_export

@@ -18,15 +18,17 @@ CONFIG = {"model": {"image-size": 32, "trainable-blocks": 16, "dropout": 0.0, "e
           "training": {"lr": 1e-3, "bs": 32, "optimizer": "adamw", "scheduler": "none", "bn-momentum": 0.1,
                        "frames-per-video": 4, "rebalancing_fake": 1}}
 CHILD = """
-import json, resource, sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(1)
+def peak_rss_mb():  # VmHWM: this process's own peak (ru_maxrss keeps a large parent's peak across fork + exec)
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))) / 1024
 from deepfake_explain.train import train
 t = time.time()
 res = train(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], num_epochs=1, workers=0, seed=0, progress=False)
 row = res["history"][-1]
 print(json.dumps({"n_train": row["n_train"], "n_val": row["n_val"], "train_seconds": row["train_seconds"],
                   "epoch_seconds": row["seconds"], "wall_seconds": time.time() - t,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 

@@ -852,8 +852,10 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
     `attrs`: provenance, warning). An output used before is merged into: `predictions.csv` keeps the earlier rows of other
     videos, this run's videos replace theirs (by path). Bad videos get status `failed`/`no_face` and the others continue;
     a bad checkpoint or argument raises. `explainer` (05_explain's `VideoExplainer`) scores with relevancy in the same pass
-    and writes each video's explained outputs and `<output>/index.html`; explained videos are never reused."""
-    from deepfake_explain.data import resolve_device
+    and writes each video's explained outputs and `<output>/index.html`; explained videos are never reused.
+    Under torchrun each rank (one per GPU) does its share of the videos (`preprocess.in_shard` of their names), every
+    rank returns the whole run's summary (`attrs['rank']`: this one's) and rank 0 writes `predictions.csv`."""
+    from deepfake_explain.preprocess import torchrun_group
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
     if not math.isfinite(threshold): raise ValueError(f"threshold must be a finite number, got {threshold!r}")
@@ -862,15 +864,22 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
     videos = list_videos(paths_or_folder)  # cheap checks first, the model last
     check_checkpoint_path(model_path)
     earlier = read_predictions(Path(output) / "predictions.csv")
-    dev = resolve_device(device)
+    with torchrun_group(device) as (info, dev):  # one process, or this rank of a torchrun job and its device
+        return _predict_videos(videos, model_path, config, output, frames_per_video, batch_size, dev, rule, threshold, margin,
+                               face_detector, resume, progress and info.is_main, min_face, voting, explainer, earlier, info)
+
+def _predict_videos(videos, model_path, config, output, frames_per_video, batch_size, dev, rule, threshold, margin,
+                    face_detector, resume, progress, min_face, voting, explainer, earlier, info) -> pd.DataFrame:
+    from deepfake_explain.preprocess import gather_rows, in_shard
     model, cfg, _ = load_detector(model_path, config, dev)
     prov = checkpoint_provenance(model_path)
     warning = provenance_warning(prov)
     model_info = dict(path=os.path.abspath(model_path), sha256=file_sha256(model_path), config=str(config) if config is not None else "from checkpoint")
     face_detector = face_detector or _LazyFaceDetector(device=dev)
+    mine = in_shard([name for _, name in videos], (info.rank, info.world))  # this rank's share of the videos
     rows = []
-    bar = tqdm(videos, desc="explain" if explainer else "predict", unit="video", disable=not progress)
-    for path, name in bar:
+    bar = tqdm([(i, v) for i, v in enumerate(videos) if mine[i]], desc="explain" if explainer else "predict", unit="video", disable=not progress)
+    for i, (path, name) in bar:
         js, cs = _verdict_files(output, name)
         st = path.stat()
         key = dict(model_sha256=model_info["sha256"], config=cfg, frames_per_video=frames_per_video, margin=margin,
@@ -885,13 +894,16 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
         rec = {k: v for k, v in rec.items() if not k.startswith("_")}  # the images stay in memory only
         _write_csv(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
         write_json_atomic(js, _jsonable(rec))
-        rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs)))
+        rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i))
         bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
+    rows = sorted(gather_rows(info, rows), key=lambda r: r["_i"])  # every rank's verdicts, in input order
     df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-    merged = merge_predictions(earlier, _summary_csv(df))
-    _write_csv(Path(output) / "predictions.csv", merged)
-    if explainer is not None: explainer.index(merged, output)
-    df.attrs.update(provenance=prov, warning=warning)
+    if info.is_main:  # one summary (and index page), written by rank 0
+        merged = merge_predictions(earlier, _summary_csv(df))
+        _write_csv(Path(output) / "predictions.csv", merged)
+        if explainer is not None: explainer.index(merged, output)
+    if info.enabled: torch.distributed.barrier()
+    df.attrs.update(provenance=prov, warning=warning, rank=info.rank, processes=info.world)
     return df
 
 def report_verdicts(df: pd.DataFrame, prog: str, output) -> int:
@@ -930,7 +942,7 @@ def predict_cli(path: str,                         # a video file or a folder of
     """Is it fake? Detect faces in raw videos, score them with a checkpoint, write a JSON + CSV verdict per video.
     Writing into an output folder used before merges predictions.csv by video path: the rows of other videos are kept.
     Exit status: 0 done (some videos may have failed: see the last line), 1 failed (a bad checkpoint, every video failed,
-    with --strict any video failed), 2 bad command line."""
+    with --strict any video failed), 2 bad command line. Several GPUs: `torchrun --nproc_per_node N $(which deepfake-explain-predict) ...`."""
     prog = "deepfake-explain-predict"
     with cli_errors(prog):
         if not model_path: raise UsageError("--model_path is required")
@@ -944,6 +956,8 @@ def predict_cli(path: str,                         # a video file or a folder of
             explainer = VideoExplainer()
         df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin,
                             min_face=min_face, voting=voting, explainer=explainer)
-    bad = report_verdicts(df, prog, output)
-    if explainer is not None: print(f"explained videos: {Path(output) / 'index.html'}")
+    if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
+    else:
+        bad = report_verdicts(df, prog, output)
+        if explainer is not None: print(f"explained videos: {Path(output) / 'index.html'}")
     if bad == len(df) or (strict and bad): sys.exit(1)

@@ -864,7 +864,9 @@ def explain_cli(
     evidence: int = 3,          # with --video: frames with the strongest evidence shown as explained figures
 ):
     """Relevancy maps and explained figures for evaluation samples, a folder of faces, or explained videos.
-    Counts are this run's. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line."""
+    Counts are this run's. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line.
+    Under `torchrun --nproc_per_node N`, --video shares the videos out over the processes (as deepfake-explain-predict);
+    --samples/--images (a few figures) run on rank 0 only."""
     from deepfake_explain.data import resolve_device
     prog = "deepfake-explain-explain"
     with cli_errors(prog):
@@ -880,6 +882,7 @@ def explain_cli(
         if video:
             ex = VideoExplainer(k=evidence, method=ms[0], target=target, explain_batch=batch_size or 8)
             df = predict_videos(video, model_path, config, output, frames_per_video, 32, dev, rule, thr, voting=voting, explainer=ex)
+        elif int(os.environ.get("RANK", 0)): return  # a torchrun rank > 0: rank 0 explains the samples/images
         else:
             model, _, _ = load_detector(model_path, config, dev)
             prov = checkpoint_provenance(model_path)
@@ -889,8 +892,10 @@ def explain_cli(
             if samples: table = explain_samples(samples, model, output, images_dir=images_dir, threshold=threshold, **kw)
             else: table = explain_folder(images, model, output, threshold=thr, **kw)
     if video:
-        bad = report_verdicts(df, prog, output)
-        print(f"explained {len(df) - bad} of {len(df)} videos -> {Path(output) / 'index.html'}")
+        if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
+        else:
+            bad = report_verdicts(df, prog, output)
+            print(f"explained {len(df) - bad} of {len(df)} videos -> {Path(output) / 'index.html'}")
         if bad == len(df): sys.exit(1)
         return
     skipped = table.attrs.get("skipped", [])

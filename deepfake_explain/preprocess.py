@@ -21,7 +21,8 @@ from .data import atomic_write, write_json_atomic, write_png_atomic, equidistant
 __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadError', 'open_video', 'downscale', 'read_frames',
            'brighten', 'FaceDetector', 'box_iou', 'track_faces', 'boxes_path', 'write_boxes', 'read_boxes',
            'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
-           'parse_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps', 'VideoFrames',
+           'parse_shard', 'in_shard', 'rank_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps',
+           'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command', 'run_torchrun', 'VideoFrames',
            'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'UsageError', 'cli_errors',
            'detect_cli', 'crops_cli']
 
@@ -301,19 +302,29 @@ def detect_and_crop_video(path, detector: FaceDetector | None = None, frames_per
 
 # %% ../nbs/01_preprocess.ipynb #e124133d
 def parse_shard(shard) -> tuple[int, int]:
-    "`'k/N'` (0 <= k < N) -> (k, N); None or '' -> (0, 1)."
-    if shard in (None, ""): return 0, 1
-    try: k, n = (int(v) for v in str(shard).split("/"))
-    except ValueError: raise ValueError(f"shard {shard!r}: expected k/N, e.g. 0/4") from None
+    "`'k/N'` or `(k, N)` (0 <= k < N) -> (k, N); None or '' -> (0, 1)."
+    if shard is None or shard == "": return 0, 1
+    try: k, n = (int(v) for v in (shard if isinstance(shard, (tuple, list)) else str(shard).split("/")))
+    except (TypeError, ValueError): raise ValueError(f"shard {shard!r}: expected k/N, e.g. 0/4") from None
     if not 0 <= k < n: raise ValueError(f"shard {shard!r}: expected 0 <= k < N")
     return k, n
 
-def shard_videos(videos: pd.DataFrame, shard=None) -> pd.DataFrame:
-    "The rows of a video index that belong to shard `k/N` (deterministic: by crc32 of method/video)."
+def in_shard(keys, shard=None) -> np.ndarray:
+    "Which `keys` (strings) belong to shard k/N: `crc32(key) % N == k`. The one sharding rule of every stage (bool (len(keys),))."
     k, n = parse_shard(shard)
-    if n == 1: return videos
-    keep = [zlib.crc32(f"{m}/{v}".encode()) % n == k for m, v in zip(videos["method"], videos["video"])]
-    return videos[keep]
+    return np.array([n == 1 or zlib.crc32(str(key).encode()) % n == k for key in keys], dtype=bool)
+
+def rank_shard(shard=None, rank: int = 0, world: int = 1) -> tuple[int, int]:
+    """The shard of rank `rank` of a `world`-process (torchrun) job run on shard k/N: (k + N*rank, N*world).
+    The ranks' shards split k/N exactly (crc % N*world = k + N*rank implies crc % N = k); world 1 gives k/N itself."""
+    k, n = parse_shard(shard)
+    if not 0 <= rank < world: raise ValueError(f"rank {rank} of a {world}-process job: expected 0 <= rank < world")
+    return k + n * rank, n * world
+
+def shard_videos(videos: pd.DataFrame, shard=None) -> pd.DataFrame:
+    "The rows of a video index that belong to shard `k/N` (`in_shard` of `<method>/<video>`)."
+    if parse_shard(shard)[1] == 1: return videos
+    return videos[in_shard([f"{m}/{v}" for m, v in zip(videos["method"], videos["video"])], shard)]
 
 def failures_path(root, shard=None) -> Path:
     "`<root>/failures.csv`, or `<root>/failures_<k>of<N>.csv` for a shard (shards never write the same file)."
@@ -348,6 +359,76 @@ def remove_stale_temps(folder, names=None) -> int:
         if names is None or target in names:
             with contextlib.suppress(FileNotFoundError): p.unlink(); n += 1
     return n
+
+# %% ../nbs/01_preprocess.ipynb #7c1d2e41
+@contextlib.contextmanager
+def torchrun_group(device="auto"):
+    """(`train.DistInfo`, this rank's device) inside the block: under torchrun (WORLD_SIZE > 1) the process group is
+    joined (gloo on CPU, NCCL on CUDA, `cuda` meaning cuda:LOCAL_RANK) and left afterwards; else one process."""
+    from deepfake_explain.train import setup_distributed
+    info, dev = setup_distributed(device)
+    try: yield info, dev
+    finally:
+        if info.owns_group: torch.distributed.destroy_process_group()
+
+def gather_rows(info, rows: list) -> list:
+    "Every rank's `rows` (picklable records), concatenated in rank order, on every rank (a one-process `info`: `rows`)."
+    if info is None or not info.enabled: return list(rows)
+    parts = [None] * info.world
+    torch.distributed.all_gather_object(parts, list(rows))
+    return [r for p in parts for r in p]
+
+def merge_failure_logs(main, parts, redone=()) -> Path:
+    """Rank 0 at the end of a torchrun stage: the ranks' failure logs `parts` folded into the log `main`. Records of
+    the videos `redone` in this run are replaced by what the ranks logged for them; the part files are removed."""
+    log = FailureLog(main)
+    for p in redone: log.rows.pop(str(p), None)
+    for part in map(Path, parts):
+        if part != log.path and part.exists(): log.rows.update(FailureLog(part).rows)
+    log._save()
+    for part in map(Path, parts):
+        if part != log.path: part.unlink(missing_ok=True)
+    return log.path
+
+# %% ../nbs/01_preprocess.ipynb #7c1d2e44
+def _flags(flags) -> list[str]:
+    if isinstance(flags, dict):
+        out = []
+        for k, v in flags.items():
+            if v is None or v is False: continue
+            out += [f"--{k}"] + ([] if v is True else [str(v)])
+        return out
+    return [str(a) for a in flags]
+
+def torchrun_command(script: str, flags=(), nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None) -> list[str]:
+    """The command line running console script `script` (e.g. `deepfake-explain-detect`) with `flags` (a list, or a dict
+    `{name: value}`: `--name value`, True a bare `--name`, None/False left out): under torchrun, `nproc` processes per
+    node, when `nproc` or `nnodes` > 1, else the plain command. Several nodes: the same command on each, `rdzv_endpoint`
+    (`host:port` on the first) tells them where to meet."""
+    import shutil
+    if nproc < 1 or nnodes < 1: raise ValueError(f"nproc ({nproc}) and nnodes ({nnodes}) must be >= 1")
+    exe = shutil.which(script, path=str(Path(sys.executable).parent)) or shutil.which(script)
+    if exe is None: raise FileNotFoundError(f"{script}: console script not found beside {sys.executable} nor on PATH (pip install -e .)")
+    if nproc == 1 and nnodes == 1: return [exe, *_flags(flags)]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    if nnodes == 1: launch.append("--standalone")
+    elif not rdzv_endpoint: raise ValueError(f"{nnodes} nodes need rdzv_endpoint, the host:port of the first node")
+    else: launch += ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv_endpoint]
+    return launch + [exe, *_flags(flags)]
+
+def run_torchrun(script: str, flags=(), nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None, **kwargs) -> int:
+    """Run `torchrun_command(...)`, its output passed through as it comes (`kwargs` go to `subprocess.Popen`); a non-zero
+    exit status raises `RuntimeError` naming the command, its status and the last lines of its error output."""
+    import subprocess
+    cmd = torchrun_command(script, flags, nproc, nnodes, rdzv_endpoint)
+    p, tail = subprocess.Popen(cmd, stderr=subprocess.PIPE, **kwargs), b""
+    for chunk in iter(lambda: p.stderr.read1(4096), b""):
+        sys.stderr.write(chunk.decode(errors="replace")); sys.stderr.flush()
+        tail = (tail + chunk)[-4000:]
+    if p.wait():
+        last = "\n".join(tail.decode(errors="replace").replace("\r", "\n").strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(cmd)}: exit status {p.returncode}" + (f"\n{last}" if last else ""))
+    return 0
 
 # %% ../nbs/01_preprocess.ipynb #32c2d8e6
 def _worker_init(_):
@@ -386,21 +467,36 @@ def torch_threads(n: int | None):
 def _boxes_file(row, boxes_root, dataset: str) -> Path:
     return boxes_path(boxes_root, row.video, None if str(dataset).upper() == "DFDC" else row.method)
 
+def _merge_ranks(info, rows: list, log_root, shard) -> list:
+    "The whole shard's summary rows (in index order) on every rank; rank 0 folds the ranks' failure logs into the shard's."
+    if info is None or not info.enabled: return rows
+    rows = sorted(gather_rows(info, rows), key=lambda r: r["_i"])
+    if info.is_main:
+        merge_failure_logs(failures_path(log_root, shard), [failures_path(log_root, rank_shard(shard, r, info.world))
+                                                            for r in range(info.world)], [r["path"] for r in rows if r["status"] != "skipped"])
+    torch.distributed.barrier()  # the merged log is there before any rank reads it
+    return rows
+
 def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSICS", frames_per_video: int = 30,
                    every_n: int = 1, landmarks: bool = False, detector: FaceDetector | None = None, device="auto",
                    batch_size: int = 32, num_workers: int = 2, threads: int | None = None, shard=None,
-                   iou_threshold: float = 0.2, progress: bool = True) -> pd.DataFrame:
+                   iou_threshold: float = 0.2, progress: bool = True, dist_info=None) -> pd.DataFrame:
     """Detect faces on the sampled frames of every video of `videos` (a video index) into
     `<boxes_root>/boxes/...json`; finished videos are skipped, failures go to `<boxes_root>/boxes/failures*.csv`.
-    Returns one row per video of the shard: video, method, path, boxes, status (done|skipped|failed), faces_in, frames, seconds."""
+    Returns one row per video of the shard: video, method, path, boxes, status (done|skipped|failed), faces_in, frames, seconds.
+    Under torchrun (`dist_info`: `train.DistInfo`, world > 1) each rank detects its share (`rank_shard`); every rank
+    returns the whole shard's summary, rank 0 merges the failure logs."""
+    info = dist_info
     videos = shard_videos(videos, shard).reset_index(drop=True)
+    mine = shard_videos(videos, rank_shard(shard, info.rank, info.world)) if info is not None and info.enabled else videos
     detector = detector or FaceDetector(device=device, batch_size=batch_size)
-    log = FailureLog(failures_path(Path(boxes_root) / "boxes", shard))
+    log = FailureLog(failures_path(Path(boxes_root) / "boxes", rank_shard(shard, info.rank, info.world) if info else shard))
     rows, todo, targets = [], [], {}
-    for r in videos.itertuples():
+    for r in mine.itertuples():
         out = _boxes_file(r, boxes_root, dataset)
         targets.setdefault(out.parent, set()).add(out.name)
-        rec = dict(video=r.video, method=r.method, path=r.path, boxes=str(out), status="skipped", faces_in=None, frames=None, seconds=0.0)
+        rec = dict(video=r.video, method=r.method, path=r.path, boxes=str(out), status="skipped", faces_in=None, frames=None,
+                   seconds=0.0, _i=r.Index)
         rows.append(rec)
         if not out.exists(): todo.append(rec)
     for folder, names in targets.items(): remove_stale_temps(folder, names)  # left by a killed run of this shard
@@ -422,6 +518,7 @@ def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSI
                 except Exception as e:
                     rec["status"] = "failed"; log.add(rec["path"], "detect", f"{type(e).__name__}: {e}")
             rec["seconds"] = round(time.time() - t0, 3); t0 = time.time()
+    rows = _merge_ranks(info, rows, Path(boxes_root) / "boxes", shard)
     return pd.DataFrame(rows, columns=["video", "method", "path", "boxes", "status", "faces_in", "frames", "seconds"]
                         ).astype({"faces_in": "Int64", "frames": "Int64"})
 
@@ -456,15 +553,17 @@ class _CropJobs(Dataset):
         except Exception as e: return dict(i=i, n=None, error=f"{type(e).__name__}: {e}")
 
 def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "FACEFORENSICS", margin: float = 0.0,
-                 num_workers: int = 2, shard=None, progress: bool = True) -> pd.DataFrame:
+                 num_workers: int = 2, shard=None, progress: bool = True, dist_info=None) -> pd.DataFrame:
     """Square face crops of every video of `videos` from its boxes into `<crops_root>/<split>_set/<method>/<video>/`;
     finished videos are skipped, failures go to `<crops_root>/failures*.csv`. Returns one row per video: video, method,
-    path, status (done|skipped|failed), crops."""
+    path, status (done|skipped|failed), crops. Under torchrun (`dist_info`) each rank crops its share, as `detect_dataset`."""
+    info = dist_info
     videos = shard_videos(videos, shard).reset_index(drop=True)
-    log = FailureLog(failures_path(crops_root, shard))
+    mine = shard_videos(videos, rank_shard(shard, info.rank, info.world)) if info is not None and info.enabled else videos
+    log = FailureLog(failures_path(crops_root, rank_shard(shard, info.rank, info.world) if info else shard))
     rows, todo, boxes = [], [], []
-    for r in videos.itertuples():
-        rec = dict(video=r.video, method=r.method, path=r.path, status="skipped", crops=None)
+    for r in mine.itertuples():
+        rec = dict(video=r.video, method=r.method, path=r.path, status="skipped", crops=None, _i=r.Index)
         rows.append(rec)
         if (crop_path(crops_root, r.split, r.method, r.video, 0, 0).parent / DONE_MARKER).exists(): continue
         bf = _boxes_file(r, boxes_root, dataset)
@@ -476,6 +575,7 @@ def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "F
         rec = todo[item["i"]][0]
         if item["error"]: rec["status"] = "failed"; log.add(rec["path"], "crop", item["error"])
         else: rec.update(status="done", crops=item["n"]); log.clear(rec["path"])
+    rows = _merge_ranks(info, rows, crops_root, shard)
     return pd.DataFrame(rows, columns=["video", "method", "path", "status", "crops"]).astype({"crops": "Int64"})
 
 # %% ../nbs/01_preprocess.ipynb #5ec06b1c
@@ -496,9 +596,9 @@ def _index(data_path, dataset, compression):
     kw = {} if str(dataset).upper() == "DFDC" else dict(compression=compression)
     return index_videos(data_path, dataset, **kw)
 
-def _finish(name, summary, log_file, strict) -> int:
+def _finish(name, summary, log_file, strict, report: bool = True) -> int:
     n = summary.status.value_counts().to_dict()
-    print(f"{name}: {n.get('done', 0)} done, {n.get('skipped', 0)} already done, {n.get('failed', 0)} failed"
+    if report: print(f"{name}: {n.get('done', 0)} done, {n.get('skipped', 0)} already done, {n.get('failed', 0)} failed"
           + (f" (see {log_file})" if Path(log_file).exists() else ""), file=sys.stderr)
     return 1 if strict and (n.get("failed", 0) or (log_file.exists() and len(FailureLog(log_file)))) else 0
 
@@ -518,20 +618,22 @@ def detect_cli(
     shard: str = None,               # k/N: process the k-th of N deterministic parts of the dataset
     strict: bool = False,            # exit with status 1 if any video failed
 ):
-    "Detect faces (MTCNN) on sampled frames of every video; boxes JSON per video; resumable. Exit 0 ok, 1 failed, 2 bad flags."
+    """Detect faces (MTCNN) on sampled frames of every video; boxes JSON per video; resumable. Exit 0 ok, 1 failed, 2 bad flags.
+    Under `torchrun --nproc_per_node N` each process (one per GPU) detects its share of the videos."""
     with cli_errors("deepfake-explain-detect"):
         if not data_path: raise UsageError("--data_path is required")
         try: parse_shard(shard)
         except ValueError as e: raise UsageError(f"--shard: {e}") from None
         videos = _index(data_path, dataset, compression)
         root = output_path or data_path
-        log = FailureLog(failures_path(Path(root) / "boxes", shard))
-        for sk in videos.attrs.get("skipped", []):  # files the index refused (empty, unreadable, unknown name, ...)
-            if Path(sk["path"]).is_file() and shard_videos(pd.DataFrame(dict(method=[""], video=[sk["path"]])), shard).shape[0]:
-                log.add(sk["path"], "index", sk["reason"])
-        s = detect_dataset(videos, root, dataset, frames_per_video, every_n, landmarks, device=device, batch_size=batch_size,
-                           num_workers=workers, threads=threads or None, shard=shard)
-        code = _finish("deepfake-explain-detect", s, failures_path(Path(root) / "boxes", shard), strict)
+        with torchrun_group(device) as (info, dev):
+            if info.is_main:
+                log = FailureLog(failures_path(Path(root) / "boxes", shard))
+                for sk in videos.attrs.get("skipped", []):  # files the index refused (empty, unreadable, unknown name, ...)
+                    if Path(sk["path"]).is_file() and in_shard(["/" + str(sk["path"])], shard)[0]: log.add(sk["path"], "index", sk["reason"])
+            s = detect_dataset(videos, root, dataset, frames_per_video, every_n, landmarks, device=dev, batch_size=batch_size,
+                               num_workers=workers, threads=threads or None, shard=shard, progress=info.is_main, dist_info=info)
+        code = _finish("deepfake-explain-detect", s, failures_path(Path(root) / "boxes", shard), strict, info.is_main)
         if code: sys.exit(code)
 
 @call_parse
@@ -546,12 +648,15 @@ def crops_cli(
     shard: str = None,               # k/N: process the k-th of N deterministic parts of the dataset
     strict: bool = False,            # exit with status 1 if any video failed
 ):
-    "Cut square face crops from the videos at the detected boxes; resumable. Exit 0 ok, 1 failed, 2 bad flags."
+    """Cut square face crops from the videos at the detected boxes; resumable. Exit 0 ok, 1 failed, 2 bad flags.
+    Under `torchrun --nproc_per_node N` each process crops its share of the videos."""
     with cli_errors("deepfake-explain-crops"):
         if not data_path or not output_path: raise UsageError("--data_path and --output_path are required")
         try: parse_shard(shard)
         except ValueError as e: raise UsageError(f"--shard: {e}") from None
         videos = _index(data_path, dataset, compression)
-        s = crop_dataset(videos, boxes_path or data_path, output_path, dataset, margin, num_workers=workers, shard=shard)
-        code = _finish("deepfake-explain-crops", s, failures_path(output_path, shard), strict)
+        with torchrun_group("cpu") as (info, _):  # cropping decodes and writes PNGs: CPU work, the ranks meet over gloo
+            s = crop_dataset(videos, boxes_path or data_path, output_path, dataset, margin, num_workers=workers, shard=shard,
+                             progress=info.is_main, dist_info=info)
+        code = _finish("deepfake-explain-crops", s, failures_path(output_path, shard), strict, info.is_main)
         if code: sys.exit(code)
