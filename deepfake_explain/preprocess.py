@@ -24,7 +24,7 @@ __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadEr
            'parse_shard', 'in_shard', 'rank_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps',
            'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command', 'run_torchrun', 'VideoFrames',
            'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'UsageError', 'cli_errors',
-           'detect_cli', 'crops_cli']
+           'detect_cli', 'crops_cli', 'preprocess_stage']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -660,3 +660,19 @@ def crops_cli(
                              progress=info.is_main, dist_info=info)
         code = _finish("deepfake-explain-crops", s, failures_path(output_path, shard), strict, info.is_main)
         if code: sys.exit(code)
+
+# %% ../nbs/01_preprocess.ipynb #4e31939b
+def preprocess_stage(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",
+                     frames_per_video: int = 16, device="auto", num_workers: int = 1) -> pd.DataFrame:
+    """The study's preprocessing stage: MTCNN boxes and square crops of every video in the study's index
+    (`data.study_video_index`) into `<output_root>/boxes` and `<output_root>/crops`; finished videos are skipped (a
+    study with `nproc` > 1 has run `deepfake-explain-detect`/`-crops` under torchrun first: then every video is).
+    Returns the crop index, with the detect and crop summaries' status counts in `attrs`."""
+    from deepfake_explain.data import index_crops, study_video_index
+    videos = study_video_index(output_root, dataset, data_root, compression)
+    det = detect_dataset(videos, output_root, dataset, frames_per_video, device=device, num_workers=num_workers)
+    crp = crop_dataset(videos, output_root, Path(output_root) / "crops", dataset, num_workers=num_workers)
+    crops = index_crops(Path(output_root) / "crops")
+    if not len(crops): raise ValueError(f"{Path(output_root) / 'crops'}: no face crops were written")
+    crops.attrs.update(detect=det.status.value_counts().to_dict(), crops=crp.status.value_counts().to_dict())
+    return crops

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_study.ipynb #ec68dc4b
 from __future__ import annotations
-import base64, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, subprocess, sys, time
+import ast, base64, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -18,8 +18,8 @@ __all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'RUNNER_PARAMS', 'REPORT_ITE
            'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'notebook_parameters', 'check_parameter_names',
            'environment_info', 'markdown_table', 'write_report', 'check_test_sets', 'test_set_crops',
            'cross_dataset_row', 'cross_dataset_test', 'cell_directives', 'study_notebook', 'params_digest',
-           'ensure_kernel', 'remove_run_temps', 'check_before_work', 'run_step', 'run_notebook', 'StageFailed',
-           'run_study', 'study_cli']
+           'ensure_kernel', 'remove_run_temps', 'check_before_work', 'notebook_defaults', 'torchrun_preprocess',
+           'run_step', 'run_notebook', 'StageFailed', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #11d60c43
 STAGES = {  # stage name -> notebook (in nbs/); 02_model defines the network and writes nothing, so it is no stage
@@ -60,7 +60,7 @@ def load_params(params=None, base: Path | None = None) -> dict:
     return p
 
 RUNNER_STEPS = {"cross": "cross-dataset test (runs after the stages when the study has test_sets)"}
-RUNNER_PARAMS = {"test_sets": ["cross"]}  # parameters the runner's own steps take (no stage notebook declares them)
+RUNNER_PARAMS = {"test_sets": ["cross"], "nproc": ["preprocess"]}  # parameters the runner itself takes (no stage notebook declares them)
 
 def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -> list[str]:
     "Stage names to run, in pipeline order (the runner's `cross` step last, with `test_sets`); `stages` is a comma list or list (default all)."
@@ -73,7 +73,6 @@ def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -
 # %% ../nbs/06_study.ipynb #9e6e0906
 def notebook_parameters(nbs_dir, notebooks: dict) -> dict[str, list[str]]:
     "Parameter name -> the stage notebooks whose cell tagged `parameters` assigns it."
-    import ast, nbformat
     known = {}
     for name, nb_file in notebooks.items():
         path = Path(nbs_dir) / nb_file
@@ -359,6 +358,31 @@ def check_before_work(p: dict, names: list, root: Path):
         training_config(p.get("config") or root / "configs" / "quick.yaml")  # 03_train's default config
     if p.get("test_sets") is not None: check_test_sets(p["test_sets"])
 
+def notebook_defaults(nb_path) -> dict:
+    "The literal defaults of a notebook's `parameters` cell (name -> value)."
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    out = {}
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try: out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError: pass
+    return out
+
+def torchrun_preprocess(p: dict, run_dir: Path, nb_path: Path, log=None):
+    """With the study parameter `nproc` > 1: face detection and crops of the study's videos under torchrun, `nproc`
+    processes (one device each; `preprocess.run_torchrun`), before the preprocess notebook, whose stage then finds
+    every video done. Parameters the study leaves out take the notebook's defaults."""
+    from deepfake_explain.preprocess import run_torchrun
+    q = {**notebook_defaults(nb_path), **p}
+    common = dict(data_path=q.get("data_root") or str(run_dir / "mini_forensics"), dataset=q["dataset"],
+                  compression=q["compression"], workers=1)
+    n = int(p["nproc"])
+    run_torchrun("deepfake-explain-detect", {**common, "output_path": str(run_dir), "frames_per_video": q["frames_per_video"]},
+                 nproc=n, stdout=log)
+    run_torchrun("deepfake-explain-crops", {**common, "boxes_path": str(run_dir), "output_path": str(run_dir / "crops")},
+                 nproc=n, stdout=log)
+
 def run_step(name: str, p: dict, run_dir: Path):
     "Run the runner's own step `name` (`RUNNER_STEPS`) with the study parameters `p`."
     if name != "cross": raise ValueError(f"unknown runner step {name!r}")
@@ -440,6 +464,12 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
         out_nb = run_dir / "notebooks" / notebooks[name]
         out_nb.parent.mkdir(parents=True, exist_ok=True)
         own = {k: v for k, v in p.items() if name in known.get(k, [])}  # each notebook gets only its own parameters
+        if name == "preprocess" and int(p.get("nproc", 1)) > 1:
+            print(f"[study] {name}: detect and crop under torchrun, {p['nproc']} processes", flush=True)
+            (run_dir / "logs").mkdir(exist_ok=True)
+            try:
+                with open(run_dir / "logs" / "preprocess-torchrun.log", "a") as log: torchrun_preprocess(p, run_dir, nbs_dir / notebooks[name], log)
+            except (RuntimeError, FileNotFoundError) as e: raise StageFailed(f"stage {name!r} failed under torchrun ({e})") from None
         try: run_notebook(nbs_dir / notebooks[name], out_nb, own, kernel, run_dir / "logs" / f"{name}.log", name, log_output)
         except Exception as e:
             ename, evalue = (e.ename, e.evalue) if hasattr(e, "ename") else (type(e).__name__, e)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from deepfake_explain.model import build_model, load_config
+from deepfake_explain.preprocess import torch_threads
 from deepfake_explain.train import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +17,13 @@ TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp
 def one_thread():
     """One torch thread for the test (restored after): on 2 shared cores, small models run faster on one thread than
     on two competing with the other jobs. Modules use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1): yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    "`one_thread` for a whole module, its module-scoped fixtures included."
+    with torch_threads(1): yield
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ import torch
 
 from deepfake_explain import evaluate as ev
 from deepfake_explain.data import equidistant
+from conftest import TINY  # the small detector shared by the tests
 
-TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -35,12 +35,7 @@ def checkpoint(tmp_path_factory, save_tiny_checkpoint) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", TINY)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one MTCNN thread is faster than two fighting
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def frame_count(path) -> int:

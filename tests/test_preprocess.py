@@ -26,12 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FRAMES = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # on 2 shared cores one MTCNN thread is several times faster than two
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # (tests/conftest.py): MTCNN on one thread
 
 
 def shared_videos(root: Path) -> pd.DataFrame:

@@ -137,6 +137,9 @@ def test_rehearsal_spatial(spatial_run, torch_home):
         assert (spatial_run / "stages" / f"{stage}.json").exists(), f"stage {stage} did not complete"
     index = pd.read_csv(spatial_run / "index" / "videos.csv", dtype=str)
     assert len(index) == 7 and set(index["compression"]) == {"c23"}
+    # nproc: 2 -> detection and crops ran under torchrun before the notebook, whose stage then found every video done
+    assert (spatial_run / "logs" / "preprocess-torchrun.log").exists()
+    assert "'done'" not in (spatial_run / "notebooks" / STAGES["preprocess"]).read_text().split("detect:")[-1][:200]
     _check_run(spatial_run, "spatial", 20, torch_home)
 
 

@@ -20,18 +20,13 @@ import torch
 from deepfake_explain import evaluate as ev
 from deepfake_explain.data import read_image_rgb
 from deepfake_explain.preprocess import crops_cli, detect_cli, in_shard, rank_shard, read_boxes, torchrun_command
+from conftest import TINY  # the small detector shared by the tests
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 IDS = ("183", "253", "469", "481")  # c40 originals (854x480 and smaller): quick to decode
-TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the ranks run with OMP_NUM_THREADS=1: the same arithmetic in both runs
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def torchrun(script: str, flags, nproc: int = 2) -> subprocess.CompletedProcess:
