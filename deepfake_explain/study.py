@@ -378,10 +378,11 @@ def torchrun_preprocess(p: dict, run_dir: Path, nb_path: Path, log=None):
     common = dict(data_path=q.get("data_root") or str(run_dir / "mini_forensics"), dataset=q["dataset"],
                   compression=q["compression"], workers=1)
     n = int(p["nproc"])
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}  # the cores shared by the ranks
     run_torchrun("deepfake-explain-detect", {**common, "output_path": str(run_dir), "frames_per_video": q["frames_per_video"]},
-                 nproc=n, stdout=log)
+                 nproc=n, stdout=log, env=env)
     run_torchrun("deepfake-explain-crops", {**common, "boxes_path": str(run_dir), "output_path": str(run_dir / "crops")},
-                 nproc=n, stdout=log)
+                 nproc=n, stdout=log, env=env)
 
 def run_step(name: str, p: dict, run_dir: Path):
     "Run the runner's own step `name` (`RUNNER_STEPS`) with the study parameters `p`."
