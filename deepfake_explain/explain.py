@@ -28,22 +28,22 @@ from .preprocess import UsageError, cli_errors, open_video, square_box
 __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_COLUMNS', 'PER_IMAGE_COLUMNS', 'HIGHER_IS_BETTER',
            'RESTORE_FRACTIONS', 'ROAD_FRACTIONS', 'ROAD_WEIGHTS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES',
            'fake_probability', 'target_scores', 'eval_mode', 'record_attention_for', 'backbone_cache',
-           'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'gradcam', 'random_scores',
-           'token_scores', 'normalize_maps', 'scores_to_maps', 'explain_batch', 'explain', 'relevancy', 'remove_tokens',
-           'perturbation_curves', 'curve_auc', 'perturbation_summary', 'pointing_game', 'mass_in_mask', 'mask_fraction',
-           'pixel_auroc', 'localisation_metrics', 'explanation_quality', 'per_image_aucs', 'paired_differences',
-           'write_csv_atomic', 'pixel_order', 'top_pixels', 'restoration_curves', 'curve_aucs', 'noisy_linear_impute',
-           'road_curves', 'randomisation_steps', 'reinitialise_', 'cascading_randomisation', 'rank_correlation',
-           'sanity_check', 'original_video_path', 'original_crops', 'overlay_jet', 'classification', 'figure_title',
-           'explained_figure', 'gallery_figure', 'figure_png', 'faces_to_batch', 'explain_faces', 'explain_samples',
-           'explain_folder', 'predict_faces', 'explain_video', 'VideoExplainer', 'annotate_frame', 'write_mp4',
-           'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri', 'video_page_html', 'index_html',
-           'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops', 'study_quality',
-           'perturbation_figure', 'identity_note', 'restoration_informative', 'validity_figure', 'sanity_figure',
-           'study_validity']
+           'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'gradcam', 'input_saliency',
+           'fused_map', 'random_scores', 'token_scores', 'normalize_maps', 'scores_to_maps', 'explain_batch', 'explain',
+           'relevancy', 'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'pointing_game',
+           'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'explanation_quality',
+           'per_image_aucs', 'paired_differences', 'write_csv_atomic', 'pixel_order', 'top_pixels',
+           'restoration_curves', 'curve_aucs', 'noisy_linear_impute', 'road_curves', 'randomisation_steps',
+           'reinitialise_', 'cascading_randomisation', 'rank_correlation', 'sanity_check', 'original_video_path',
+           'original_crops', 'overlay_jet', 'classification', 'figure_title', 'explained_figure', 'gallery_figure',
+           'figure_png', 'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces',
+           'explain_video', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops',
+           'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video', 'explain_cli',
+           'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure', 'identity_note',
+           'restoration_informative', 'validity_figure', 'sanity_figure', 'study_validity']
 
 # %% ../nbs/05_explain.ipynb #3c899709
-METHODS = ("relevancy", "attention", "rollout", "gradcam", "random")
+METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random")
 TARGETS = ("fake", "real", "predicted")
 
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -151,6 +151,23 @@ def gradcam(model, x, target="fake", cache=None):
     cam = F.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1))  # (B, h, w)
     return cam, logits.detach()
 
+def input_saliency(model, x, target="fake", sigma: float = 2.0) -> torch.Tensor:
+    """Maps (B, H, W) in [0, 1]: |d score / d pixel| (max over the colour channels) of the full model, smoothed by a
+    Gaussian of `sigma` px (replicate padding), normalised per image."""
+    with eval_mode(model), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(target_scores(model(xg), target).sum(), [xg])
+    s, r = g.abs().amax(1, keepdim=True), max(1, int(round(3 * sigma)))  # (B, 1, H, W)
+    w = torch.exp(-torch.arange(-r, r + 1, dtype=s.dtype, device=s.device) ** 2 / (2 * sigma ** 2)); w = w / w.sum()
+    s = F.conv2d(F.pad(s, (r, r, r, r), mode="replicate"), w.view(1, 1, 1, -1))  # separable: rows, then columns
+    return normalize_maps(F.conv2d(s, w.view(1, 1, -1, 1))[:, 0])
+
+def fused_map(model, x, target="fake", cache=None, sigma: float = 2.0):
+    "The `fused` map (B, H, W) at the input size: relevancy x `input_saliency`, normalised; and the logits."
+    attns, grads, logits = attention_and_grads(model, x, target, cache=cache)
+    rel = scores_to_maps(chefer_cls_relevance(attns, grads), model.grid, x.shape[-2:], model.layout)
+    return normalize_maps(rel * input_saliency(model, x, target, sigma)), logits
+
 def random_scores(n_images, n_tokens, seed=0, device="cpu"):
     "Seeded uniform per-token scores (B, N)."
     g = torch.Generator().manual_seed(seed)
@@ -163,6 +180,7 @@ def _check_call(x, method):
 def _raw_scores(model, x, method, target, through_backbone, seed, cache):
     "(per-token scores (B, N) or, for Grad-CAM, the feature-grid map (B, h, w); logits)."
     if method == "gradcam": return gradcam(model, x, target, cache)
+    if method == "fused": return fused_map(model, x, target, cache)
     if method == "random":
         with torch.no_grad(), eval_mode(model): logits = model.classify_tokens(cache["tokens"])
         return random_scores(len(x), cache["tokens"].shape[1], seed, x.device), logits
@@ -179,6 +197,7 @@ def token_scores(model, x, method="relevancy", target="fake", through_backbone=F
     s, logits = _raw_scores(model, x, method, target, through_backbone, seed, cache)
     if method == "gradcam":  # the CNN grid resampled to the token grid
         s = F.interpolate(s[:, None], size=tuple(model.grid), mode="bilinear", align_corners=False).flatten(1)
+    if method == "fused": s = F.adaptive_avg_pool2d(s[:, None], tuple(model.grid)).flatten(1)  # the pixel map averaged per token
     return s, logits
 
 # %% ../nbs/05_explain.ipynb #43622f63
@@ -211,6 +230,9 @@ def explain_batch(model, x, method="relevancy", target="fake", through_backbone=
     if method == "gradcam":  # spatial in both layouts: from the CNN grid straight to the crop
         maps = normalize_maps(F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
         return F.interpolate(s[:, None], size=tuple(model.grid), mode="bilinear", align_corners=False).flatten(1), maps, logits
+    if method == "fused":  # a pixel map at the input size: resized to `size`; the token scores are its per-token means
+        maps = normalize_maps(F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]) if size != tuple(s.shape[-2:]) else s
+        return F.adaptive_avg_pool2d(s[:, None], tuple(model.grid)).flatten(1), maps, logits
     return s, scores_to_maps(s, model.grid, size, model.layout), logits
 
 def explain(model, x, method="relevancy", target="fake", through_backbone=False, size=None, seed=0):
@@ -1131,7 +1153,7 @@ def study_quality(model, crops_root, data_root, boxes_root, output, methods=METH
                   batch_size=16, seed=0, device="cpu", **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The quality table (`explanation_quality`) on the fake crops of `split` under `crops_root` (at most `max_images`,
     evenly spread), with their masks; writes `quality.csv`, `quality_per_image.csv`, `quality_vs_baselines.csv`
-    (`paired_differences` of relevancy against each baseline), `perturbation_curves.csv` and `perturbation.png` to
+    (`paired_differences` of relevancy against each baseline; `quality_fused_vs_baselines.csv`: of `fused`), `perturbation_curves.csv` and `perturbation.png` to
     `<output>/explanation/`."""
     from deepfake_explain.data import index_crops
     crops = index_crops(crops_root)
@@ -1150,6 +1172,8 @@ def study_quality(model, crops_root, data_root, boxes_root, output, methods=METH
     write_csv_atomic(out / "quality_per_image.csv", table.attrs["per_image"].assign(
         path=lambda d: [fakes["path"].iloc[keep[i]] for i in d["image"]]))
     if "relevancy" in methods: write_csv_atomic(out / "quality_vs_baselines.csv", paired_differences(table.attrs["per_image"], seed=seed))
+    if "fused" in methods:  # our map against every other one ("Maps that win")
+        write_csv_atomic(out / "quality_fused_vs_baselines.csv", paired_differences(table.attrs["per_image"], "fused", seed=seed))
     write_csv_atomic(out / "perturbation_curves.csv", curves)
     write_bytes_atomic(out / "perturbation.png", figure_png(perturbation_figure(curves)))
     table.attrs["skipped"] = skipped
@@ -1224,7 +1248,7 @@ def sanity_figure(sanity: pd.DataFrame):
     return fig
 
 def study_validity(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=32,
-                   road_images=12, sanity_images=8, batch_size=16, seed=0, device="cpu", compression="c23") -> dict:
+                   road_images=8, sanity_images=8, batch_size=16, seed=0, device="cpu", compression="c23") -> dict:
     """The validity tests on `split`'s fake crops that have a frame-aligned original (at most `max_images`, evenly spread):
     the restoration test (with the oracle and random orders), ROAD on the first `road_images`, the cascading
     randomisation sanity check on the first `sanity_images`; writes `restoration.csv`/`.png`, `road.csv`/`.png`,
@@ -1277,7 +1301,8 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
     write_csv_atomic(out / "sanity.csv", sanity)
     write_csv_atomic(out / "validity_per_image.csv", per_image)
     pm = per_image[per_image["method"].isin(methods)]
-    if "relevancy" in methods: write_csv_atomic(out / "validity_vs_baselines.csv", paired_differences(pm, seed=seed))
+    refs = [r for r in ("fused", "relevancy") if r in methods]
+    if refs: write_csv_atomic(out / "validity_vs_baselines.csv", pd.concat([paired_differences(pm, r, seed=seed) for r in refs], ignore_index=True))
     write_bytes_atomic(out / "restoration.png", figure_png(validity_figure(
         rest, "fraction of the fake crop restored from its original", "restoration (most relevant first)")))
     write_bytes_atomic(out / "road.png", figure_png(validity_figure(
