@@ -1219,6 +1219,8 @@ def restoration_informative(per_image: pd.DataFrame, min_gap: float = 0.05, seed
     return dict(informative=ok, n_images=len(d), oracle_auc=float(w["oracle"].mean()), random_auc=float(w["random"].mean()),
                 gap=float(d.mean()), gap_ci=[lo, hi], min_gap=min_gap)
 
+_REF_STYLE = {"oracle": dict(color="k", ls="--"), "random": dict(color="grey", ls=":")}  # the two reference orders
+
 def validity_figure(curves: pd.DataFrame, xlabel: str, title: str, panels=(None,)):
     "Mean fake probability vs fraction, one line per order/method; `panels`: values of curves['panel'] (None: one panel)."
     from matplotlib.figure import Figure
@@ -1227,10 +1229,10 @@ def validity_figure(curves: pd.DataFrame, xlabel: str, title: str, panels=(None,
         c = curves if panel is None else curves[curves["panel"] == panel]
         for name, g in c.groupby("order", sort=False):
             m = g.groupby("fraction")["fake_prob"].mean()
-            ax.plot(m.index, m.values, marker=".", label=name, **({"color": "k", "ls": "--"} if name in ("oracle", "random") else {}))
+            ax.plot(m.index, m.values, marker=".", label=name, **_REF_STYLE.get(name, {}))
         ax.set(title=title if panel is None else f"{title}: {panel}", xlabel=xlabel, ylabel="mean fake probability", ylim=(0, 1))
         ax.title.set_fontsize(9)
-    axs[0].legend(fontsize=7)
+    axs[0].legend(fontsize=7); fig.tight_layout()
     return fig
 
 def sanity_figure(sanity: pd.DataFrame):
@@ -1243,15 +1245,15 @@ def sanity_figure(sanity: pd.DataFrame):
         ax.plot(range(len(steps)), m.values, marker="o", label=meth)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xticks(range(len(steps)), steps, rotation=20, fontsize=8)
-    ax.set(ylim=(-0.2, 1.05), ylabel="Spearman: trained vs randomised map", xlabel="cascading randomisation (top first, cumulative)")
+    ax.set(ylim=(-1.05, 1.05), ylabel="Spearman: trained vs randomised map", xlabel="cascading randomisation (top first, cumulative)")
     ax.legend(fontsize=7); fig.tight_layout()
     return fig
 
 def study_validity(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=32,
                    road_images=8, sanity_images=8, batch_size=16, seed=0, device="cpu", compression="c23") -> dict:
     """The validity tests on `split`'s fake crops that have a frame-aligned original (at most `max_images`, evenly spread):
-    the restoration test (with the oracle and random orders), ROAD on the first `road_images`, the cascading
-    randomisation sanity check on the first `sanity_images`; writes `restoration.csv`/`.png`, `road.csv`/`.png`,
+    the restoration test (with the oracle and random orders), ROAD on `road_images` of them and the cascading
+    randomisation sanity check on `sanity_images` (both evenly spread over the crops, so over the methods too); writes `restoration.csv`/`.png`, `road.csv`/`.png`,
     `sanity.csv`/`.png`, `validity_per_image.csv`, `validity_vs_baselines.csv` and `validity.json` to `<output>/explanation/`."""
     from deepfake_explain.data import index_crops
     crops = index_crops(crops_root)
@@ -1284,12 +1286,13 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
                     .assign(order="oracle", image=lambda d: np.asarray(has)[d["image"]]))
     rest = pd.concat(rest, ignore_index=True)
     lap("restoration")
-    nr = min(road_images, len(x))
-    road = pd.concat([road_curves(model, x[:nr], maps[m][:nr], seed=seed, p0=p_fake[:nr]).assign(method=m)
+    spread = lambda n: np.unique(np.linspace(0, len(x) - 1, min(n, len(x))).round().astype(int))  # evenly spread indices
+    ri = spread(road_images); nr = len(ri)
+    road = pd.concat([road_curves(model, x[ri], maps[m][ri], seed=seed, p0=p_fake[ri]).assign(method=m, image=lambda d: ri[d["image"]])
                       for m in methods], ignore_index=True)
     lap("road")
-    ns = min(sanity_images, len(x))
-    sanity = sanity_check(model, x[:ns], methods, seed=seed)
+    si = spread(sanity_images); ns = len(si)
+    sanity = sanity_check(model, x[si], methods, seed=seed).assign(image=lambda d: si[d["image"]])
     lap("sanity")
     per_image = (curve_aucs(rest).rename(columns={"order": "method", "auc": "restoration_auc"})
                  .merge(curve_aucs(road, ("method", "order")).pivot_table(index=["method", "image"], columns="order", values="auc")
@@ -1310,6 +1313,8 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
         panels=("morf", "lerf"))))
     write_bytes_atomic(out / "sanity.png", figure_png(sanity_figure(sanity)))
     summary = dict(n_images=len(x), n_road=nr, n_sanity=ns, restoration=restoration_informative(curve_aucs(rest), seed=seed),
+                   road={m: {k: round(float(v), 4) for k, v in r.items()} for m, r in  # mean AUCs: morf lower, lerf higher is better
+                         pm.groupby("method")[["road_morf_auc", "road_lerf_auc"]].mean().iterrows()},
                    identities=identity_note(data_root), skipped=skipped, seconds=seconds,
                    data_randomisation="not run: it needs a second training run on shuffled labels (minutes), beyond the quick study's budget")
     write_json_atomic(out / "validity.json", summary)
