@@ -1253,8 +1253,9 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
                    road_images=8, sanity_images=8, batch_size=16, seed=0, device="cpu", compression="c23") -> dict:
     """The validity tests on `split`'s fake crops that have a frame-aligned original (at most `max_images`, evenly spread):
     the restoration test (with the oracle and random orders), ROAD on `road_images` of them and the cascading
-    randomisation sanity check on `sanity_images` (both evenly spread over the crops, so over the methods too); writes `restoration.csv`/`.png`, `road.csv`/`.png`,
-    `sanity.csv`/`.png`, `validity_per_image.csv`, `validity_vs_baselines.csv` and `validity.json` to `<output>/explanation/`."""
+    randomisation sanity check on `sanity_images` (both evenly spread over the crops, so over the methods too); writes
+    `restoration.csv`/`.png`, `road.csv`/`.png`, `sanity.csv`/`.png`, `validity_per_image.csv`, `validity_vs_baselines.csv`
+    and `validity.json` to `<output>/explanation/`. `ValueError` when no fake has an original (e.g. DFDC's layout)."""
     from deepfake_explain.data import index_crops
     crops = index_crops(crops_root)
     fakes = crops[(crops["split"] == split) & (crops["label"] == 1)].reset_index(drop=True)
