@@ -18,12 +18,12 @@ __all__ = ['FFPP_METHODS', 'ORIGINAL', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'C
            'CELEBDF_FOLDERS', 'CELEBDF_TEST_LIST', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS', 'atomic_write',
            'write_json_atomic', 'write_bytes_atomic', 'ImageReadError', 'to_rgb_uint8', 'read_image_rgb',
            'write_png_atomic', 'read_json_file', 'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row',
-           'video_frame', 'index_ffpp', 'dfdc_metadata_files', 'index_dfdc', 'read_celebdf_test_list', 'index_celebdf',
-           'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
-           'select_training_frames', 'isotropic_resize', 'pad_to_square', 'jpeg_compress', 'gauss_noise',
-           'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform',
-           'TrainTransform', 'FaceCropDataset', 'synthetic_crops', 'resolve_device', 'write_video_index',
-           'read_video_index', 'study_video_index']
+           'video_frame', 'index_ffpp', 'mask_source', 'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc',
+           'read_celebdf_test_list', 'index_celebdf', 'index_videos', 'crop_path', 'crop_label', 'index_crops',
+           'equidistant', 'frames_for_video', 'select_training_frames', 'isotropic_resize', 'pad_to_square',
+           'jpeg_compress', 'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray',
+           'shift_scale_rotate', 'ValTransform', 'TrainTransform', 'FaceCropDataset', 'synthetic_crops',
+           'resolve_device', 'write_video_index', 'read_video_index', 'study_video_index']
 
 # %% ../nbs/00_data.ipynb #0f7c9910
 _UMASK = os.umask(0); os.umask(_UMASK)  # the process umask (read once; os.umask can only be read by setting it)
@@ -204,6 +204,40 @@ def index_ffpp(root, compression: str = "c23", methods=None, dfd_split: str = "t
         for p in scan_videos(root/"original_sequences"/"actors"/compression/"videos", skipped, check_videos):
             rows.append(video_row(p, dfd_split, ORIGINAL, 0, compression))
     return video_frame(rows, skipped)
+
+# %% ../nbs/00_data.ipynb #ee09e3c0
+def mask_source(data_root, method: str, video: str) -> Path | None:
+    "The mask of a fake: mini-forensics' per-frame PNG folder or FF++'s mask video (`<Method>/masks/videos/<video>[.mp4]`), or None."
+    base = Path(data_root) / "manipulated_sequences" / method / "masks" / "videos"
+    for p in (base / video, base / f"{video}.mp4"):
+        if p.is_dir() if p.suffix != ".mp4" else p.is_file(): return p
+    return None
+
+def read_mask_frames(data_root, method: str, video: str, frames, threshold: int = 127) -> dict:
+    """The ground-truth masks {frame: (H, W) bool} of `frames` of a fake video (`mask_source`); {} when it has none.
+    `ValueError` naming the file when a frame is missing or unreadable."""
+    src, want = mask_source(data_root, method, video), sorted({int(f) for f in frames})
+    if src is None or not want: return {}
+    if src.is_dir():
+        out = {}
+        for f in want:
+            p = src / f"{f:04d}.png"
+            if not p.is_file(): raise ValueError(f"{p}: mask frame {f} not found")
+            out[f] = read_image_rgb(p).max(-1) > threshold
+        return out
+    cap, out, i = cv2.VideoCapture(str(src)), {}, 0
+    try:
+        if not cap.isOpened(): raise ValueError(f"{src}: cannot open the mask video")
+        while i <= want[-1] and cap.grab():
+            if i in want:
+                ok, fr = cap.retrieve()
+                if not ok: raise ValueError(f"{src}: mask frame {i} not decodable")
+                out[i] = fr.max(-1) > threshold  # (H, W): the brightest channel (BGR order does not matter)
+            i += 1
+    finally: cap.release()
+    missing = [f for f in want if f not in out]
+    if missing: raise ValueError(f"{src}: mask frame {missing[0]} not found (the mask video has {i} frames)")
+    return out
 
 # %% ../nbs/00_data.ipynb #94972776
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}

@@ -26,20 +26,24 @@ from .preprocess import UsageError, cli_errors, open_video, square_box
 
 # %% auto #0
 __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_COLUMNS', 'PER_IMAGE_COLUMNS', 'HIGHER_IS_BETTER',
-           'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'fake_probability', 'target_scores', 'eval_mode',
-           'record_attention_for', 'backbone_cache', 'attention_and_grads', 'chefer_cls_relevance',
-           'rollout_cls_relevance', 'gradcam', 'random_scores', 'token_scores', 'normalize_maps', 'scores_to_maps',
-           'explain_batch', 'explain', 'relevancy', 'remove_tokens', 'perturbation_curves', 'curve_auc',
-           'perturbation_summary', 'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc',
-           'localisation_metrics', 'explanation_quality', 'per_image_aucs', 'paired_differences', 'write_csv_atomic',
-           'overlay_jet', 'classification', 'figure_title', 'explained_figure', 'gallery_figure', 'figure_png',
-           'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces', 'explain_video',
-           'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri',
-           'video_page_html', 'index_html', 'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops',
-           'study_quality', 'perturbation_figure']
+           'RESTORE_FRACTIONS', 'ROAD_FRACTIONS', 'ROAD_WEIGHTS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES',
+           'fake_probability', 'target_scores', 'eval_mode', 'record_attention_for', 'backbone_cache',
+           'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'gradcam', 'input_saliency',
+           'fused_map', 'random_scores', 'token_scores', 'normalize_maps', 'scores_to_maps', 'explain_batch', 'explain',
+           'relevancy', 'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'pointing_game',
+           'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'explanation_quality',
+           'per_image_aucs', 'paired_differences', 'write_csv_atomic', 'pixel_order', 'top_pixels',
+           'restoration_curves', 'curve_aucs', 'noisy_linear_impute', 'road_curves', 'randomisation_steps',
+           'reinitialise_', 'cascading_randomisation', 'rank_correlation', 'sanity_check', 'original_video_path',
+           'original_crops', 'overlay_jet', 'classification', 'figure_title', 'explained_figure', 'gallery_figure',
+           'figure_png', 'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces',
+           'explain_video', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops',
+           'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video', 'explain_cli',
+           'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure', 'identity_note',
+           'restoration_informative', 'validity_figure', 'sanity_figure', 'study_validity']
 
 # %% ../nbs/05_explain.ipynb #3c899709
-METHODS = ("relevancy", "attention", "rollout", "gradcam", "random")
+METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random")
 TARGETS = ("fake", "real", "predicted")
 
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -147,6 +151,23 @@ def gradcam(model, x, target="fake", cache=None):
     cam = F.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1))  # (B, h, w)
     return cam, logits.detach()
 
+def input_saliency(model, x, target="fake", sigma: float = 2.0) -> torch.Tensor:
+    """Maps (B, H, W) in [0, 1]: |d score / d pixel| (max over the colour channels) of the full model, smoothed by a
+    Gaussian of `sigma` px (replicate padding), normalised per image."""
+    with eval_mode(model), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(target_scores(model(xg), target).sum(), [xg])
+    s, r = g.abs().amax(1, keepdim=True), max(1, int(round(3 * sigma)))  # (B, 1, H, W)
+    w = torch.exp(-torch.arange(-r, r + 1, dtype=s.dtype, device=s.device) ** 2 / (2 * sigma ** 2)); w = w / w.sum()
+    s = F.conv2d(F.pad(s, (r, r, r, r), mode="replicate"), w.view(1, 1, 1, -1))  # separable: rows, then columns
+    return normalize_maps(F.conv2d(s, w.view(1, 1, -1, 1))[:, 0])
+
+def fused_map(model, x, target="fake", cache=None, sigma: float = 2.0):
+    "The `fused` map (B, H, W) at the input size: relevancy x `input_saliency`, normalised; and the logits."
+    attns, grads, logits = attention_and_grads(model, x, target, cache=cache)
+    rel = scores_to_maps(chefer_cls_relevance(attns, grads), model.grid, x.shape[-2:], model.layout)
+    return normalize_maps(rel * input_saliency(model, x, target, sigma)), logits
+
 def random_scores(n_images, n_tokens, seed=0, device="cpu"):
     "Seeded uniform per-token scores (B, N)."
     g = torch.Generator().manual_seed(seed)
@@ -159,6 +180,7 @@ def _check_call(x, method):
 def _raw_scores(model, x, method, target, through_backbone, seed, cache):
     "(per-token scores (B, N) or, for Grad-CAM, the feature-grid map (B, h, w); logits)."
     if method == "gradcam": return gradcam(model, x, target, cache)
+    if method == "fused": return fused_map(model, x, target, cache)
     if method == "random":
         with torch.no_grad(), eval_mode(model): logits = model.classify_tokens(cache["tokens"])
         return random_scores(len(x), cache["tokens"].shape[1], seed, x.device), logits
@@ -175,6 +197,7 @@ def token_scores(model, x, method="relevancy", target="fake", through_backbone=F
     s, logits = _raw_scores(model, x, method, target, through_backbone, seed, cache)
     if method == "gradcam":  # the CNN grid resampled to the token grid
         s = F.interpolate(s[:, None], size=tuple(model.grid), mode="bilinear", align_corners=False).flatten(1)
+    if method == "fused": s = F.adaptive_avg_pool2d(s[:, None], tuple(model.grid)).flatten(1)  # the pixel map averaged per token
     return s, logits
 
 # %% ../nbs/05_explain.ipynb #43622f63
@@ -207,6 +230,9 @@ def explain_batch(model, x, method="relevancy", target="fake", through_backbone=
     if method == "gradcam":  # spatial in both layouts: from the CNN grid straight to the crop
         maps = normalize_maps(F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
         return F.interpolate(s[:, None], size=tuple(model.grid), mode="bilinear", align_corners=False).flatten(1), maps, logits
+    if method == "fused":  # a pixel map at the input size: resized to `size`; the token scores are its per-token means
+        maps = normalize_maps(F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]) if size != tuple(s.shape[-2:]) else s
+        return F.adaptive_avg_pool2d(s[:, None], tuple(model.grid)).flatten(1), maps, logits
     return s, scores_to_maps(s, model.grid, size, model.layout), logits
 
 def explain(model, x, method="relevancy", target="fake", through_backbone=False, size=None, seed=0):
@@ -350,17 +376,20 @@ def per_image_aucs(curves: pd.DataFrame) -> pd.DataFrame:
             for name in ("positive", "negative")}
     return pd.DataFrame({"pos_auc_prob": aucs["positive"], "neg_auc_prob": aucs["negative"]}).rename_axis("image").reset_index()
 
-HIGHER_IS_BETTER = {"pos_auc_prob": False, "neg_auc_prob": True, "pointing_game": True, "mass_in_mask": True, "pixel_auroc": True}
+HIGHER_IS_BETTER = {"pos_auc_prob": False, "neg_auc_prob": True, "pointing_game": True, "mass_in_mask": True, "pixel_auroc": True,
+                    "restoration_auc": False, "road_morf_auc": False, "road_lerf_auc": True}  # the last three: "Explanation validity"
 
 def paired_differences(per_image: pd.DataFrame, reference: str = "relevancy", n_boot: int = 2000, seed: int = 0,
                        level: float = 0.95) -> pd.DataFrame:
     """`reference` against every other method on the same images: per metric the mean per-image advantage (reference minus
     baseline, sign-flipped where lower is better, so > 0 means the reference is better) with a paired bootstrap CI."""
     rng, rows = np.random.default_rng(seed), []
-    wide = per_image.pivot_table(index="image", columns="method", values=list(HIGHER_IS_BETTER), dropna=False)
+    metrics = [k for k in HIGHER_IS_BETTER if k in per_image.columns]  # the metrics this table has
+    wide = per_image.pivot_table(index="image", columns="method", values=metrics, dropna=False)
     if reference not in set(per_image["method"]): raise ValueError(f"no per-image rows for method {reference!r}")
     for base in [m for m in per_image["method"].unique() if m != reference]:
-        for metric, higher in HIGHER_IS_BETTER.items():
+        for metric in metrics:
+            higher = HIGHER_IS_BETTER[metric]
             d = (wide[(metric, reference)] - wide[(metric, base)]).to_numpy(float) * (1 if higher else -1)
             d = d[np.isfinite(d)]
             if not len(d): continue
@@ -374,6 +403,198 @@ def write_csv_atomic(path, df: pd.DataFrame) -> Path:
     "Write `df` as CSV (no index) atomically."
     with atomic_write(path, "w") as f: df.to_csv(f, index=False)
     return Path(path)
+
+# %% ../nbs/05_explain.ipynb #b4f17c40
+import time
+from .data import ORIGINAL
+
+RESTORE_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # restored share of the crop's pixels (the ends are shared by every order)
+
+def pixel_order(maps, seed: int = 0) -> torch.Tensor:
+    "Pixel indices (B, H*W) of `maps` (B, H, W), most relevant first; equal values in a seeded random order."
+    flat = torch.as_tensor(maps).flatten(1).double().cpu()  # (B, HW)
+    perm = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(seed))  # the tie-break
+    return perm[torch.argsort(flat[:, perm], dim=1, descending=True, stable=True)]
+
+def top_pixels(order: torch.Tensor, k: int, hw) -> torch.Tensor:
+    "Boolean masks (B, H, W): the first `k` pixels of each image's `order` (B, H*W)."
+    sel = torch.zeros(order.shape, dtype=torch.bool)
+    sel.scatter_(1, order[:, :k], True)
+    return sel.reshape(len(order), *hw)
+
+def _probs(model, x, batch_size=64) -> torch.Tensor:
+    "Fake probabilities (B,) of images `x`, on the CPU."
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([fake_probability(model(x[s:s + batch_size])).cpu() for s in range(0, len(x), batch_size)])
+def restoration_curves(model, fake, original, maps, fractions=RESTORE_FRACTIONS, seed=0, batch_size=64, ends=None) -> pd.DataFrame:
+    """Restoration test: per image and fraction `f`, the fake probability of the fake crop `fake` (B, 3, H, W) with
+    the share `f` of its pixels that `maps` (B, H, W) ranks highest copied from its frame-aligned original `original`.
+    `ends`: the probabilities (B,) of `fake` and of `original` if known (they are the same for every order)."""
+    if fake.shape != original.shape: raise ValueError(f"fake {tuple(fake.shape)} and original {tuple(original.shape)} crops differ in shape")
+    B, _, H, W = fake.shape
+    if tuple(maps.shape) != (B, H, W): raise ValueError(f"expected maps {(B, H, W)}, got {tuple(maps.shape)}")
+    order, rows, ends = pixel_order(maps, seed), [], ends or (None, None)
+    for f in fractions:
+        k = int(round(f * H * W))
+        if k in (0, H * W) and ends[k > 0] is not None: p = ends[k > 0]
+        else:
+            keep = top_pixels(order, k, (H, W)).to(fake.device)  # (B, H, W): the restored pixels
+            p = _probs(model, torch.where(keep[:, None], original, fake), batch_size)
+        rows += [dict(image=i, fraction=float(f), fake_prob=float(p[i])) for i in range(B)]
+    return pd.DataFrame(rows)
+
+def curve_aucs(curves: pd.DataFrame, by=("order",)) -> pd.DataFrame:
+    "Per image (and `by` group) the area under its own fake-probability curve over `fraction`: columns by + image, auc."
+    keys = [*by, "image"]
+    return (curves.groupby(keys, sort=False).apply(lambda c: curve_auc(c["fraction"], c["fake_prob"]), include_groups=False)
+            .rename("auc").reset_index())
+
+# %% ../nbs/05_explain.ipynb #e7806651
+ROAD_FRACTIONS = (0.0, 0.25, 0.5, 0.75)  # removed share of the pixels (all removed leaves nothing to impute from)
+ROAD_WEIGHTS = {(-1, -1): 1 / 12, (-1, 0): 1 / 6, (-1, 1): 1 / 12, (0, -1): 1 / 6,  # ROAD's neighbour weights:
+                (0, 1): 1 / 6, (1, -1): 1 / 12, (1, 0): 1 / 6, (1, 1): 1 / 12}     # direct 1/6, diagonal 1/12
+
+def noisy_linear_impute(img: np.ndarray, removed: np.ndarray, noise: float = 0.01, rng=None) -> np.ndarray:
+    """ROAD's noisy linear imputation (Rong et al. 2022): `img` (C, H, W) float 0..255 with every `removed` (H, W) pixel
+    replaced by the `ROAD_WEIGHTS`-weighted mean of its in-image neighbours (removed neighbours are unknowns too: one
+    sparse linear system for all of them), plus Gaussian noise of std `noise` x 255; clipped to 0..255."""
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import splu
+    img, removed = np.asarray(img, np.float64), np.asarray(removed, bool)
+    C, H, W = img.shape
+    if removed.shape != (H, W): raise ValueError(f"expected a removal mask {(H, W)}, got {removed.shape}")
+    n = int(removed.sum())
+    if n == 0: return img.copy()
+    if n == H * W: raise ValueError("every pixel removed: nothing to impute from")
+    ys, xs = np.nonzero(removed)
+    var = np.full((H, W), -1); var[ys, xs] = np.arange(n)  # unknown number of each removed pixel
+    diag, b, rows, cols, vals = np.zeros(n), np.zeros((n, C)), [np.arange(n)], [np.arange(n)], []
+    for (dy, dx), w in ROAD_WEIGHTS.items():
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+        diag[inside] += w
+        i, ny, nx = np.nonzero(inside)[0], ny[inside], nx[inside]
+        unknown = removed[ny, nx]
+        b[i[~unknown]] += w * img[:, ny[~unknown], nx[~unknown]].T  # known neighbours: the right-hand side
+        rows.append(i[unknown]); cols.append(var[ny[unknown], nx[unknown]]); vals.append(np.full(unknown.sum(), -w))
+    A = csc_matrix((np.concatenate([diag, *vals]), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    sol = splu(A).solve(b)  # (n, C)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    out = img.copy()
+    out[:, ys, xs] = np.clip(sol + noise * 255 * rng.standard_normal(sol.shape), 0, 255).T
+    return out
+
+def road_curves(model, x, maps, fractions=ROAD_FRACTIONS, noise=0.01, seed=0, batch_size=64, p0=None) -> pd.DataFrame:
+    """ROAD (remove and debias): per image, order (`morf`: most relevant removed first, `lerf`: least first) and removed
+    fraction, the fake probability of `x` (B, 3, H, W) with those pixels of `maps` (B, H, W) imputed by `noisy_linear_impute`.
+    `p0`: the probabilities (B,) of `x` itself if known (nothing removed)."""
+    B, _, H, W = x.shape
+    if tuple(maps.shape) != (B, H, W): raise ValueError(f"expected maps {(B, H, W)}, got {tuple(maps.shape)}")
+    order, xs, rng = pixel_order(maps, seed), x.detach().cpu().double().numpy(), np.random.default_rng(seed)
+    p0 = _probs(model, x, batch_size) if p0 is None else p0
+    keys, imgs, rows = [], [], []
+    for name, o in (("morf", order), ("lerf", order.flip(1))):
+        for f in fractions:
+            k = int(round(f * H * W))
+            if k == 0: rows += [dict(order=name, fraction=float(f), image=i, fake_prob=float(p0[i])) for i in range(B)]; continue
+            rem = top_pixels(o, k, (H, W)).numpy()  # (B, H, W): the removed pixels
+            for i in range(B):
+                keys.append((name, float(f), i)); imgs.append(noisy_linear_impute(xs[i], rem[i], noise, rng))
+    if imgs:
+        p = _probs(model, torch.from_numpy(np.stack(imgs)).float().to(x.device), batch_size)
+        rows += [dict(order=o, fraction=f, image=i, fake_prob=float(q)) for (o, f, i), q in zip(keys, p)]
+    return pd.DataFrame(rows).sort_values(["order", "fraction", "image"], ascending=[False, True, True], ignore_index=True)
+
+# %% ../nbs/05_explain.ipynb #ebddf344
+def randomisation_steps(model) -> list[tuple[str, list]]:
+    """The cascade of Adebayo et al. (2018), top of the network first: [(step name, modules and parameters it
+    re-initialises)]: the classifier head, each transformer block from the last to the first, the token embedding
+    (with the CLS token and positions), the CNN backbone. Names follow `02_model` (and the tests' `TinyDetector`)."""
+    def own(*names):
+        return [v for n in names if isinstance(v := getattr(model, n, None), (torch.nn.Module, torch.nn.Parameter))]
+    steps = [("head", own("mlp_head", "head"))]
+    blocks = list(model.transformer.blocks)
+    steps += [(f"block {i}", [blocks[i]]) for i in reversed(range(len(blocks)))]
+    steps += [("embedding", own("feature_to_embedding", "to_tokens", "to_patch_embedding", "cls_token", "pos_embedding", "cls", "pos")),
+              ("backbone", own("efficient_net", "backbone"))]
+    return [(n, parts) for n, parts in steps if parts]
+
+def reinitialise_(parts, seed: int = 0) -> None:
+    "Re-initialise in place: every sub-module's own `reset_parameters` (BatchNorm: its statistics too), bare parameters ~ N(0, 0.02)."
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for p in parts:
+            if isinstance(p, torch.nn.Parameter): p.normal_(0, 0.02); continue
+            for m in p.modules():
+                if callable(getattr(m, "reset_parameters", None)): m.reset_parameters()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.reset_running_stats()
+
+def cascading_randomisation(model, seed: int = 0):
+    "Yield (step name, model copy) with the steps of `randomisation_steps` re-initialised cumulatively; `model` is untouched."
+    import copy
+    m = copy.deepcopy(model)
+    for k, (name, _) in enumerate(randomisation_steps(model)):
+        reinitialise_(dict(randomisation_steps(m))[name], seed + k)
+        yield name, m
+
+def rank_correlation(a, b) -> np.ndarray:
+    "Spearman rank correlation per image of maps `a`, `b` (B, ...) (average ranks for ties); NaN where a map is constant."
+    from scipy.stats import rankdata
+    ra = rankdata(np.asarray(a, np.float64).reshape(len(a), -1), axis=1)
+    rb = rankdata(np.asarray(b, np.float64).reshape(len(b), -1), axis=1)
+    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1), np.nan)
+
+def sanity_check(model, x, methods=METHODS, target="fake", seed=0) -> pd.DataFrame:
+    """Model-parameter randomisation test: per method, cascade step and image, the rank correlation of the map of the
+    trained `model` with that of the progressively randomised copy (`cascading_randomisation`). A faithful map
+    decorrelates; the `random` method (the same seed whatever the model) is the control that stays at 1."""
+    def maps_of(m):
+        cache = backbone_cache(m, x)
+        return {meth: explain_batch(m, x, meth, target, seed=seed, cache=cache)[1].cpu().numpy() for meth in methods}
+    ref, rows = maps_of(model), []
+    for name, m in cascading_randomisation(model, seed):
+        for meth, mp in maps_of(m).items():
+            rows += [dict(method=meth, step=name, image=i, spearman=float(r)) for i, r in enumerate(rank_correlation(ref[meth], mp))]
+    return pd.DataFrame(rows, columns=["method", "step", "image", "spearman"])
+
+# %% ../nbs/05_explain.ipynb #a737df0f
+def original_video_path(data_root, target: str, compression: str = "c23") -> Path | None:
+    "The real video `<target>` of the FF++ layout (`original_sequences/youtube/<compression>/videos/<target>.mp4`; another compression if that one is absent), or None."
+    base = Path(data_root) / "original_sequences" / "youtube"
+    p = base / compression / "videos" / f"{target}.mp4"
+    return p if p.is_file() else next(iter(sorted(base.glob(f"*/videos/{target}.mp4"))), None)
+
+def original_crops(crop_paths, data_root, boxes_root, size: int, margin: float = 0.0, compression: str = "c23") -> list:
+    """Per fake crop `<...>/<method>/<target>_<source>/<frame>_<face>.png`: the frame-aligned original crop (size, size, 3)
+    RGB uint8: frame `frame` of the real video `<target>` cut at the fake's own box (`boxes/<method>/<video>.json`) and
+    resized exactly as the crop (`ValTransform`); None for reals, a missing video, box or frame, or a frame of
+    another size than the fake's (the crop's side must match)."""
+    from deepfake_explain.preprocess import VideoReadError, boxes_path, crop_face, read_boxes, read_frames
+    jobs, out = {}, [None] * len(crop_paths)
+    for i, p in enumerate(map(Path, crop_paths)):
+        method, video = p.parent.parent.name, p.parent.name
+        if method == ORIGINAL or "_" not in video: continue
+        frame, face = (int(v) for v in p.stem.split("_")[:2])
+        src, bpath = original_video_path(data_root, video.split("_")[0], compression), boxes_path(boxes_root, video, method)
+        if src is None or not bpath.is_file(): continue
+        jobs.setdefault((src, bpath), []).append((i, frame, face, p))
+    for (src, bpath), items in jobs.items():
+        boxes = read_boxes(bpath)
+        try: idx, frames = read_frames(src, indices=sorted({f for _, f, _, _ in items}))
+        except VideoReadError: continue
+        frames = dict(zip(idx, frames))
+        for i, frame, face, p in items:
+            row = boxes.get(frame) or []
+            box = row[face] if face < len(row) else None
+            if box is None: continue
+            crop = crop_face(frames[frame], box, margin)
+            try: side = read_image_rgb(p).shape[:2]
+            except (ImageReadError, OSError): continue
+            if crop.shape[:2] == side: out[i] = ValTransform(size)(crop)
+    return out
 
 # %% ../nbs/05_explain.ipynb #578ca163
 def overlay_jet(face_rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -911,20 +1132,25 @@ def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np
     return ValTransform(size)(m3)[..., 0] > 127
 
 def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float = 0.0) -> list:
-    """Per crop `<...>/<method>/<video>/<frame>_<face>.png`: its ground-truth mask (size, size) bool, or None
-    where the dataset has none (reals, methods without masks) or the box is missing."""
+    """Per crop `<...>/<method>/<video>/<frame>_<face>.png`: its ground-truth mask (size, size) bool, or None where the
+    dataset has none (reals, methods without masks), the box is missing, or the mask is unreadable (a warning names it).
+    Masks are read by `data.read_mask_frames`: mini-forensics' per-frame PNGs or FF++'s own mask videos."""
+    import warnings
+    from deepfake_explain.data import mask_source, read_mask_frames
     from deepfake_explain.preprocess import boxes_path, read_boxes
-    out, boxes = [], {}
-    for p in map(Path, crop_paths):
-        method, video = p.parent.parent.name, p.parent.name
+    out, jobs = [None] * len(crop_paths), {}
+    for i, p in enumerate(map(Path, crop_paths)):
         frame, face = (int(v) for v in p.stem.split("_")[:2])
-        mpath = Path(data_root) / "manipulated_sequences" / method / "masks" / "videos" / video / f"{frame:04d}.png"
+        jobs.setdefault((p.parent.parent.name, p.parent.name), []).append((i, frame, face))  # (method, video)
+    for (method, video), items in jobs.items():
         bpath = boxes_path(boxes_root, video, method)
-        if not mpath.is_file() or not bpath.is_file(): out.append(None); continue
-        if bpath not in boxes: boxes[bpath] = read_boxes(bpath)
-        row = (boxes[bpath].get(frame) or [])
-        box = row[face] if face < len(row) else None
-        out.append(None if box is None else crop_mask(read_image_rgb(mpath)[..., 0], box, size, margin))
+        if mask_source(data_root, method, video) is None or not bpath.is_file(): continue
+        boxes = read_boxes(bpath)
+        need = [(i, f, (boxes.get(f) or [])[k]) for i, f, k in items if k < len(boxes.get(f) or [])]
+        need = [(i, f, b) for i, f, b in need if b is not None]
+        try: frames = read_mask_frames(data_root, method, video, [f for _, f, _ in need])
+        except ValueError as e: warnings.warn(f"no masks for {method}/{video}: {e}"); continue
+        for i, f, box in need: out[i] = crop_mask(frames[f].astype(np.uint8) * 255, box, size, margin)
     return out
 
 # %% ../nbs/05_explain.ipynb #1b9d466c
@@ -932,7 +1158,7 @@ def study_quality(model, crops_root, data_root, boxes_root, output, methods=METH
                   batch_size=16, seed=0, device="cpu", **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The quality table (`explanation_quality`) on the fake crops of `split` under `crops_root` (at most `max_images`,
     evenly spread), with their masks; writes `quality.csv`, `quality_per_image.csv`, `quality_vs_baselines.csv`
-    (`paired_differences` of relevancy against each baseline), `perturbation_curves.csv` and `perturbation.png` to
+    (`paired_differences` of relevancy against each baseline; `quality_fused_vs_baselines.csv`: of `fused`), `perturbation_curves.csv` and `perturbation.png` to
     `<output>/explanation/`."""
     from deepfake_explain.data import index_crops
     crops = index_crops(crops_root)
@@ -951,6 +1177,8 @@ def study_quality(model, crops_root, data_root, boxes_root, output, methods=METH
     write_csv_atomic(out / "quality_per_image.csv", table.attrs["per_image"].assign(
         path=lambda d: [fakes["path"].iloc[keep[i]] for i in d["image"]]))
     if "relevancy" in methods: write_csv_atomic(out / "quality_vs_baselines.csv", paired_differences(table.attrs["per_image"], seed=seed))
+    if "fused" in methods:  # our map against every other one ("Maps that win")
+        write_csv_atomic(out / "quality_fused_vs_baselines.csv", paired_differences(table.attrs["per_image"], "fused", seed=seed))
     write_csv_atomic(out / "perturbation_curves.csv", curves)
     write_bytes_atomic(out / "perturbation.png", figure_png(perturbation_figure(curves)))
     table.attrs["skipped"] = skipped
@@ -969,3 +1197,131 @@ def perturbation_figure(curves: pd.DataFrame):
         ax.title.set_fontsize(9)
     axs[0].legend(fontsize=8)
     return fig
+
+# %% ../nbs/05_explain.ipynb #38103c71
+def identity_note(data_root) -> dict:
+    "Whether the dataset's test identities are held out from training (`manifest.json` of mini-forensics), with a plain statement."
+    try: man = json.loads((Path(data_root) / "manifest.json").read_text())
+    except (OSError, ValueError): return dict(identity_disjoint=None, shared_identities=None, statement="no manifest: identity overlap of the splits unknown")
+    ids = man.get("identities") or {}
+    shared = sorted(set(ids.get("test", [])) & set(ids.get("train", [])))
+    if man.get("identity_disjoint") and not shared:
+        return dict(identity_disjoint=True, shared_identities=[], statement="the test split's identities are held out from training")
+    return dict(identity_disjoint=False, shared_identities=shared,
+                statement=f"the test split shares identities with training ({', '.join(shared) or 'unknown'}): "
+                          "these are within-identity figures, not evidence of generalisation to new people")
+
+def restoration_informative(per_image: pd.DataFrame, min_gap: float = 0.05, seed: int = 0) -> dict:
+    """Is the restoration test informative? The oracle (ground-truth mask restored first) must beat the random order by
+    at least `min_gap` of AUC on average, with the paired bootstrap CI of (random - oracle) above 0."""
+    w = per_image.pivot_table(index="image", columns="order", values="auc")
+    if not {"oracle", "random"} <= set(w.columns): return dict(informative=False, reason="needs the oracle and random orders")
+    d = (w["random"] - w["oracle"]).dropna().to_numpy()
+    if not len(d): return dict(informative=False, reason="no image with both orders")
+    boots = d[np.random.default_rng(seed).integers(0, len(d), (2000, len(d)))].mean(1)
+    lo, hi = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
+    ok = bool(d.mean() >= min_gap and lo > 0)
+    return dict(informative=ok, n_images=len(d), oracle_auc=float(w["oracle"].mean()), random_auc=float(w["random"].mean()),
+                gap=float(d.mean()), gap_ci=[lo, hi], min_gap=min_gap)
+
+_REF_STYLE = {"oracle": dict(color="k", ls="--"), "random": dict(color="grey", ls=":")}  # the two reference orders
+
+def validity_figure(curves: pd.DataFrame, xlabel: str, title: str, panels=(None,)):
+    "Mean fake probability vs fraction, one line per order/method; `panels`: values of curves['panel'] (None: one panel)."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4.6 * len(panels), 3.4)); axs = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, panel in zip(axs, panels):
+        c = curves if panel is None else curves[curves["panel"] == panel]
+        for name, g in c.groupby("order", sort=False):
+            m = g.groupby("fraction")["fake_prob"].mean()
+            ax.plot(m.index, m.values, marker=".", label=name, **_REF_STYLE.get(name, {}))
+        ax.set(title=title if panel is None else f"{title}: {panel}", xlabel=xlabel, ylabel="mean fake probability", ylim=(0, 1))
+        ax.title.set_fontsize(9)
+    axs[0].legend(fontsize=7); fig.tight_layout()
+    return fig
+
+def sanity_figure(sanity: pd.DataFrame):
+    "Mean rank correlation (trained vs randomised maps) per cascade step, one line per method."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 3.4)); ax = fig.subplots()
+    steps = list(dict.fromkeys(sanity["step"]))
+    for meth, g in sanity.groupby("method", sort=False):
+        m = g.groupby("step")["spearman"].mean().reindex(steps)
+        ax.plot(range(len(steps)), m.values, marker="o", label=meth)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(range(len(steps)), steps, rotation=20, fontsize=8)
+    ax.set(ylim=(-1.05, 1.05), ylabel="Spearman: trained vs randomised map", xlabel="cascading randomisation (top first, cumulative)")
+    ax.legend(fontsize=7); fig.tight_layout()
+    return fig
+
+def study_validity(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=32,
+                   road_images=8, sanity_images=8, batch_size=16, seed=0, device="cpu", compression="c23") -> dict:
+    """The validity tests on `split`'s fake crops that have a frame-aligned original (at most `max_images`, evenly spread):
+    the restoration test (with the oracle and random orders), ROAD on `road_images` of them and the cascading
+    randomisation sanity check on `sanity_images` (both evenly spread over the crops, so over the methods too); writes
+    `restoration.csv`/`.png`, `road.csv`/`.png`, `sanity.csv`/`.png`, `validity_per_image.csv`, `validity_vs_baselines.csv`
+    and `validity.json` to `<output>/explanation/`. `ValueError` when no fake has an original (e.g. DFDC's layout)."""
+    from deepfake_explain.data import index_crops
+    crops = index_crops(crops_root)
+    fakes = crops[(crops["split"] == split) & (crops["label"] == 1)].reset_index(drop=True)
+    if not len(fakes): raise ValueError(f"{crops_root}: no fake crops in split {split!r}")
+    size, paths = _size_of(model), fakes["path"].tolist()
+    origs = original_crops(paths, data_root, boxes_root, size, compression=compression)
+    ok = [i for i, o in enumerate(origs) if o is not None]
+    if not ok: raise ValueError(f"{crops_root}: no fake crop of split {split!r} has a frame-aligned original under {data_root}")
+    if max_images and len(ok) > max_images: ok = [ok[i] for i in np.linspace(0, len(ok) - 1, max_images).round().astype(int)]
+    skipped = []
+    faces, keep = _read_faces([paths[i] for i in ok], size, skipped)
+    ok = [ok[i] for i in keep]
+    paths = [paths[i] for i in ok]
+    masks = masks_for_crops(paths, data_root, boxes_root, size)
+    model, tick, seconds = model.to(device).eval(), time.perf_counter(), {}
+    def lap(name):
+        nonlocal tick
+        seconds[name] = round(time.perf_counter() - tick, 1); tick = time.perf_counter()
+    x, xo = faces_to_batch(faces, device), faces_to_batch([origs[i] for i in ok], device)
+    maps = {m: torch.cat([explain_batch(model, x[s:s + batch_size], m, seed=seed + s)[1].cpu() for s in range(0, len(x), batch_size)])
+            for m in methods}
+    lap("maps")
+    p_fake, p_orig = _probs(model, x), _probs(model, xo)  # every order's ends
+    rest = [restoration_curves(model, x, xo, mp, seed=seed, ends=(p_fake, p_orig)).assign(order=name) for name, mp in maps.items()]
+    has = [i for i, m in enumerate(masks) if m is not None]  # the oracle restores the ground-truth mask first
+    if has:
+        oracle = torch.from_numpy(np.stack([masks[i] for i in has]).astype(np.float32))
+        rest.append(restoration_curves(model, x[has], xo[has], oracle, seed=seed, ends=(p_fake[has], p_orig[has]))
+                    .assign(order="oracle", image=lambda d: np.asarray(has)[d["image"]]))
+    rest = pd.concat(rest, ignore_index=True)
+    lap("restoration")
+    spread = lambda n: np.unique(np.linspace(0, len(x) - 1, min(n, len(x))).round().astype(int))  # evenly spread indices
+    ri = spread(road_images); nr = len(ri)
+    road = pd.concat([road_curves(model, x[ri], maps[m][ri], seed=seed, p0=p_fake[ri]).assign(method=m, image=lambda d: ri[d["image"]])
+                      for m in methods], ignore_index=True)
+    lap("road")
+    si = spread(sanity_images); ns = len(si)
+    sanity = sanity_check(model, x[si], methods, seed=seed).assign(image=lambda d: si[d["image"]])
+    lap("sanity")
+    per_image = (curve_aucs(rest).rename(columns={"order": "method", "auc": "restoration_auc"})
+                 .merge(curve_aucs(road, ("method", "order")).pivot_table(index=["method", "image"], columns="order", values="auc")
+                        .rename(columns={"morf": "road_morf_auc", "lerf": "road_lerf_auc"}).reset_index(), on=["method", "image"], how="left"))
+    per_image["path"] = [paths[i] for i in per_image["image"]]
+    out = Path(output) / "explanation"
+    write_csv_atomic(out / "restoration.csv", rest)
+    write_csv_atomic(out / "road.csv", road)
+    write_csv_atomic(out / "sanity.csv", sanity)
+    write_csv_atomic(out / "validity_per_image.csv", per_image)
+    pm = per_image[per_image["method"].isin(methods)]
+    refs = [r for r in ("fused", "relevancy") if r in methods]
+    if refs: write_csv_atomic(out / "validity_vs_baselines.csv", pd.concat([paired_differences(pm, r, seed=seed) for r in refs], ignore_index=True))
+    write_bytes_atomic(out / "restoration.png", figure_png(validity_figure(
+        rest, "fraction of the fake crop restored from its original", "restoration (most relevant first)")))
+    write_bytes_atomic(out / "road.png", figure_png(validity_figure(
+        road.rename(columns={"order": "panel", "method": "order"}), "fraction of pixels removed (ROAD imputation)", "ROAD",
+        panels=("morf", "lerf"))))
+    write_bytes_atomic(out / "sanity.png", figure_png(sanity_figure(sanity)))
+    summary = dict(n_images=len(x), n_road=nr, n_sanity=ns, restoration=restoration_informative(curve_aucs(rest), seed=seed),
+                   road={m: {k: round(float(v), 4) for k, v in r.items()} for m, r in  # mean AUCs: morf lower, lerf higher is better
+                         pm.groupby("method")[["road_morf_auc", "road_lerf_auc"]].mean().iterrows()},
+                   identities=identity_note(data_root), skipped=skipped, seconds=seconds,
+                   data_randomisation="not run: it needs a second training run on shuffled labels (minutes), beyond the quick study's budget")
+    write_json_atomic(out / "validity.json", summary)
+    return dict(restoration=rest, road=road, sanity=sanity, per_image=per_image, summary=summary)

@@ -110,7 +110,7 @@ def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
     assert m["info"]["model_sha256"] and m["info"]["frames_per_video"] == p["frames_per_video"]
     # explain: every sample explained by every method, quality table on the test fakes
     ex = pd.read_csv(run / "explanation" / "explanations.csv")
-    assert set(ex["method"]) == {"relevancy", "attention", "rollout", "gradcam", "random"} and ex["name"].nunique() >= 1
+    assert set(ex["method"]) == {"relevancy", "fused", "attention", "rollout", "gradcam", "random"} and ex["name"].nunique() >= 1
     assert all(Path(f).is_file() for f in ex["figure"])
     q = pd.read_csv(run / "explanation" / "quality.csv")
     assert set(q["method"]) == set(ex["method"])
