@@ -40,7 +40,7 @@ __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_C
            'explain_video', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops',
            'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video', 'explain_cli',
            'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure', 'identity_note',
-           'restoration_informative', 'validity_figure', 'sanity_figure', 'study_validity']
+           'restoration_informative', 'validity_figure', 'sanity_figure', 'study_validity', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #3c899709
 METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random")
@@ -1325,3 +1325,31 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
                    data_randomisation="not run: it needs a second training run on shuffled labels (minutes), beyond the quick study's budget")
     write_json_atomic(out / "validity.json", summary)
     return dict(restoration=rest, road=road, sanity=sanity, per_image=per_image, summary=summary)
+
+# %% ../nbs/05_explain.ipynb #f83e00e5
+def explain_stage(output_root, data_root=None, methods=METHODS, max_quality_images=None, validity_images=32,
+                  road_images=8, sanity_images=8, batch_size=16, device="auto", seed=0) -> dict:
+    """The study's explanation stage on `<output_root>/train/best.pt`: explained figures of the evaluation samples
+    (`<output_root>/test/samples.csv`), the quality table and the validity tests, all in `<output_root>/explanation/`.
+    `data_root` holds the ground-truth masks (None: `<output_root>/mini_forensics`). Returns `samples` (explained),
+    `quality`, `curves`, `validity` (None when not run, `validity_skipped` saying why) and `identities`."""
+    from deepfake_explain.data import resolve_device
+    from deepfake_explain.evaluate import REPORT_FILES
+    root = Path(output_root)
+    ckpt, samples = root / "train" / "best.pt", root / "test" / REPORT_FILES["samples"]
+    if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
+    if not samples.is_file(): raise FileNotFoundError(f"{samples}: no evaluation samples; run the evaluate stage first")
+    dev = resolve_device(device)
+    model, _, _ = load_detector(ckpt, None, dev)
+    data = Path(data_root) if data_root is not None else root / "mini_forensics"
+    out = dict(samples=explain_samples(samples, model, root, methods=methods, batch_size=batch_size, device=dev))
+    out["quality"], out["curves"] = study_quality(model, root / "crops", data, root, root, methods, max_images=max_quality_images,
+                                                  batch_size=batch_size, seed=seed, device=dev)
+    try:
+        out["validity"] = study_validity(model, root / "crops", data, root, root, methods, max_images=validity_images,
+                                         road_images=road_images, sanity_images=sanity_images, batch_size=batch_size,
+                                         seed=seed, device=dev)
+    except ValueError as e:  # no frame-aligned originals (DFDC): the other tables stand
+        out["validity"], out["validity_skipped"] = None, str(e)
+    out["identities"] = identity_note(data)
+    return out

@@ -130,10 +130,22 @@ REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
     ("Training curves", "train/curves.png", "png"),
     ("Explanation quality", "explanation/quality.csv", "csv"),
     ("Relevancy against each baseline (per-image advantage, paired bootstrap 95% CI)", "explanation/quality_vs_baselines.csv", "csv"),
+    ("Our map (fused) against each baseline (per-image advantage, paired bootstrap 95% CI)", "explanation/quality_fused_vs_baselines.csv", "csv"),
     ("Explained faces (relevancy)", "explanation/gallery_relevancy.png", "png"),
-    ("Perturbation curves", "explanation/perturbation.png", "png"),
+    ("Explained faces (fused)", "explanation/gallery_fused.png", "png"),
+    ("Restoration test: fake probability as the fake crop is restored from its frame-aligned original, most relevant "
+     "region first (oracle: ground-truth mask first; lower area = more faithful)", "explanation/restoration.png", "png"),
+    ("Validity tests: whether the restoration test is informative, ROAD areas, the split identities", "explanation/validity.json", "json"),
+    ("Restoration and ROAD areas against each baseline (paired bootstrap 95% CI)", "explanation/validity_vs_baselines.csv", "csv"),
+    ("ROAD (noisy linear imputation): most relevant removed first (MoRF) and least relevant first (LeRF)", "explanation/road.png", "png"),
+    ("Sanity check: rank correlation of each map with the map of a cascadingly randomised model (top block first; "
+     "a map that stays the same explains nothing)", "explanation/sanity.png", "png"),
+    ("Perturbation curves (legacy: tokens zeroed, which a fake detector reads as manipulation)", "explanation/perturbation.png", "png"),
 ]
-OPTIONAL_REPORT_ITEMS = {"cross_dataset.csv"}  # only runs with test_sets have it
+OPTIONAL_REPORT_ITEMS = {  # only some runs have them: test_sets; fused among the methods; frame-aligned originals
+    "cross_dataset.csv", "explanation/quality_fused_vs_baselines.csv", "explanation/gallery_fused.png",
+    "explanation/restoration.png", "explanation/validity.json", "explanation/validity_vs_baselines.csv",
+    "explanation/road.png", "explanation/sanity.png"}
 
 def markdown_table(df, floatfmt: str = ".4g") -> str:
     "A pipe table of `df` (Markdown, rendered as an HTML table), floats written with `floatfmt`."
@@ -147,9 +159,16 @@ def _table_md(path: Path) -> str:
     import pandas as pd
     return markdown_table(pd.read_csv(path))
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    "Scalars of a nested dict, keys joined with dots (lists left out)."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (bool, int, float, str, type(None))): out[f"{prefix}{k}"] = v
+    return out
+
 def _json_md(path: Path) -> str:
-    d = json.loads(path.read_text())
-    flat = {k: v for k, v in d.items() if isinstance(v, (int, float, str, type(None)))}
+    flat = _flat(json.loads(path.read_text()))
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat.items())
     return "| metric | value |\n|---|---|\n" + rows
 
