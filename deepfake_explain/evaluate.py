@@ -16,21 +16,22 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              confusion_matrix, f1_score, roc_auc_score, roc_curve)
 
 from .data import atomic_write, write_bytes_atomic, write_json_atomic
-from .preprocess import UsageError, cli_errors
+from .core import UsageError, cli_errors
+from .metrics import binary_metrics, equal_error_rate, one_class_reason
 
 # %% auto #0
 __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SAMPLE_COLUMNS', 'REPORT_FILES',
            'DEMO_DATA_WARNING', 'RANDOM_BACKBONE_WARNING', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICT_STATUSES',
            'PREDICTION_FRAME_COLUMNS', 'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores',
            'synthetic_frame_scores', 'track_scores', 'video_score', 'aggregate_videos', 'strict_operating_points',
-           'calibrate_threshold', 'choose_threshold', 'equal_error_rate', 'binary_metrics', 'auc_rows', 'bootstrap_ci',
-           'video_metrics', 'per_method_table', 'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure',
-           'score_hist_figure', 'write_test_report', 'sample_track_frames', 'frame_probabilities', 'score_frames',
-           'file_sha256', 'check_checkpoint_path', 'detector_config', 'load_detector', 'empty_video_folders',
-           'cached_frame_scores', 'test_checkpoint', 'provenance_of', 'checkpoint_provenance', 'provenance_line',
-           'provenance_warning', 'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops',
-           'verdict_from_frames', 'predict_video', 'list_videos', 'read_predictions', 'merge_predictions',
-           'predict_videos', 'report_verdicts', 'predict_cli']
+           'calibrate_threshold', 'choose_threshold', 'auc_rows', 'bootstrap_ci', 'video_metrics', 'per_method_table',
+           'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure', 'score_hist_figure',
+           'write_test_report', 'sample_track_frames', 'frame_probabilities', 'score_frames', 'file_sha256',
+           'check_checkpoint_path', 'detector_config', 'load_detector', 'empty_video_folders', 'cached_frame_scores',
+           'test_checkpoint', 'provenance_of', 'checkpoint_provenance', 'provenance_line', 'provenance_warning',
+           'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops', 'verdict_from_frames',
+           'predict_video', 'list_videos', 'read_predictions', 'merge_predictions', 'predict_videos', 'report_verdicts',
+           'predict_cli']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
@@ -141,38 +142,6 @@ def choose_threshold(rule: str = "reference", calibrate: str | None = None, val_
                    n_videos=len(v), n_fake=int(v["label"].sum()))
 
 # %% ../nbs/04_evaluate.ipynb #2912e698
-def equal_error_rate(labels, scores) -> float:
-    "EER: the rate where FNR = FPR on the ROC curve, interpolated linearly between ROC points."
-    fpr, tpr, _ = roc_curve(np.asarray(labels, int), np.asarray(scores, float))
-    d = (1 - tpr) - fpr  # decreasing from 1 (nothing fake) to -1 (everything fake)
-    i = int(np.flatnonzero(d <= 0)[0])
-    if d[i] == 0: return float(fpr[i])
-    a = d[i - 1] / (d[i - 1] - d[i])
-    return float(fpr[i - 1] + a * (fpr[i] - fpr[i - 1]))
-
-def _one_class_reason(y: np.ndarray, what: str) -> str | None:
-    if len(np.unique(y)) > 1: return None
-    return f"only {'fake' if y[0] == 1 else 'real'} {what} ({len(y)}): ROC-based metrics need both classes"
-
-def binary_metrics(labels, scores, threshold: float = DEFAULT_THRESHOLD, what: str = "videos") -> dict:
-    """accuracy, auc, f1, eer, average_precision, balanced_accuracy and counts of `score > threshold`;
-    ROC metrics are None with a reason in `undefined` when only one class is present (F1 without any fake
-    label or prediction is 0, scikit-learn's `zero_division=0`)."""
-    y, s = np.asarray(labels, int), np.asarray(scores, float)
-    if len(y) == 0: raise ValueError(f"no {what} to evaluate")
-    p = (s > threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, p, labels=[0, 1]).ravel()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one-class balanced accuracy warns; its value (recall of that class) is still right
-        m = dict(n=len(y), n_fake=int(y.sum()), n_real=int((1 - y).sum()), tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn),
-                 accuracy=float(accuracy_score(y, p)), f1=float(f1_score(y, p, zero_division=0.0)),
-                 balanced_accuracy=float(balanced_accuracy_score(y, p)))
-    reason = _one_class_reason(y, what)
-    if reason: m.update(auc=None, eer=None, average_precision=None, undefined={k: reason for k in ("auc", "eer", "average_precision")})
-    else: m.update(auc=float(roc_auc_score(y, s)), eer=equal_error_rate(y, s),
-                   average_precision=float(average_precision_score(y, s)), undefined={})
-    return m
-
 def auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     "ROC AUC of each row of (B, n) `labels` and `scores` (Mann-Whitney U with mid-ranks); nan where a row has one class."
     r = rankdata(scores, axis=1)  # (B, n) mid-ranks: ties count one half, as in roc_auc_score
@@ -193,7 +162,7 @@ def bootstrap_ci(labels, scores, threshold: float = DEFAULT_THRESHOLD, n_boot: i
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     ok = aucs[np.isfinite(aucs)]
-    auc_ci = None if _one_class_reason(y, "items") or len(ok) == 0 else [float(v) for v in np.percentile(ok, q)]
+    auc_ci = None if one_class_reason(y, "items") or len(ok) == 0 else [float(v) for v in np.percentile(ok, q)]
     return dict(auc=auc_ci, accuracy=[float(v) for v in np.percentile(accs, q)], level=level, n_boot=n_boot,
                 n_boot_auc=int(len(ok)), seed=seed)
 
@@ -209,7 +178,7 @@ def video_metrics(videos: pd.DataFrame, frames: pd.DataFrame | None = None, thre
         keys = pd.MultiIndex.from_frame(videos[["method", "video"]])
         f = frames[pd.MultiIndex.from_frame(frames[["method", "video"]]).isin(keys)]
         y = f["label"].to_numpy(int)
-        reason = _one_class_reason(y, "frames")
+        reason = one_class_reason(y, "frames")
         if reason: m["undefined"]["frame_auc"] = reason
         else: m["frame_auc"] = float(roc_auc_score(y, f["score"].to_numpy(float)))
         m["n_frames"] = len(f)

@@ -571,7 +571,7 @@ def plot_mini_example(root, target: str, source: str, frame: int | None = None, 
 
 # %% ../nbs/00a_mini_forensics.ipynb #2b3dab0c
 from fastcore.script import call_parse
-from .preprocess import cli_errors
+from .core import cli_errors
 
 @call_parse
 def mini_forensics_cli(

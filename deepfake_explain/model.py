@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_model.ipynb #00d3944c
 from __future__ import annotations
-import contextlib, copy, difflib, functools, math, os, socket
+import contextlib, copy, functools, math, os, socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,11 @@ import torch.nn.functional as F
 import yaml
 from einops import rearrange
 from efficientnet_pytorch import EfficientNet
+from efficientnet_pytorch.utils import url_map
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .core import did_you_mean, diff_message, state_dict_diff
 
 # %% auto #0
 __all__ = ['BACKBONES', 'LAYOUTS', 'CONFIG_SCHEMA', 'IMAGENET', 'OFFLINE_ENV', 'IMAGENET_MEAN', 'IMAGENET_STD', 'ConfigError',
@@ -165,8 +169,7 @@ def load_config(src, schema: dict | None = None, for_training: bool = False) -> 
     probs, cfg = [], {}
     for sec in raw:
         if sec not in schema:
-            close = difflib.get_close_matches(str(sec), list(schema), n=1)
-            probs.append(f"unknown section '{sec}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            probs.append(f"unknown section '{sec}'" + did_you_mean(sec, schema))
     for sec, keys in schema.items():
         given = raw.get(sec)
         if given is None: given = {}  # absent or empty section: the defaults
@@ -174,8 +177,7 @@ def load_config(src, schema: dict | None = None, for_training: bool = False) -> 
             probs.append(f"section '{sec}' must be a mapping, got {type(given).__name__}"); given = {}
         for k in given:
             if k not in keys:
-                close = difflib.get_close_matches(str(k), list(keys), n=1)
-                probs.append(f"unknown key '{sec}.{k}'" + (f" (did you mean '{sec}.{close[0]}'?)" if close else ""))
+                probs.append(f"unknown key '{sec}.{k}'" + did_you_mean(k, keys, prefix=f"{sec}."))
         cfg[sec] = {}
         for k, spec in keys.items():
             v = given.get(k, copy.deepcopy(spec.default))
@@ -196,23 +198,14 @@ def unwrap_state_dict(sd, prefix: str = "") -> dict:
     if prefix and any(k.startswith(prefix) for k in sd): sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
-def _names(keys, n: int = 6) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
-
 def load_backbone_weights(net: EfficientNet, path) -> EfficientNet:
     "Load a local weights file into an efficientnet-pytorch network; errors name the file and the mismatch."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: backbone weights file not found ('model.backbone-weights')")
     try: sd = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), prefix="efficient_net.")
     except Exception as e: raise ValueError(f"{path}: cannot read backbone weights ({e})") from e
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith("_fc.")]  # the ImageNet classifier is optional
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{path}: not weights of this backbone: missing [{_names(missing)}], "
-                         f"unexpected [{_names(unexpected)}], shape mismatches [{_names(shapes, 3)}]")
+    problems = diff_message(state_dict_diff(net.state_dict(), sd, optional=("_fc.",)))  # the ImageNet classifier is optional
+    if problems: raise ValueError(f"{path}: not weights of this backbone: {problems}")
     net.load_state_dict(sd, strict=False)
     return net
 
@@ -224,7 +217,6 @@ class BackboneWeightsError(FileNotFoundError):
 
 def imagenet_weights(backbone: str = "efficientnet-b0") -> dict:
     "file, url and cache path of `backbone`'s published ImageNet weights (efficientnet-pytorch's URL map, the torch hub cache)."
-    from efficientnet_pytorch.utils import url_map
     if backbone not in url_map: raise ValueError(f"no published ImageNet weights for {backbone!r}; known: {sorted(url_map)}")
     url = url_map[backbone]
     name = url.rsplit("/", 1)[-1]
@@ -552,22 +544,17 @@ def load_checkpoint(model: nn.Module, path, map_location="cpu") -> nn.Module:
     try: sd = unwrap_state_dict(torch.load(path, map_location=map_location, weights_only=True))
     except FileNotFoundError as e: raise FileNotFoundError(f"{path}: checkpoint not found") from e
     except Exception as e: raise ValueError(f"{path}: cannot read checkpoint ({e})") from e
-    own = model.state_dict()
-    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    problems = diff_message(state_dict_diff(model.state_dict(), sd))
+    if problems:
         have, want = checkpoint_layout(sd), getattr(model, "layout", None)
         hint = (f"; it looks like a {have}-layout checkpoint: set 'model.layout: {have}'" if have and have != want else "")
-        raise ValueError(f"{path}: checkpoint does not fit this {want or type(model).__name__} model{hint}: "
-                         f"missing keys [{_names(missing)}], unexpected keys [{_names(unexpected)}], "
-                         f"shape mismatches [{_names(shapes, 3)}]")
+        raise ValueError(f"{path}: checkpoint does not fit this {want or type(model).__name__} model{hint}: {problems}")
     model.load_state_dict(sd, strict=True)
     return model
 
 # %% ../nbs/02_model.ipynb #b0f3b5f2
 def forward_gflops(model: nn.Module, image_size: int | None = None, batch_size: int = 1, fn=None) -> float:
     "GFLOPs of `fn(model_copy, x)` (default: `model(x)`) on a (B, 3, S, S) input, counted on the meta device."
-    from torch.utils.flop_counter import FlopCounterMode
     m = copy.deepcopy(model).to("meta")
     s = image_size or getattr(model, "image_size", 224)
     x = torch.empty(batch_size, 3, s, s, device="meta")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #e3cc3905
 from __future__ import annotations
-import csv, io, math, os, random, subprocess, time, platform
+import csv, importlib.metadata as md, io, math, os, random, subprocess, sys, time, platform
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -17,6 +17,10 @@ from fastcore.script import call_parse
 from tqdm.auto import tqdm
 
 import pandas as pd
+import deepfake_explain
+from .core import cli_errors, diff_message, short_list, state_dict_diff
+from .metrics import binary_metrics
+from .mini_forensics import MINI_METHODS
 from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config, resolve_backbone_weights,
                     unwrap_state_dict)
 from .data import (resolve_device, CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, ORIGINAL, FaceCropDataset, TrainTransform, ValTransform, atomic_write, index_crops,
@@ -25,7 +29,7 @@ from .data import (resolve_device, CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'PROVENANCE_KEYS',
            'DEFAULT_WORKERS', 'load_train_config', 'training_config', 'set_bn_momentum', 'model_config',
-           'make_optimizer', 'make_scheduler', 'bce_pos_weight', 'binary_metrics', 'EarlyStopping', 'CheckpointError',
+           'make_optimizer', 'make_scheduler', 'bce_pos_weight', 'epoch_metrics', 'EarlyStopping', 'CheckpointError',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'read_checkpoint', 'is_training_checkpoint',
            'CheckpointMismatchError', 'load_weights', 'read_metrics', 'append_metrics', 'plot_curves', 'DistInfo',
            'setup_distributed', 'gather_arrays', 'precision_dtype', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch',
@@ -98,14 +102,13 @@ def bce_pos_weight(labels) -> float:
                          "both real (label 0) and fake (label 1) crops are needed")
     return n_real / n_fake
 
-def binary_metrics(probs, labels, losses) -> dict:
-    "Mean loss, accuracy at p=0.5 and ROC AUC (NaN when only one class is present)."
-    from sklearn.metrics import roc_auc_score
-    probs, labels, losses = (np.asarray(a, dtype=np.float64).ravel() for a in (probs, labels, losses))
-    if len(labels) == 0: return {"loss": math.nan, "acc": math.nan, "auc": math.nan, "n": 0}
-    auc = roc_auc_score(labels, probs) if len(np.unique(labels)) == 2 else math.nan
-    return {"loss": float(losses.mean()), "acc": float(((probs > 0.5) == (labels > 0.5)).mean()),
-            "auc": float(auc), "n": int(len(labels))}
+def epoch_metrics(probs, labels, losses) -> dict:
+    """An epoch's row: mean loss and `metrics.binary_metrics`' accuracy at p > 0.5 and ROC AUC; as a table row,
+    an undefined AUC (one class) is NaN."""
+    losses = np.asarray(losses, dtype=np.float64).ravel()
+    if len(losses) == 0: return {"loss": math.nan, "acc": math.nan, "auc": math.nan, "n": 0}
+    m = binary_metrics(labels, probs, threshold=0.5, what="frames")
+    return {"loss": float(losses.mean()), "acc": m["accuracy"], "auc": math.nan if m["auc"] is None else m["auc"], "n": m["n"]}
 
 # %% ../nbs/03_train.ipynb #dd9f648d
 @dataclass
@@ -186,10 +189,6 @@ def _state_dict_of(obj: dict) -> tuple[dict, dict]:
     if not sd: raise CheckpointError("holds no tensors: neither a training checkpoint nor a state dict")
     return sd, {}
 
-def _names(keys, n=6) -> str:
-    keys = list(keys)
-    return ", ".join(map(str, keys[:n])) + (f" … (+{len(keys) - n} more)" if len(keys) > n else "")
-
 def load_weights(model: nn.Module, src, strict: bool = True) -> dict:
     "Load a full checkpoint or a plain state dict (path or dict) into `model`; report what matched."
     name = str(src) if isinstance(src, (str, Path)) else "state dict"
@@ -197,19 +196,16 @@ def load_weights(model: nn.Module, src, strict: bool = True) -> dict:
     try: sd, meta = _state_dict_of(obj)
     except (CheckpointError, TypeError) as e: raise CheckpointError(f"{name}: {e}") from None
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in sd and sd[k].shape != own[k].shape]
+    diff = state_dict_diff(own, sd)
+    missing, unexpected, shapes = diff["missing"], diff["unexpected"], diff["mismatched"]
     layout, want = meta.get("layout") or checkpoint_layout(sd), getattr(model, "layout", None)
     report = {"source": name, "kind": "checkpoint" if meta else "state_dict", "layout": layout,
               "loaded": len(own) - len(missing) - len(shapes), "missing": missing, "unexpected": unexpected, "mismatched": shapes}
     if strict and (missing or unexpected or shapes or (layout and want and layout != want)):
         why = (f"checkpoint has layout {layout!r}, the model has layout {want!r} (set 'model.layout: {layout}' in the config)"
                if layout and want and layout != want else "weights do not fit the model (another size? compare the model sections)")
-        parts = [f"{len(v)} {what}: {_names(v)}" for what, v in
-                 (("shape-mismatched keys", shapes), ("missing keys", missing), ("unexpected keys", unexpected)) if v]
-        raise CheckpointMismatchError(f"{name}: {why}" + (": " + "; ".join(parts) if parts else ""))
+        problems = diff_message(diff)
+        raise CheckpointMismatchError(f"{name}: {why}" + (f": {problems}" if problems else ""))
     bad = set(missing) | {s.split(" ")[0] for s in shapes}
     model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
     if hasattr(model, "backbone_weights"): model.backbone_weights = f"from {report['kind']} {name}"  # not ImageNet/random any more
@@ -292,8 +288,8 @@ def precision_dtype(precision: str, device: torch.device):
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 # %% ../nbs/03_train.ipynb #1a9e9280
-class NonFiniteLossError(FloatingPointError):
-    "The training loss became NaN or infinite."
+class NonFiniteLossError(FloatingPointError, RuntimeError):
+    "The training loss became NaN or infinite (a `RuntimeError` too: console scripts report it and exit 1)."
 
 class IndexedDataset(Dataset):
     "Items `(*ds[i], i)`: the dataset index travels with each sample (for exact distributed metrics)."
@@ -336,7 +332,7 @@ def run_epoch(model: nn.Module, loader, loss_fn, device: torch.device, optimizer
     local_idx = cat(idxs, np.int64)
     arrays = gather_arrays(info, local_idx, cat(losses, np.float64), cat(probs, np.float64), cat(labels, np.float64))
     idx, l, p, t = _unique(*arrays)
-    return {**binary_metrics(p, t, l), "indices": local_idx}
+    return {**epoch_metrics(p, t, l), "indices": local_idx}
 
 # %% ../nbs/03_train.ipynb #14862498
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -423,7 +419,6 @@ def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int |
 
 # %% ../nbs/03_train.ipynb #9b9dd2f3
 def _dataset_of(method: str) -> str:
-    from deepfake_explain.mini_forensics import MINI_METHODS  # (mini_forensics imports data, not train)
     if method in FFPP_METHODS or method == DFD_METHOD: return "FaceForensics++"
     if method == DFDC_METHOD: return "DFDC"
     if method == CELEBDF_METHOD: return "Celeb-DF v2"
@@ -435,7 +430,6 @@ def dataset_names(methods) -> list[str]:
 
 def git_commit() -> str | None:
     "The git commit of the checkout this library runs from (None outside a git checkout)."
-    import deepfake_explain
     try: r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(deepfake_explain.__file__).resolve().parent,
                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError): return None
@@ -475,7 +469,6 @@ def config_changes(old: dict, new: dict) -> list[str]:
 
 def library_versions() -> dict:
     "Versions of the libraries a checkpoint depends on."
-    import importlib.metadata as md
     out = {"python": platform.python_version()}
     for name in ("deepfake_explain", "torch", "numpy", "efficientnet-pytorch", "einops"):
         try: out[name] = md.version(name)
@@ -610,13 +603,10 @@ def train_cli(
     quiet: bool = False,          # no progress bars or epoch lines
 ):
     "Train the deepfake detector on face crops (one process, or one per GPU under torchrun)."
-    import sys
-    try:
+    with cli_errors("deepfake-explain-train"):
         res = train(config, data_root, output, num_epochs=num_epochs, patience=patience, resume=resume, dataset=dataset,
                     max_videos=None if max_videos < 0 else max_videos, workers=workers, seed=seed, device=device,
                     precision=precision, progress=not quiet)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
-        print(f"deepfake-explain-train: {e}", file=sys.stderr); sys.exit(1)
     if res["rank"] == 0:
         print(f"best epoch {res['best_epoch']} (val loss {res['best_val_loss']:.4f}); stopped by {res['stopped']}; "
               f"checkpoints in {res['output']}")
