@@ -4,10 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #e03f6296
 from __future__ import annotations
-import contextlib, difflib, sys
+import contextlib, difflib, json, os, sys, tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
 
 # %% auto #0
-__all__ = ['UsageError', 'cli_errors', 'did_you_mean', 'short_list', 'state_dict_diff', 'diff_message']
+__all__ = ['ORIGINAL', 'UsageError', 'cli_errors', 'did_you_mean', 'short_list', 'state_dict_diff', 'diff_message',
+           'atomic_write', 'write_json_atomic', 'write_bytes_atomic', 'ImageReadError', 'to_rgb_uint8',
+           'read_image_rgb', 'write_png_atomic', 'jpeg_compress']
 
 # %% ../nbs/00_core.ipynb #eb9b619a
 class UsageError(ValueError):
@@ -47,3 +53,76 @@ def diff_message(diff: dict) -> str:
     "'2 missing keys: a, b; 1 unexpected keys: c' for the non-empty parts of a `state_dict_diff`; '' if it fits."
     what = {"mismatched": "shape-mismatched keys", "missing": "missing keys", "unexpected": "unexpected keys"}
     return "; ".join(f"{len(v)} {what[k]}: {short_list(v, 3 if k == 'mismatched' else 6)}" for k, v in diff.items() if v)
+
+# %% ../nbs/00_core.ipynb #afc78002
+_UMASK = os.umask(0); os.umask(_UMASK)  # the process umask (read once; os.umask can only be read by setting it)
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    "Open a temp file beside `path`; on success rename it to `path`, on error remove it."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        raise
+
+# %% ../nbs/00_core.ipynb #850f230b
+def write_json_atomic(path, obj, **kwargs) -> Path:
+    "Write `obj` as JSON to `path` atomically."
+    with atomic_write(path, "w") as f: json.dump(obj, f, indent=kwargs.pop("indent", 1), **kwargs)
+    return Path(path)
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    "Write `data` to `path` atomically."
+    with atomic_write(path, "wb") as f: f.write(data)
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #fed957e8
+class ImageReadError(ValueError):
+    "An image file that cannot be decoded (the message names the file)."
+
+def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    "Convert a decoded OpenCV image (gray, BGR, BGRA; 8 or 16 bit) to RGB uint8 (H, W, 3)."
+    if img.dtype == np.uint16: img = (img / 257.0).round().astype(np.uint8)
+    elif img.dtype != np.uint8: img = np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 2: img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4: img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.shape[2] == 1: img = cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
+    else: img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+# %% ../nbs/00_core.ipynb #45ea48ea
+def read_image_rgb(path) -> np.ndarray:
+    "Read an image file as RGB uint8 (H, W, 3); `ImageReadError` naming `path` if it cannot be decoded."
+    path = Path(path)
+    try: data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
+    except OSError as e: raise ImageReadError(f"{path}: cannot read file ({e})") from e
+    if data.size == 0: raise ImageReadError(f"{path}: empty file (0 bytes)")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None: raise ImageReadError(f"{path}: not a decodable image")
+    return to_rgb_uint8(img)
+
+# %% ../nbs/00_core.ipynb #09147a7e
+def write_png_atomic(path, img_rgb: np.ndarray) -> Path:
+    "Write an RGB uint8 image as PNG atomically."
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(img_rgb), cv2.COLOR_RGB2BGR))
+    if not ok: raise ValueError(f"{path}: PNG encoding failed")
+    return write_bytes_atomic(path, buf.tobytes())
+
+# %% ../nbs/00_core.ipynb #ddae35a8
+def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
+    "Re-encode an RGB image as JPEG at `quality` (OpenCV's chroma conversion expects BGR, hence the swaps)."
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok: raise ValueError("JPEG encoding failed")
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+
+# %% ../nbs/00_core.ipynb #f06075ec
+ORIGINAL = "Original"                # method of every real video
