@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from fastcore.script import call_parse
 
-from .core import did_you_mean
+from .core import cli_errors, did_you_mean
 from .data import atomic_write, write_json_atomic
 
 # %% auto #0
@@ -373,7 +373,6 @@ def study_cli(
     kernel: str = None,   # Jupyter kernel (default: one that runs this interpreter)
 ):
     "Run the deepfake_explain study: execute the stage notebooks with papermill into one run folder."
-    try: run_dir = run_study(params, stages=stages, output=output, resume=resume, kernel=kernel)
-    except (StageFailed, FileNotFoundError, ValueError) as e:
-        print(f"deepfake-explain-study: {e}", file=sys.stderr); sys.exit(1)
+    with cli_errors("deepfake-explain-study"):
+        run_dir = run_study(params, stages=stages, output=output, resume=resume, kernel=kernel)
     print(f"[study] report: {run_dir / 'report.html'}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #e3cc3905
 from __future__ import annotations
-import csv, importlib.metadata as md, io, math, os, random, subprocess, sys, time, platform
+import csv, importlib.metadata as md, io, math, os, random, subprocess, time, platform
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 import pandas as pd
 import deepfake_explain
-from .core import cli_errors, diff_message, short_list, state_dict_diff
+from .core import ORIGINAL, atomic_write, cli_errors, diff_message, state_dict_diff, write_bytes_atomic
 from .metrics import binary_metrics
 from .mini_forensics import MINI_METHODS
-from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config, resolve_backbone_weights,
-                    unwrap_state_dict)
-from .data import (resolve_device, CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, ORIGINAL, FaceCropDataset, TrainTransform, ValTransform, atomic_write, index_crops,
-                                   select_training_frames, write_bytes_atomic)
+from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config,
+                                    resolve_backbone_weights, unwrap_state_dict)
+from .data import (CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, FaceCropDataset, TrainTransform, ValTransform,
+                                   index_crops, resolve_device, select_training_frames)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'PROVENANCE_KEYS',
