@@ -318,7 +318,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, equidistant
+import torch.distributed as dist
+from .data import FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, equidistant, index_crops, resolve_device
+from .model import ConfigError, build_model
+from .train import (is_training_checkpoint, load_train_config, load_weights, model_config, read_checkpoint,
+                                    select_method, setup_distributed)
 
 # %% ../nbs/04_evaluate.ipynb #dd7df9c7
 def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, split: str | None = "test",
@@ -365,7 +369,6 @@ def score_frames(model: nn.Module, crop_index: pd.DataFrame, frames_per_video: i
     of `split`, streamed in batches; unreadable crops are skipped and listed in `attrs['skipped']`.
     Crops go through `transform`, by default the validation transform at `image_size` (default: `model.image_size`).
     `shard=(rank, world)` scores every `world`-th video only (one process of a distributed run)."""
-    from deepfake_explain.data import resolve_device
     if transform is None:
         image_size = image_size or getattr(model, "image_size", None)
         if image_size is None: raise ValueError("score_frames needs `image_size` (the model's input size) or a `transform`")
@@ -414,12 +417,10 @@ def check_checkpoint_path(path) -> Path:
 def detector_config(model_path, config=None) -> dict:
     """The validated config of a detector: `config` (YAML path or dict, read as training reads it:
     `train.load_train_config`), or without it the config stored in a training checkpoint."""
-    from deepfake_explain.train import is_training_checkpoint, load_train_config, read_checkpoint
     if config is None:
         obj = read_checkpoint(check_checkpoint_path(model_path))  # torch.load(weights_only=True), errors name the file
         if not (is_training_checkpoint(obj) and isinstance(obj.get("config"), dict)):
             raise ValueError(f"{model_path}: a plain state dict carries no config: pass the model's config (--config)")
-        from deepfake_explain.model import ConfigError
         try: return load_train_config(obj["config"])
         except ConfigError as e: raise ConfigError(f"{model_path}: the config stored in this checkpoint is invalid: {e}") from None
     return load_train_config(config)
@@ -427,8 +428,6 @@ def detector_config(model_path, config=None) -> dict:
 def load_detector(model_path, config=None, device="cpu") -> tuple[nn.Module, dict, dict]:
     """(model in eval mode on `device`, validated config, load report) of a checkpoint (see `detector_config`).
     A checkpoint that does not fit the config raises naming the missing, unexpected and mismatched keys."""
-    from deepfake_explain.model import build_model
-    from deepfake_explain.train import load_weights, model_config
     check_checkpoint_path(model_path)
     cfg = detector_config(model_path, config)
     model = build_model(model_config(cfg))
@@ -463,7 +462,6 @@ def _save_scores(csv_path, json_path, key: dict, df: pd.DataFrame):
 
 def _gather_frames(df: pd.DataFrame, world: int) -> pd.DataFrame:
     "Concatenate every rank's frame table (and skip lists) on every rank."
-    import torch.distributed as dist
     parts = [None] * world
     dist.all_gather_object(parts, (df.to_dict("list"), df.attrs["skipped"]))
     out = pd.concat([pd.DataFrame(d, columns=df.columns) for d, _ in parts], ignore_index=True)
@@ -514,8 +512,6 @@ def test_checkpoint(model_path, config=None, data_root=None, output="results", d
                     n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Score `split` of the crops under `data_root` with a checkpoint and write the test report to `<output>/test/`.
     Under `torchrun` the videos are shared out over the processes; rank 0 writes the report (other ranks return None)."""
-    from deepfake_explain.data import index_crops
-    from deepfake_explain.train import select_method, setup_distributed
     if data_root is None: raise ValueError("data_root is required: the face-crop folder (<data_root>/<split>_set/<method>/<video>/...)")
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     check_checkpoint_path(model_path)
@@ -526,7 +522,6 @@ def test_checkpoint(model_path, config=None, data_root=None, output="results", d
                                  workers, dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress)
     finally:
         if dist_info.owns_group:
-            import torch.distributed as dist
             dist.destroy_process_group()
 
 def _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size, workers,
@@ -558,13 +553,11 @@ RANDOM_BACKBONE_WARNING = "random-init backbone (no ImageNet weights): verdicts 
 
 def provenance_of(checkpoint: dict) -> dict:
     "The provenance recorded in a loaded checkpoint: `known: True` and its keys, or `{known: False}` (plain state dict, older checkpoint)."
-    from deepfake_explain.train import is_training_checkpoint
     p = checkpoint.get("provenance") if is_training_checkpoint(checkpoint) else None
     return dict(p, known=True) if isinstance(p, dict) else dict(known=False)
 
 def checkpoint_provenance(path) -> dict:
     "`provenance_of` the checkpoint file `path` (read with `torch.load(weights_only=True)`)."
-    from deepfake_explain.train import read_checkpoint
     return provenance_of(read_checkpoint(check_checkpoint_path(path)))
 
 def provenance_line(p: dict) -> str:
