@@ -13,81 +13,23 @@ import pandas as pd
 import torch
 from einops import rearrange
 
+from .core import (ORIGINAL, ImageReadError, atomic_write, jpeg_compress, read_image_rgb, to_rgb_uint8,
+                                   write_bytes_atomic, write_json_atomic, write_png_atomic)
+from .mini_forensics import make_mini_forensics
+
 # %% auto #0
-__all__ = ['FFPP_METHODS', 'ORIGINAL', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'CELEBDF_METHOD',
-           'CELEBDF_FOLDERS', 'CELEBDF_TEST_LIST', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS', 'atomic_write',
-           'write_json_atomic', 'write_bytes_atomic', 'ImageReadError', 'to_rgb_uint8', 'read_image_rgb',
-           'write_png_atomic', 'read_json_file', 'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row',
-           'video_frame', 'index_ffpp', 'mask_source', 'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc',
+__all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'CELEBDF_METHOD',
+           'CELEBDF_FOLDERS', 'CELEBDF_TEST_LIST', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS',
+           'read_json_file', 'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row', 'video_frame',
+           'index_ffpp', 'mask_source', 'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc',
            'read_celebdf_test_list', 'index_celebdf', 'index_videos', 'crop_path', 'crop_label', 'index_crops',
            'equidistant', 'frames_for_video', 'select_training_frames', 'isotropic_resize', 'pad_to_square',
-           'jpeg_compress', 'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray',
-           'shift_scale_rotate', 'ValTransform', 'TrainTransform', 'FaceCropDataset', 'synthetic_crops',
-           'resolve_device', 'write_video_index', 'read_video_index', 'study_video_index']
-
-# %% ../nbs/00_data.ipynb #0f7c9910
-_UMASK = os.umask(0); os.umask(_UMASK)  # the process umask (read once; os.umask can only be read by setting it)
-
-@contextlib.contextmanager
-def atomic_write(path, mode: str = "wb"):
-    "Open a temp file beside `path`; on success rename it to `path`, on error remove it."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
-
-def write_json_atomic(path, obj, **kwargs) -> Path:
-    "Write `obj` as JSON to `path` atomically."
-    with atomic_write(path, "w") as f: json.dump(obj, f, indent=kwargs.pop("indent", 1), **kwargs)
-    return Path(path)
-
-def write_bytes_atomic(path, data: bytes) -> Path:
-    "Write `data` to `path` atomically."
-    with atomic_write(path, "wb") as f: f.write(data)
-    return Path(path)
-
-# %% ../nbs/00_data.ipynb #c5d3487f
-class ImageReadError(ValueError):
-    "An image file that cannot be decoded (the message names the file)."
-
-def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
-    "Convert a decoded OpenCV image (gray, BGR, BGRA; 8 or 16 bit) to RGB uint8 (H, W, 3)."
-    if img.dtype == np.uint16: img = (img / 257.0).round().astype(np.uint8)
-    elif img.dtype != np.uint8: img = np.clip(img, 0, 255).astype(np.uint8)
-    if img.ndim == 2: img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4: img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.shape[2] == 1: img = cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
-    else: img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(img)
-
-def read_image_rgb(path) -> np.ndarray:
-    "Read an image file as RGB uint8 (H, W, 3); `ImageReadError` naming `path` if it cannot be decoded."
-    path = Path(path)
-    try: data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
-    except OSError as e: raise ImageReadError(f"{path}: cannot read file ({e})") from e
-    if data.size == 0: raise ImageReadError(f"{path}: empty file (0 bytes)")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None: raise ImageReadError(f"{path}: not a decodable image")
-    return to_rgb_uint8(img)
-
-def write_png_atomic(path, img_rgb: np.ndarray) -> Path:
-    "Write an RGB uint8 image as PNG atomically."
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(img_rgb), cv2.COLOR_RGB2BGR))
-    if not ok: raise ValueError(f"{path}: PNG encoding failed")
-    return write_bytes_atomic(path, buf.tobytes())
+           'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate',
+           'ValTransform', 'TrainTransform', 'FaceCropDataset', 'synthetic_crops', 'resolve_device',
+           'write_video_index', 'read_video_index', 'study_video_index']
 
 # %% ../nbs/00_data.ipynb #d32073d3
 FFPP_METHODS = ["Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures"]
-ORIGINAL = "Original"                # method of every real video
 DFD_METHOD = "DeepFakeDetection"     # optional FF++ extra: fakes of paid actors (no official split)
 DFDC_METHOD = "DFDC"                 # method of DFDC fakes
 SPLITS = ("train", "val", "test")
@@ -431,12 +373,6 @@ def pad_to_square(img: np.ndarray, size: int, value: int = 0) -> np.ndarray:
                               cv2.BORDER_CONSTANT, value=(value, value, value))
 
 # %% ../nbs/00_data.ipynb #a3ae3a3f
-def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
-    "Re-encode an RGB image as JPEG at `quality` (OpenCV's chroma conversion expects BGR, hence the swaps)."
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok: raise ValueError("JPEG encoding failed")
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
-
 def gauss_noise(img: np.ndarray, rng: np.random.Generator, var_limit=(10.0, 50.0)) -> np.ndarray:
     "Add per-pixel, per-channel Gaussian noise with a variance drawn from `var_limit`."
     sigma = rng.uniform(*var_limit) ** 0.5
@@ -590,7 +526,6 @@ def study_video_index(output_root, dataset: str = "mini", data_root=None, compre
     if not refresh and (out/"videos.csv").is_file(): return read_video_index(out)
     root = Path(data_root) if data_root is not None else Path(output_root)/"mini_forensics"
     if dataset.lower() == "mini" and not (root/"manifest.json").is_file():
-        from deepfake_explain.mini_forensics import make_mini_forensics  # (imports this module: import here)
         make_mini_forensics(root, compression=compression, progress=False)
     kw = dict(compression=compression) if dataset.upper() in ("FACEFORENSICS", "FFPP", "MINI") else {}
     return write_video_index(root, dataset, out, **kw)

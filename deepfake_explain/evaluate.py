@@ -16,21 +16,22 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              confusion_matrix, f1_score, roc_auc_score, roc_curve)
 
 from .data import atomic_write, write_bytes_atomic, write_json_atomic
-from .preprocess import UsageError, cli_errors
+from .core import UsageError, cli_errors
+from .metrics import binary_metrics, equal_error_rate, one_class_reason
 
 # %% auto #0
 __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SAMPLE_COLUMNS', 'REPORT_FILES',
            'DEMO_DATA_WARNING', 'RANDOM_BACKBONE_WARNING', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICT_STATUSES',
            'PREDICTION_FRAME_COLUMNS', 'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores',
            'synthetic_frame_scores', 'track_scores', 'video_score', 'aggregate_videos', 'strict_operating_points',
-           'calibrate_threshold', 'choose_threshold', 'equal_error_rate', 'binary_metrics', 'auc_rows', 'bootstrap_ci',
-           'video_metrics', 'per_method_table', 'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure',
-           'score_hist_figure', 'write_test_report', 'sample_track_frames', 'frame_probabilities', 'score_frames',
-           'file_sha256', 'check_checkpoint_path', 'detector_config', 'load_detector', 'empty_video_folders',
-           'cached_frame_scores', 'test_checkpoint', 'provenance_of', 'checkpoint_provenance', 'provenance_line',
-           'provenance_warning', 'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops',
-           'verdict_from_frames', 'predict_video', 'list_videos', 'read_predictions', 'merge_predictions',
-           'predict_videos', 'report_verdicts', 'predict_cli']
+           'calibrate_threshold', 'choose_threshold', 'auc_rows', 'bootstrap_ci', 'video_metrics', 'per_method_table',
+           'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure', 'score_hist_figure',
+           'write_test_report', 'sample_track_frames', 'frame_probabilities', 'score_frames', 'file_sha256',
+           'check_checkpoint_path', 'detector_config', 'load_detector', 'empty_video_folders', 'cached_frame_scores',
+           'test_checkpoint', 'provenance_of', 'checkpoint_provenance', 'provenance_line', 'provenance_warning',
+           'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops', 'verdict_from_frames',
+           'predict_video', 'list_videos', 'read_predictions', 'merge_predictions', 'predict_videos', 'report_verdicts',
+           'predict_cli']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
@@ -141,38 +142,6 @@ def choose_threshold(rule: str = "reference", calibrate: str | None = None, val_
                    n_videos=len(v), n_fake=int(v["label"].sum()))
 
 # %% ../nbs/04_evaluate.ipynb #2912e698
-def equal_error_rate(labels, scores) -> float:
-    "EER: the rate where FNR = FPR on the ROC curve, interpolated linearly between ROC points."
-    fpr, tpr, _ = roc_curve(np.asarray(labels, int), np.asarray(scores, float))
-    d = (1 - tpr) - fpr  # decreasing from 1 (nothing fake) to -1 (everything fake)
-    i = int(np.flatnonzero(d <= 0)[0])
-    if d[i] == 0: return float(fpr[i])
-    a = d[i - 1] / (d[i - 1] - d[i])
-    return float(fpr[i - 1] + a * (fpr[i] - fpr[i - 1]))
-
-def _one_class_reason(y: np.ndarray, what: str) -> str | None:
-    if len(np.unique(y)) > 1: return None
-    return f"only {'fake' if y[0] == 1 else 'real'} {what} ({len(y)}): ROC-based metrics need both classes"
-
-def binary_metrics(labels, scores, threshold: float = DEFAULT_THRESHOLD, what: str = "videos") -> dict:
-    """accuracy, auc, f1, eer, average_precision, balanced_accuracy and counts of `score > threshold`;
-    ROC metrics are None with a reason in `undefined` when only one class is present (F1 without any fake
-    label or prediction is 0, scikit-learn's `zero_division=0`)."""
-    y, s = np.asarray(labels, int), np.asarray(scores, float)
-    if len(y) == 0: raise ValueError(f"no {what} to evaluate")
-    p = (s > threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, p, labels=[0, 1]).ravel()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one-class balanced accuracy warns; its value (recall of that class) is still right
-        m = dict(n=len(y), n_fake=int(y.sum()), n_real=int((1 - y).sum()), tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn),
-                 accuracy=float(accuracy_score(y, p)), f1=float(f1_score(y, p, zero_division=0.0)),
-                 balanced_accuracy=float(balanced_accuracy_score(y, p)))
-    reason = _one_class_reason(y, what)
-    if reason: m.update(auc=None, eer=None, average_precision=None, undefined={k: reason for k in ("auc", "eer", "average_precision")})
-    else: m.update(auc=float(roc_auc_score(y, s)), eer=equal_error_rate(y, s),
-                   average_precision=float(average_precision_score(y, s)), undefined={})
-    return m
-
 def auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     "ROC AUC of each row of (B, n) `labels` and `scores` (Mann-Whitney U with mid-ranks); nan where a row has one class."
     r = rankdata(scores, axis=1)  # (B, n) mid-ranks: ties count one half, as in roc_auc_score
@@ -193,7 +162,7 @@ def bootstrap_ci(labels, scores, threshold: float = DEFAULT_THRESHOLD, n_boot: i
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     ok = aucs[np.isfinite(aucs)]
-    auc_ci = None if _one_class_reason(y, "items") or len(ok) == 0 else [float(v) for v in np.percentile(ok, q)]
+    auc_ci = None if one_class_reason(y, "items") or len(ok) == 0 else [float(v) for v in np.percentile(ok, q)]
     return dict(auc=auc_ci, accuracy=[float(v) for v in np.percentile(accs, q)], level=level, n_boot=n_boot,
                 n_boot_auc=int(len(ok)), seed=seed)
 
@@ -209,7 +178,7 @@ def video_metrics(videos: pd.DataFrame, frames: pd.DataFrame | None = None, thre
         keys = pd.MultiIndex.from_frame(videos[["method", "video"]])
         f = frames[pd.MultiIndex.from_frame(frames[["method", "video"]]).isin(keys)]
         y = f["label"].to_numpy(int)
-        reason = _one_class_reason(y, "frames")
+        reason = one_class_reason(y, "frames")
         if reason: m["undefined"]["frame_auc"] = reason
         else: m["frame_auc"] = float(roc_auc_score(y, f["score"].to_numpy(float)))
         m["n_frames"] = len(f)
@@ -349,7 +318,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, equidistant
+import torch.distributed as dist
+from .data import FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, equidistant, index_crops, resolve_device
+from .model import ConfigError, build_model
+from .train import (is_training_checkpoint, load_train_config, load_weights, model_config, read_checkpoint,
+                                    select_method, setup_distributed)
 
 # %% ../nbs/04_evaluate.ipynb #dd7df9c7
 def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, split: str | None = "test",
@@ -396,7 +369,6 @@ def score_frames(model: nn.Module, crop_index: pd.DataFrame, frames_per_video: i
     of `split`, streamed in batches; unreadable crops are skipped and listed in `attrs['skipped']`.
     Crops go through `transform`, by default the validation transform at `image_size` (default: `model.image_size`).
     `shard=(rank, world)` scores every `world`-th video only (one process of a distributed run)."""
-    from deepfake_explain.data import resolve_device
     if transform is None:
         image_size = image_size or getattr(model, "image_size", None)
         if image_size is None: raise ValueError("score_frames needs `image_size` (the model's input size) or a `transform`")
@@ -445,12 +417,10 @@ def check_checkpoint_path(path) -> Path:
 def detector_config(model_path, config=None) -> dict:
     """The validated config of a detector: `config` (YAML path or dict, read as training reads it:
     `train.load_train_config`), or without it the config stored in a training checkpoint."""
-    from deepfake_explain.train import is_training_checkpoint, load_train_config, read_checkpoint
     if config is None:
         obj = read_checkpoint(check_checkpoint_path(model_path))  # torch.load(weights_only=True), errors name the file
         if not (is_training_checkpoint(obj) and isinstance(obj.get("config"), dict)):
             raise ValueError(f"{model_path}: a plain state dict carries no config: pass the model's config (--config)")
-        from deepfake_explain.model import ConfigError
         try: return load_train_config(obj["config"])
         except ConfigError as e: raise ConfigError(f"{model_path}: the config stored in this checkpoint is invalid: {e}") from None
     return load_train_config(config)
@@ -458,8 +428,6 @@ def detector_config(model_path, config=None) -> dict:
 def load_detector(model_path, config=None, device="cpu") -> tuple[nn.Module, dict, dict]:
     """(model in eval mode on `device`, validated config, load report) of a checkpoint (see `detector_config`).
     A checkpoint that does not fit the config raises naming the missing, unexpected and mismatched keys."""
-    from deepfake_explain.model import build_model
-    from deepfake_explain.train import load_weights, model_config
     check_checkpoint_path(model_path)
     cfg = detector_config(model_path, config)
     model = build_model(model_config(cfg))
@@ -494,7 +462,6 @@ def _save_scores(csv_path, json_path, key: dict, df: pd.DataFrame):
 
 def _gather_frames(df: pd.DataFrame, world: int) -> pd.DataFrame:
     "Concatenate every rank's frame table (and skip lists) on every rank."
-    import torch.distributed as dist
     parts = [None] * world
     dist.all_gather_object(parts, (df.to_dict("list"), df.attrs["skipped"]))
     out = pd.concat([pd.DataFrame(d, columns=df.columns) for d, _ in parts], ignore_index=True)
@@ -545,8 +512,6 @@ def test_checkpoint(model_path, config=None, data_root=None, output="results", d
                     n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Score `split` of the crops under `data_root` with a checkpoint and write the test report to `<output>/test/`.
     Under `torchrun` the videos are shared out over the processes; rank 0 writes the report (other ranks return None)."""
-    from deepfake_explain.data import index_crops
-    from deepfake_explain.train import select_method, setup_distributed
     if data_root is None: raise ValueError("data_root is required: the face-crop folder (<data_root>/<split>_set/<method>/<video>/...)")
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     check_checkpoint_path(model_path)
@@ -557,7 +522,6 @@ def test_checkpoint(model_path, config=None, data_root=None, output="results", d
                                  workers, dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress)
     finally:
         if dist_info.owns_group:
-            import torch.distributed as dist
             dist.destroy_process_group()
 
 def _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size, workers,
@@ -589,13 +553,11 @@ RANDOM_BACKBONE_WARNING = "random-init backbone (no ImageNet weights): verdicts 
 
 def provenance_of(checkpoint: dict) -> dict:
     "The provenance recorded in a loaded checkpoint: `known: True` and its keys, or `{known: False}` (plain state dict, older checkpoint)."
-    from deepfake_explain.train import is_training_checkpoint
     p = checkpoint.get("provenance") if is_training_checkpoint(checkpoint) else None
     return dict(p, known=True) if isinstance(p, dict) else dict(known=False)
 
 def checkpoint_provenance(path) -> dict:
     "`provenance_of` the checkpoint file `path` (read with `torch.load(weights_only=True)`)."
-    from deepfake_explain.train import read_checkpoint
     return provenance_of(read_checkpoint(check_checkpoint_path(path)))
 
 def provenance_line(p: dict) -> str:

@@ -22,7 +22,8 @@ from .data import write_bytes_atomic, write_json_atomic
 from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, RULES, SAMPLE_COLUMNS, VOTING, checkpoint_provenance,
                                        frame_probabilities, load_detector, predict_video, predict_videos, provenance_line,
                                        provenance_warning, report_verdicts, video_score)
-from .preprocess import UsageError, cli_errors, open_video, square_box
+from .core import UsageError, cli_errors
+from .preprocess import open_video, square_box
 
 # %% auto #0
 __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_COLUMNS', 'PER_IMAGE_COLUMNS', 'HIGHER_IS_BETTER',

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
+from .core import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
                                    to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL)
 
 # %% auto #0
@@ -571,7 +571,7 @@ def plot_mini_example(root, target: str, source: str, frame: int | None = None, 
 
 # %% ../nbs/00a_mini_forensics.ipynb #2b3dab0c
 from fastcore.script import call_parse
-from .preprocess import cli_errors
+from .core import cli_errors
 
 @call_parse
 def mini_forensics_cli(

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_model.ipynb #00d3944c
 from __future__ import annotations
-import contextlib, copy, difflib, functools, math, os, socket
+import contextlib, copy, functools, math, os, socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +12,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 from einops import rearrange
+from fastcore.basics import patch
 from efficientnet_pytorch import EfficientNet
+from efficientnet_pytorch.utils import url_map
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .core import did_you_mean, diff_message, state_dict_diff
 
 # %% auto #0
 __all__ = ['BACKBONES', 'LAYOUTS', 'CONFIG_SCHEMA', 'IMAGENET', 'OFFLINE_ENV', 'IMAGENET_MEAN', 'IMAGENET_STD', 'ConfigError',
@@ -59,52 +64,57 @@ class Key:
 BACKBONES = tuple(f"efficientnet-b{i}" for i in range(8))
 LAYOUTS = ("spatial", "seed")
 
-CONFIG_SCHEMA: dict[str, dict[str, Key]] = {
-    "training": {  # the reference's training keys (03_train reads them)
-        "lr": Key(float, 0.01, "learning rate", min=0),
-        "weight-decay": Key(float, 1e-7, "weight decay", min=0),
-        "bs": Key(int, 16, "batch size", min=1),
-        "scheduler": Key(str, "steplr", "learning-rate scheduler"),
-        "gamma": Key(float, 0.1, "StepLR decay factor", min=0),
-        "step-size": Key(int, 15, "StepLR step (epochs)", min=1),
-        "rebalancing_fake": Key(float, 0.3, "fraction of fake videos kept per epoch (class rebalancing)", min=0),
-        "rebalancing_real": Key(float, 1.0, "fraction of real videos kept per epoch", min=0),
-        "frames-per-video": Key(int, 20, "equidistant frames per video", min=1),
-    },
-    "model": {
-        # -- the reference's keys
-        "image-size": Key(int, 224, "input crop size (pixels, square)", min=32),
-        "patch-size": Key(int, 7, "seed: side of the final feature map (image-size = 32 * patch-size)", min=1),
-        "num-classes": Key(int, 1, "output logits (1: fake logit)", min=1),
-        "dim": Key(int, 1280, "seed: backbone output channels (1280 for B0, 2560 for B7)", min=1),
-        "depth": Key(int, 6, "seed: transformer blocks", min=1),
-        "dim-head": Key(int, 64, "seed: attention head size", min=1),
-        "heads": Key(int, 8, "seed: attention heads", min=1),
-        "mlp-dim": Key(int, 2048, "seed: transformer MLP and head hidden size", min=1),
-        "emb-dim": Key(int, 49, "seed: token size (= patch-size**2)", min=1),
-        "dropout": Key(float, 0.15, "dropout inside the transformer", min=0, max=1),
-        "emb-dropout": Key(float, 0.15, "dropout on the tokens + position embedding", min=0, max=1),
-        # -- our keys
-        "layout": Key(str, "spatial", "token layout: spatial (feature-map cells) or seed (the reference's)", choices=LAYOUTS),
-        "backbone": Key(str, "efficientnet-b0", "efficientnet-pytorch backbone", choices=BACKBONES),
-        "backbone-weights": Key(str, None, "imagenet (the published ImageNet weights, torch hub cache), a local weights file, "
-                                 "or null (random init)", nullable=True),
-        "trainable-blocks": Key(int, 3, "backbone MBConv blocks left trainable, counted from the last one used", min=0),
-        "input-normalization": Key(str, "auto", "auto (spatial: imagenet, seed: none), imagenet, or none (raw 0..255)",
-                                   choices=("auto", "imagenet", "none")),
-        "channel-order": Key(str, "auto", "channel order fed to the backbone: auto (spatial: rgb, seed: bgr), rgb or bgr",
-                             choices=("auto", "rgb", "bgr")),
-    },
-    "spatial": {  # the spatial layout's transformer (the seed layout uses the model section's sizes)
-        "feature-block": Key(int, None, "last backbone block used; its output cells are the tokens (null: last stride-16 block)",
-                             min=0, nullable=True),
-        "emb-dim": Key(int, 128, "token size", min=1),
-        "depth": Key(int, 6, "transformer blocks", min=1),
-        "heads": Key(int, 4, "attention heads", min=1),
-        "dim-head": Key(int, 32, "attention head size", min=1),
-        "mlp-dim": Key(int, 256, "transformer MLP and head hidden size", min=1),
-    },
+_TRAINING_KEYS = {  # the reference's training keys (03_train reads them)
+    "lr": Key(float, 0.01, "learning rate", min=0),
+    "weight-decay": Key(float, 1e-7, "weight decay", min=0),
+    "bs": Key(int, 16, "batch size", min=1),
+    "scheduler": Key(str, "steplr", "learning-rate scheduler"),
+    "gamma": Key(float, 0.1, "StepLR decay factor", min=0),
+    "step-size": Key(int, 15, "StepLR step (epochs)", min=1),
+    "rebalancing_fake": Key(float, 0.3, "fraction of fake videos kept per epoch (class rebalancing)", min=0),
+    "rebalancing_real": Key(float, 1.0, "fraction of real videos kept per epoch", min=0),
+    "frames-per-video": Key(int, 20, "equidistant frames per video", min=1),
 }
+
+# %% ../nbs/02_model.ipynb #f92f9282
+_MODEL_KEYS = {
+    # -- the reference's keys
+    "image-size": Key(int, 224, "input crop size (pixels, square)", min=32),
+    "patch-size": Key(int, 7, "seed: side of the final feature map (image-size = 32 * patch-size)", min=1),
+    "num-classes": Key(int, 1, "output logits (1: fake logit)", min=1),
+    "dim": Key(int, 1280, "seed: backbone output channels (1280 for B0, 2560 for B7)", min=1),
+    "depth": Key(int, 6, "seed: transformer blocks", min=1),
+    "dim-head": Key(int, 64, "seed: attention head size", min=1),
+    "heads": Key(int, 8, "seed: attention heads", min=1),
+    "mlp-dim": Key(int, 2048, "seed: transformer MLP and head hidden size", min=1),
+    "emb-dim": Key(int, 49, "seed: token size (= patch-size**2)", min=1),
+    "dropout": Key(float, 0.15, "dropout inside the transformer", min=0, max=1),
+    "emb-dropout": Key(float, 0.15, "dropout on the tokens + position embedding", min=0, max=1),
+    # -- our keys
+    "layout": Key(str, "spatial", "token layout: spatial (feature-map cells) or seed (the reference's)", choices=LAYOUTS),
+    "backbone": Key(str, "efficientnet-b0", "efficientnet-pytorch backbone", choices=BACKBONES),
+    "backbone-weights": Key(str, None, "imagenet (the published ImageNet weights, torch hub cache), a local weights file, "
+                             "or null (random init)", nullable=True),
+    "trainable-blocks": Key(int, 3, "backbone MBConv blocks left trainable, counted from the last one used", min=0),
+    "input-normalization": Key(str, "auto", "auto (spatial: imagenet, seed: none), imagenet, or none (raw 0..255)",
+                               choices=("auto", "imagenet", "none")),
+    "channel-order": Key(str, "auto", "channel order fed to the backbone: auto (spatial: rgb, seed: bgr), rgb or bgr",
+                         choices=("auto", "rgb", "bgr")),
+}
+
+# %% ../nbs/02_model.ipynb #4e8dfcdc
+_SPATIAL_KEYS = {  # the spatial layout's transformer (the seed layout uses the model section's sizes)
+    "feature-block": Key(int, None, "last backbone block used; its output cells are the tokens (null: last stride-16 block)",
+                         min=0, nullable=True),
+    "emb-dim": Key(int, 128, "token size", min=1),
+    "depth": Key(int, 6, "transformer blocks", min=1),
+    "heads": Key(int, 4, "attention heads", min=1),
+    "dim-head": Key(int, 32, "attention head size", min=1),
+    "mlp-dim": Key(int, 256, "transformer MLP and head hidden size", min=1),
+}
+
+# %% ../nbs/02_model.ipynb #4887afa3
+CONFIG_SCHEMA: dict[str, dict[str, Key]] = {"training": _TRAINING_KEYS, "model": _MODEL_KEYS, "spatial": _SPATIAL_KEYS}
 
 def default_config(schema: dict | None = None) -> dict:
     "A fresh config dict holding every key's default."
@@ -130,6 +140,7 @@ def backbone_blocks(name: str) -> tuple[int, int]:
     with torch.device("meta"): net = EfficientNet.from_name(name)
     return len(net._blocks), default_feature_block(net)
 
+# %% ../nbs/02_model.ipynb #aa9ddd71
 def frozen_blocks(cfg: dict) -> tuple[int, int]:
     "(frozen, used) backbone blocks of a validated config: the blocks the layout uses and how many `model.trainable-blocks` leaves frozen."
     m, n_blocks, last16 = cfg["model"], *backbone_blocks(cfg["model"]["backbone"])
@@ -147,6 +158,7 @@ def training_problems(cfg: dict) -> list[str]:
                 f"'model.backbone-weights: imagenet' (or a weights file), or 'model.trainable-blocks' >= {used} to train every block"]
     return []
 
+# %% ../nbs/02_model.ipynb #2cc0024c
 def load_config(src, schema: dict | None = None, for_training: bool = False) -> dict:
     """Read and validate a YAML config file (or check a dict); returns a new dict with defaults filled in.
     `for_training` also refuses what cannot be trained (`training_problems`: frozen blocks of a random backbone)."""
@@ -165,8 +177,7 @@ def load_config(src, schema: dict | None = None, for_training: bool = False) -> 
     probs, cfg = [], {}
     for sec in raw:
         if sec not in schema:
-            close = difflib.get_close_matches(str(sec), list(schema), n=1)
-            probs.append(f"unknown section '{sec}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            probs.append(f"unknown section '{sec}'" + did_you_mean(sec, schema))
     for sec, keys in schema.items():
         given = raw.get(sec)
         if given is None: given = {}  # absent or empty section: the defaults
@@ -174,8 +185,7 @@ def load_config(src, schema: dict | None = None, for_training: bool = False) -> 
             probs.append(f"section '{sec}' must be a mapping, got {type(given).__name__}"); given = {}
         for k in given:
             if k not in keys:
-                close = difflib.get_close_matches(str(k), list(keys), n=1)
-                probs.append(f"unknown key '{sec}.{k}'" + (f" (did you mean '{sec}.{close[0]}'?)" if close else ""))
+                probs.append(f"unknown key '{sec}.{k}'" + did_you_mean(k, keys, prefix=f"{sec}."))
         cfg[sec] = {}
         for k, spec in keys.items():
             v = given.get(k, copy.deepcopy(spec.default))
@@ -196,27 +206,21 @@ def unwrap_state_dict(sd, prefix: str = "") -> dict:
     if prefix and any(k.startswith(prefix) for k in sd): sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
 
-def _names(keys, n: int = 6) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
-
+# %% ../nbs/02_model.ipynb #b59f6c42
 def load_backbone_weights(net: EfficientNet, path) -> EfficientNet:
     "Load a local weights file into an efficientnet-pytorch network; errors name the file and the mismatch."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: backbone weights file not found ('model.backbone-weights')")
     try: sd = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), prefix="efficient_net.")
     except Exception as e: raise ValueError(f"{path}: cannot read backbone weights ({e})") from e
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith("_fc.")]  # the ImageNet classifier is optional
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{path}: not weights of this backbone: missing [{_names(missing)}], "
-                         f"unexpected [{_names(unexpected)}], shape mismatches [{_names(shapes, 3)}]")
+    problems = diff_message(state_dict_diff(net.state_dict(), sd, optional=("_fc.",)))  # the ImageNet classifier is optional
+    if problems: raise ValueError(f"{path}: not weights of this backbone: {problems}")
     net.load_state_dict(sd, strict=False)
     return net
 
+# %% ../nbs/02_model.ipynb #a44949ab
 IMAGENET = "imagenet"                       # `model.backbone-weights: imagenet`
+
 OFFLINE_ENV = "DEEPFAKE_EXPLAIN_OFFLINE"    # set (to anything but 0) to forbid downloads
 
 class BackboneWeightsError(FileNotFoundError):
@@ -224,12 +228,12 @@ class BackboneWeightsError(FileNotFoundError):
 
 def imagenet_weights(backbone: str = "efficientnet-b0") -> dict:
     "file, url and cache path of `backbone`'s published ImageNet weights (efficientnet-pytorch's URL map, the torch hub cache)."
-    from efficientnet_pytorch.utils import url_map
     if backbone not in url_map: raise ValueError(f"no published ImageNet weights for {backbone!r}; known: {sorted(url_map)}")
     url = url_map[backbone]
     name = url.rsplit("/", 1)[-1]
     return {"file": name, "url": url, "path": Path(torch.hub.get_dir()) / "checkpoints" / name}
 
+# %% ../nbs/02_model.ipynb #471ffa7d
 def imagenet_weights_file(backbone: str = "efficientnet-b0", download: bool | None = None, timeout: float = 60) -> Path:
     """The cached ImageNet weights file of `backbone`; when missing it is downloaded once into the cache, unless
     `download` is False (default: True unless $DEEPFAKE_EXPLAIN_OFFLINE is set). Raises `BackboneWeightsError`."""
@@ -250,6 +254,7 @@ def imagenet_weights_file(backbone: str = "efficientnet-b0", download: bool | No
     finally: socket.setdefaulttimeout(old)
     return w["path"]
 
+# %% ../nbs/02_model.ipynb #f415870e
 def resolve_backbone_weights(spec, backbone: str = "efficientnet-b0", download: bool | None = None) -> Path | None:
     "The weights file `model.backbone-weights` = `spec` means: None (random init), the cached ImageNet file, or the local path."
     if spec is None: return None
@@ -285,12 +290,14 @@ def default_feature_block(net: EfficientNet, stride: int = 16) -> int:
     if not idx: raise ValueError(f"no block with output stride {stride} in this backbone")
     return idx[-1]
 
+# %% ../nbs/02_model.ipynb #3688267f
 def feature_grid(net: EfficientNet, last_block: int, image_size: int) -> tuple[int, int]:
     "(h, w) of the feature map after block `last_block` for a square `image_size` input ('same' padding: ceil)."
     n = math.ceil(image_size / _stride(net._conv_stem.stride))
     for blk in net._blocks[: last_block + 1]: n = math.ceil(n / _stride(blk._block_args.stride))
     return (n, n)
 
+# %% ../nbs/02_model.ipynb #961dd3f3
 class EfficientNetTrunk(nn.Module):
     "Stem and MBConv blocks 0..`last_block` of an efficientnet-pytorch network (same parameter names)."
     def __init__(self, net: EfficientNet, last_block: int):
@@ -310,6 +317,7 @@ class EfficientNetTrunk(nn.Module):
             x = blk(x, drop_connect_rate=rate)
         return x
 
+# %% ../nbs/02_model.ipynb #a41aa931
 def freeze_blocks(blocks: nn.ModuleList, trainable: int) -> None:
     "Freeze every MBConv block except the last `trainable` ones (as the reference; the stem stays trainable)."
     for i, blk in enumerate(blocks): blk.requires_grad_(i >= len(blocks) - trainable)
@@ -337,6 +345,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)        # (B, H, N, d)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))                 # (B, N, D)
 
+# %% ../nbs/02_model.ipynb #f70bd688
 class FeedForward(nn.Module):
     "GELU MLP (`net.0`, `net.3` are the linear layers, as the reference)."
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.):
@@ -345,6 +354,7 @@ class FeedForward(nn.Module):
                                  nn.Linear(hidden_dim, dim), nn.Dropout(dropout))
     def forward(self, x): return self.net(x)  # (B, N, D)
 
+# %% ../nbs/02_model.ipynb #73fff34d
 class Block(nn.Module):
     "Pre-norm transformer block."
     def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float = 0.):
@@ -358,6 +368,7 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
+# %% ../nbs/02_model.ipynb #b65c81cc
 class Transformer(nn.Module):
     "A stack of pre-norm blocks (`blocks`)."
     def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, dropout: float = 0.):
@@ -367,6 +378,7 @@ class Transformer(nn.Module):
         for blk in self.blocks: x = blk(x)
         return x
 
+# %% ../nbs/02_model.ipynb #04da9496
 @contextlib.contextmanager
 def record_attention(model: nn.Module):
     "Inside: every `Attention` in `model` keeps `attn_map` (B, H, N, N) with retain_grad (explicit softmax path)."
@@ -393,6 +405,7 @@ def resolve_input(cfg: dict) -> tuple[str, str]:
     norm = m["input-normalization"] if m["input-normalization"] != "auto" else ("none" if m["layout"] == "seed" else "imagenet")
     return order, norm
 
+# %% ../nbs/02_model.ipynb #49d1c75b
 class EfficientViTBase(nn.Module):
     "Shared interface of both layouts; subclasses build `efficient_net`, the tokens and `grid`."
     layout: str = ""
@@ -421,45 +434,49 @@ class EfficientViTBase(nn.Module):
     def tokens(self, x):  # (B, 3, H, W) -> (B, N, D)
         return self.embed(self.features(x))
 
-    def classify_tokens(self, t, keep=None):  # (B, N, D) -> (B, C)
-        "Logits from the tokens; `keep` (B, K) token indices runs the transformer on those tokens only (with their positions)."
-        if t.ndim != 3 or t.shape[1] != self.num_tokens:
-            raise ValueError(f"{self.layout} layout expects {self.num_tokens} tokens (grid {self.grid}, "
-                             f"image-size {self.image_size}), got shape {tuple(t.shape)}")
-        B, _, D = t.shape
-        cls, pos = self.cls_token.expand(B, -1, -1), self.pos_embedding.expand(B, -1, -1)  # (B, 1, D), (B, N+1, D)
-        if keep is not None:  # token removal (perturbation tests): gather the kept tokens and their positions
-            idx = keep[..., None].expand(-1, -1, D)                                          # (B, K, D)
-            t, pos = t.gather(1, idx), torch.cat((pos[:, :1], pos[:, 1:].gather(1, idx)), dim=1)
-        x = torch.cat((cls, t), dim=1) + pos                   # (B, K+1, D)
-        x = self.transformer(self.dropout(x))                  # (B, K+1, D)
-        return self.mlp_head(self.to_cls_token(x[:, 0]))       # (B, C)
-
     def forward(self, x):  # (B, 3, H, W) RGB 0..255 -> (B, C) logits
         return self.classify_tokens(self.tokens(x))
 
     @property
     def num_tokens(self) -> int: return self.grid[0] * self.grid[1]
 
-    @property
-    def meta(self) -> dict:
-        "What this model is: layout, backbone and where its weights came from, token grid, input handling, sizes."
-        blocks = self.efficient_net._blocks
-        return {"layout": self.layout, "backbone": self.backbone, "backbone_weights": self.backbone_weights,
-                "image_size": self.image_size, "grid": self.grid, "num_tokens": self.num_tokens,
-                "emb_dim": self.pos_embedding.shape[-1], "depth": len(self.transformer.blocks),
-                "feature_block": self.feature_block, "channel_order": self.channel_order,
-                "input_normalization": self.input_normalization,
-                "trainable_blocks": sum(any(p.requires_grad for p in b.parameters()) for b in blocks),
-                "backbone_blocks": len(blocks),
-                "params": sum(p.numel() for p in self.parameters()),
-                "trainable_params": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+# %% ../nbs/02_model.ipynb #c03e9e77
+@patch
+def classify_tokens(self: EfficientViTBase, t, keep=None):  # (B, N, D) -> (B, C)
+    "Logits from the tokens; `keep` (B, K) token indices runs the transformer on those tokens only (with their positions)."
+    if t.ndim != 3 or t.shape[1] != self.num_tokens:
+        raise ValueError(f"{self.layout} layout expects {self.num_tokens} tokens (grid {self.grid}, "
+                         f"image-size {self.image_size}), got shape {tuple(t.shape)}")
+    B, _, D = t.shape
+    cls, pos = self.cls_token.expand(B, -1, -1), self.pos_embedding.expand(B, -1, -1)  # (B, 1, D), (B, N+1, D)
+    if keep is not None:  # token removal (perturbation tests): gather the kept tokens and their positions
+        idx = keep[..., None].expand(-1, -1, D)                                          # (B, K, D)
+        t, pos = t.gather(1, idx), torch.cat((pos[:, :1], pos[:, 1:].gather(1, idx)), dim=1)
+    x = torch.cat((cls, t), dim=1) + pos                   # (B, K+1, D)
+    x = self.transformer(self.dropout(x))                  # (B, K+1, D)
+    return self.mlp_head(self.to_cls_token(x[:, 0]))       # (B, C)
 
-    def extra_repr(self) -> str:
-        m = self.meta
-        return (f"layout={m['layout']}, backbone={m['backbone']} ({m['backbone_weights']}), grid={m['grid']}, "
-                f"tokens={m['num_tokens']}x{m['emb_dim']}, depth={m['depth']}, input={m['channel_order']}/{m['input_normalization']}, "
-                f"trainable_blocks={m['trainable_blocks']}/{m['backbone_blocks']}, params={m['params']:,}")
+# %% ../nbs/02_model.ipynb #42ce449f
+@patch(as_prop=True)
+def meta(self: EfficientViTBase) -> dict:
+    "What this model is: layout, backbone and where its weights came from, token grid, input handling, sizes."
+    blocks = self.efficient_net._blocks
+    return {"layout": self.layout, "backbone": self.backbone, "backbone_weights": self.backbone_weights,
+            "image_size": self.image_size, "grid": self.grid, "num_tokens": self.num_tokens,
+            "emb_dim": self.pos_embedding.shape[-1], "depth": len(self.transformer.blocks),
+            "feature_block": self.feature_block, "channel_order": self.channel_order,
+            "input_normalization": self.input_normalization,
+            "trainable_blocks": sum(any(p.requires_grad for p in b.parameters()) for b in blocks),
+            "backbone_blocks": len(blocks),
+            "params": sum(p.numel() for p in self.parameters()),
+            "trainable_params": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+
+@patch
+def extra_repr(self: EfficientViTBase) -> str:
+    m = self.meta
+    return (f"layout={m['layout']}, backbone={m['backbone']} ({m['backbone_weights']}), grid={m['grid']}, "
+            f"tokens={m['num_tokens']}x{m['emb_dim']}, depth={m['depth']}, input={m['channel_order']}/{m['input_normalization']}, "
+            f"trainable_blocks={m['trainable_blocks']}/{m['backbone_blocks']}, params={m['params']:,}")
 
 def _weights_label(spec, backbone: str) -> str:
     if spec is None: return "random init"
@@ -552,22 +569,17 @@ def load_checkpoint(model: nn.Module, path, map_location="cpu") -> nn.Module:
     try: sd = unwrap_state_dict(torch.load(path, map_location=map_location, weights_only=True))
     except FileNotFoundError as e: raise FileNotFoundError(f"{path}: checkpoint not found") from e
     except Exception as e: raise ValueError(f"{path}: cannot read checkpoint ({e})") from e
-    own = model.state_dict()
-    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    problems = diff_message(state_dict_diff(model.state_dict(), sd))
+    if problems:
         have, want = checkpoint_layout(sd), getattr(model, "layout", None)
         hint = (f"; it looks like a {have}-layout checkpoint: set 'model.layout: {have}'" if have and have != want else "")
-        raise ValueError(f"{path}: checkpoint does not fit this {want or type(model).__name__} model{hint}: "
-                         f"missing keys [{_names(missing)}], unexpected keys [{_names(unexpected)}], "
-                         f"shape mismatches [{_names(shapes, 3)}]")
+        raise ValueError(f"{path}: checkpoint does not fit this {want or type(model).__name__} model{hint}: {problems}")
     model.load_state_dict(sd, strict=True)
     return model
 
 # %% ../nbs/02_model.ipynb #b0f3b5f2
 def forward_gflops(model: nn.Module, image_size: int | None = None, batch_size: int = 1, fn=None) -> float:
     "GFLOPs of `fn(model_copy, x)` (default: `model(x)`) on a (B, 3, S, S) input, counted on the meta device."
-    from torch.utils.flop_counter import FlopCounterMode
     m = copy.deepcopy(model).to("meta")
     s = image_size or getattr(model, "image_size", 224)
     x = torch.empty(batch_size, 3, s, s, device="meta")

@@ -15,6 +15,7 @@ from fastcore.script import call_parse
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .core import UsageError, cli_errors
 from .data import atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path, resolve_device
 
 # %% auto #0
@@ -23,8 +24,8 @@ __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadEr
            'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
            'parse_shard', 'in_shard', 'rank_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps',
            'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command', 'run_torchrun', 'VideoFrames',
-           'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'UsageError', 'cli_errors',
-           'detect_cli', 'crops_cli', 'preprocess_stage']
+           'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'detect_cli', 'crops_cli',
+           'preprocess_stage']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -577,18 +578,6 @@ def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "F
         else: rec.update(status="done", crops=item["n"]); log.clear(rec["path"])
     rows = _merge_ranks(info, rows, crops_root, shard)
     return pd.DataFrame(rows, columns=["video", "method", "path", "status", "crops"]).astype({"crops": "Int64"})
-
-# %% ../nbs/01_preprocess.ipynb #5ec06b1c
-class UsageError(ValueError):
-    "A bad command line (a missing, conflicting or invalid flag): console scripts exit with status 2, as `argparse` does."
-
-@contextlib.contextmanager
-def cli_errors(prog: str):
-    """Around a console script's body: a `UsageError` prints `prog: message` to stderr and exits 2; an expected
-    failure (`OSError`, `ValueError`, `RuntimeError`: a missing input, a bad checkpoint) prints it and exits 1."""
-    try: yield
-    except UsageError as e: print(f"{prog}: {e}", file=sys.stderr); sys.exit(2)
-    except (OSError, ValueError, RuntimeError) as e: print(f"{prog}: {e}", file=sys.stderr); sys.exit(1)
 
 # %% ../nbs/01_preprocess.ipynb #0d98f5b2
 def _index(data_path, dataset, compression):

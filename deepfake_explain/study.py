@@ -11,6 +11,7 @@ import nbformat
 import yaml
 from fastcore.script import call_parse
 
+from .core import cli_errors, did_you_mean
 from .data import atomic_write, write_json_atomic
 
 # %% auto #0
@@ -87,13 +88,9 @@ def notebook_parameters(nbs_dir, notebooks: dict) -> dict[str, list[str]]:
 
 def check_parameter_names(params: dict, known, source: str = "study parameters"):
     "Raise ValueError naming `source` if `params` has names that no stage notebook declares (with the closest known name)."
-    import difflib
     unknown = sorted(set(params) - set(known))
     if not unknown: return
-    hints = []
-    for k in unknown:
-        close = difflib.get_close_matches(k, list(known), n=1, cutoff=0.6)
-        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    hints = [f"{k!r}" + did_you_mean(k, known) for k in unknown]
     raise ValueError(f"{source}: unknown study parameter(s) {', '.join(hints)}; "
                      f"the stage notebooks take: {', '.join(sorted(known))}")
 
@@ -513,7 +510,6 @@ def study_cli(
     kernel: str = None,   # Jupyter kernel (default: one that runs this interpreter)
 ):
     "Run the deepfake_explain study: execute the stage notebooks with papermill into one run folder."
-    try: run_dir = run_study(params, stages=stages, output=output, resume=resume, kernel=kernel)
-    except (StageFailed, FileNotFoundError, ValueError) as e:
-        print(f"deepfake-explain-study: {e}", file=sys.stderr); sys.exit(1)
+    with cli_errors("deepfake-explain-study"):
+        run_dir = run_study(params, stages=stages, output=output, resume=resume, kernel=kernel)
     print(f"[study] report: {run_dir / 'report.html'}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #e3cc3905
 from __future__ import annotations
-import csv, io, math, os, random, subprocess, time, platform
+import csv, importlib.metadata as md, io, math, os, random, subprocess, time, platform
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -17,15 +17,19 @@ from fastcore.script import call_parse
 from tqdm.auto import tqdm
 
 import pandas as pd
-from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config, resolve_backbone_weights,
-                    unwrap_state_dict)
-from .data import (resolve_device, CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, ORIGINAL, FaceCropDataset, TrainTransform, ValTransform, atomic_write, index_crops,
-                                   select_training_frames, write_bytes_atomic)
+import deepfake_explain
+from .core import ORIGINAL, atomic_write, cli_errors, diff_message, state_dict_diff, write_bytes_atomic
+from .metrics import binary_metrics
+from .mini_forensics import MINI_METHODS
+from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config,
+                                    resolve_backbone_weights, unwrap_state_dict)
+from .data import (CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, FaceCropDataset, TrainTransform, ValTransform,
+                                   index_crops, resolve_device, select_training_frames)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'PROVENANCE_KEYS',
            'DEFAULT_WORKERS', 'load_train_config', 'training_config', 'set_bn_momentum', 'model_config',
-           'make_optimizer', 'make_scheduler', 'bce_pos_weight', 'binary_metrics', 'EarlyStopping', 'CheckpointError',
+           'make_optimizer', 'make_scheduler', 'bce_pos_weight', 'epoch_metrics', 'EarlyStopping', 'CheckpointError',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'read_checkpoint', 'is_training_checkpoint',
            'CheckpointMismatchError', 'load_weights', 'read_metrics', 'append_metrics', 'plot_curves', 'DistInfo',
            'setup_distributed', 'gather_arrays', 'precision_dtype', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch',
@@ -35,7 +39,9 @@ __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT
 
 # %% ../nbs/03_train.ipynb #a2eeaf27
 OPTIMIZERS = ("sgd", "adamw")
+
 SCHEDULERS = ("steplr", "cosine", "none")
+
 TRAIN_KEYS = {
     "optimizer": Key(str, "sgd", "optimizer: sgd (reference) or adamw", choices=OPTIMIZERS),
     "momentum": Key(float, 0.0, "SGD momentum (reference: 0)", min=0, max=1),
@@ -45,6 +51,7 @@ TRAIN_KEYS = {
                        min=0, max=1, nullable=True),
     "augment": Key(bool, True, "the reference's training augmentations (false: the validation transform only)"),
 }
+
 TRAIN_SCHEMA = {**CONFIG_SCHEMA, "training": {**CONFIG_SCHEMA["training"], **TRAIN_KEYS}}
 
 def load_train_config(src, for_training: bool = False) -> dict:
@@ -52,6 +59,7 @@ def load_train_config(src, for_training: bool = False) -> dict:
     `for_training` also refuses frozen blocks of a random backbone (`model.training_problems`)."""
     return load_config(src, schema=TRAIN_SCHEMA, for_training=for_training)
 
+# %% ../nbs/03_train.ipynb #db60754f
 def training_config(src) -> tuple[dict, Path | None]:
     """(validated config, backbone weights file) of a config about to be trained, checked before any work: frozen blocks
     of a random backbone are refused, and `imagenet` weights are found in the torch hub cache (downloaded once if missing
@@ -66,6 +74,7 @@ def set_bn_momentum(model: nn.Module, momentum: float | None) -> int:
     for m in bns: m.momentum = momentum
     return len(bns)
 
+# %% ../nbs/03_train.ipynb #432ebb97
 def model_config(cfg: dict, keep_backbone_weights: bool = False) -> dict:
     """`cfg` as `build_model` takes it: without the training keys the model's own schema does not know, and with
     `model.backbone-weights` null unless `keep_backbone_weights` (training keeps them): a model whose weights come from
@@ -98,14 +107,13 @@ def bce_pos_weight(labels) -> float:
                          "both real (label 0) and fake (label 1) crops are needed")
     return n_real / n_fake
 
-def binary_metrics(probs, labels, losses) -> dict:
-    "Mean loss, accuracy at p=0.5 and ROC AUC (NaN when only one class is present)."
-    from sklearn.metrics import roc_auc_score
-    probs, labels, losses = (np.asarray(a, dtype=np.float64).ravel() for a in (probs, labels, losses))
-    if len(labels) == 0: return {"loss": math.nan, "acc": math.nan, "auc": math.nan, "n": 0}
-    auc = roc_auc_score(labels, probs) if len(np.unique(labels)) == 2 else math.nan
-    return {"loss": float(losses.mean()), "acc": float(((probs > 0.5) == (labels > 0.5)).mean()),
-            "auc": float(auc), "n": int(len(labels))}
+def epoch_metrics(probs, labels, losses) -> dict:
+    """An epoch's row: mean loss and `metrics.binary_metrics`' accuracy at p > 0.5 and ROC AUC; as a table row,
+    an undefined AUC (one class) is NaN."""
+    losses = np.asarray(losses, dtype=np.float64).ravel()
+    if len(losses) == 0: return {"loss": math.nan, "acc": math.nan, "auc": math.nan, "n": 0}
+    m = binary_metrics(labels, probs, threshold=0.5, what="frames")
+    return {"loss": float(losses.mean()), "acc": m["accuracy"], "auc": math.nan if m["auc"] is None else m["auc"], "n": m["n"]}
 
 # %% ../nbs/03_train.ipynb #dd9f648d
 @dataclass
@@ -146,6 +154,7 @@ def rng_state() -> dict:
                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
 
+# %% ../nbs/03_train.ipynb #b041141f
 def set_rng_state(s: dict):
     "Restore the states saved by `rng_state`."
     torch.set_rng_state(s["torch"])
@@ -161,6 +170,7 @@ def save_checkpoint(path, ckpt: dict) -> Path:
     with atomic_write(path, "wb") as f: torch.save(ckpt, f)
     return Path(path)
 
+# %% ../nbs/03_train.ipynb #65305228
 def read_checkpoint(path) -> dict:
     "`torch.load(path, weights_only=True)` on CPU; `CheckpointError` naming `path` if it is not a checkpoint."
     path = Path(path)
@@ -179,16 +189,13 @@ def is_training_checkpoint(obj) -> bool:
 class CheckpointMismatchError(CheckpointError):
     "Checkpoint weights that do not fit the model (the message names the mismatched keys)."
 
+# %% ../nbs/03_train.ipynb #5fc26009
 def _state_dict_of(obj: dict) -> tuple[dict, dict]:
     "(state dict, metadata) of a full training checkpoint or of a plain state dict (`model.unwrap_state_dict`)."
     if is_training_checkpoint(obj): return obj["model"], obj.get("meta", {})
     sd = {k: v for k, v in unwrap_state_dict(obj).items() if isinstance(v, torch.Tensor)}
     if not sd: raise CheckpointError("holds no tensors: neither a training checkpoint nor a state dict")
     return sd, {}
-
-def _names(keys, n=6) -> str:
-    keys = list(keys)
-    return ", ".join(map(str, keys[:n])) + (f" … (+{len(keys) - n} more)" if len(keys) > n else "")
 
 def load_weights(model: nn.Module, src, strict: bool = True) -> dict:
     "Load a full checkpoint or a plain state dict (path or dict) into `model`; report what matched."
@@ -197,19 +204,16 @@ def load_weights(model: nn.Module, src, strict: bool = True) -> dict:
     try: sd, meta = _state_dict_of(obj)
     except (CheckpointError, TypeError) as e: raise CheckpointError(f"{name}: {e}") from None
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in sd and sd[k].shape != own[k].shape]
+    diff = state_dict_diff(own, sd)
+    missing, unexpected, shapes = diff["missing"], diff["unexpected"], diff["mismatched"]
     layout, want = meta.get("layout") or checkpoint_layout(sd), getattr(model, "layout", None)
     report = {"source": name, "kind": "checkpoint" if meta else "state_dict", "layout": layout,
               "loaded": len(own) - len(missing) - len(shapes), "missing": missing, "unexpected": unexpected, "mismatched": shapes}
     if strict and (missing or unexpected or shapes or (layout and want and layout != want)):
         why = (f"checkpoint has layout {layout!r}, the model has layout {want!r} (set 'model.layout: {layout}' in the config)"
                if layout and want and layout != want else "weights do not fit the model (another size? compare the model sections)")
-        parts = [f"{len(v)} {what}: {_names(v)}" for what, v in
-                 (("shape-mismatched keys", shapes), ("missing keys", missing), ("unexpected keys", unexpected)) if v]
-        raise CheckpointMismatchError(f"{name}: {why}" + (": " + "; ".join(parts) if parts else ""))
+        problems = diff_message(diff)
+        raise CheckpointMismatchError(f"{name}: {why}" + (f": {problems}" if problems else ""))
     bad = set(missing) | {s.split(" ")[0] for s in shapes}
     model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
     if hasattr(model, "backbone_weights"): model.backbone_weights = f"from {report['kind']} {name}"  # not ImageNet/random any more
@@ -228,6 +232,7 @@ def read_metrics(path) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: (int(float(v)) if k in _INT_COLUMNS else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
+# %% ../nbs/03_train.ipynb #819c8f50
 def append_metrics(path, row: dict) -> list[dict]:
     "Add `row` to the CSV at `path` atomically, replacing rows of epoch >= row['epoch']; return all rows."
     rows = [r for r in read_metrics(path) if r["epoch"] < row["epoch"]] + [row]
@@ -236,6 +241,7 @@ def append_metrics(path, row: dict) -> list[dict]:
         w.writeheader(); w.writerows(rows)
     return rows
 
+# %% ../nbs/03_train.ipynb #3982364f
 def plot_curves(rows: list[dict], path) -> Path:
     "Loss and AUC per epoch (train and val) as a PNG, written atomically."
     from matplotlib.figure import Figure
@@ -263,6 +269,7 @@ class DistInfo:
     @property
     def is_main(self) -> bool: return self.rank == 0
 
+# %% ../nbs/03_train.ipynb #866f6547
 def setup_distributed(device=None) -> tuple[DistInfo, torch.device]:
     "Join the torchrun process group (when WORLD_SIZE > 1) and pick this rank's device."
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -276,6 +283,7 @@ def setup_distributed(device=None) -> tuple[DistInfo, torch.device]:
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True), dev
 
+# %% ../nbs/03_train.ipynb #ea51bb1b
 def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:
     "Concatenate each array over all ranks (identity in a one-process job)."
     if not info.enabled: return list(arrays)
@@ -292,8 +300,8 @@ def precision_dtype(precision: str, device: torch.device):
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 # %% ../nbs/03_train.ipynb #1a9e9280
-class NonFiniteLossError(FloatingPointError):
-    "The training loss became NaN or infinite."
+class NonFiniteLossError(FloatingPointError, RuntimeError):
+    "The training loss became NaN or infinite (a `RuntimeError` too: console scripts report it and exit 1)."
 
 class IndexedDataset(Dataset):
     "Items `(*ds[i], i)`: the dataset index travels with each sample (for exact distributed metrics)."
@@ -301,6 +309,7 @@ class IndexedDataset(Dataset):
     def __len__(self): return len(self.ds)
     def __getitem__(self, i): return (*self.ds[i], i)
 
+# %% ../nbs/03_train.ipynb #e4e0a61c
 def _unique(idx, *arrays):
     _, first = np.unique(idx, return_index=True)
     return [idx[first], *(a[first] for a in arrays)]
@@ -336,7 +345,7 @@ def run_epoch(model: nn.Module, loader, loss_fn, device: torch.device, optimizer
     local_idx = cat(idxs, np.int64)
     arrays = gather_arrays(info, local_idx, cat(losses, np.float64), cat(probs, np.float64), cat(labels, np.float64))
     idx, l, p, t = _unique(*arrays)
-    return {**binary_metrics(p, t, l), "indices": local_idx}
+    return {**epoch_metrics(p, t, l), "indices": local_idx}
 
 # %% ../nbs/03_train.ipynb #14862498
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -380,6 +389,7 @@ def select_method(crops: pd.DataFrame, dataset: str = "All", where: str = "") ->
         raise ValueError(f"{where}: dataset {dataset!r} has no crops; method folders present: {present} (or 'All')")
     return crops[crops["method"].isin([ORIGINAL, dataset])]
 
+# %% ../nbs/03_train.ipynb #770f9352
 def limit_videos(crops: pd.DataFrame, max_videos: int | None, seed: int = 0) -> pd.DataFrame:
     "At most `max_videos` videos per split, in the split's class proportions (at least one per class), chosen under `seed`."
     if max_videos is None or max_videos < 0: return crops
@@ -396,6 +406,7 @@ def limit_videos(crops: pd.DataFrame, max_videos: int | None, seed: int = 0) -> 
     keys = pd.concat(keep)[["method", "video"]] if keep else crops[["method", "video"]].iloc[:0]
     return crops.merge(keys.drop_duplicates(), on=["method", "video"])
 
+# %% ../nbs/03_train.ipynb #0907b247
 def _split_summary(df: pd.DataFrame) -> dict:
     return {"frames": int(len(df)), "videos": int(df[["method", "video"]].drop_duplicates().shape[0]),
             "real_frames": int((df["label"] == 0).sum()), "fake_frames": int((df["label"] == 1).sum()),
@@ -423,7 +434,6 @@ def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int |
 
 # %% ../nbs/03_train.ipynb #9b9dd2f3
 def _dataset_of(method: str) -> str:
-    from deepfake_explain.mini_forensics import MINI_METHODS  # (mini_forensics imports data, not train)
     if method in FFPP_METHODS or method == DFD_METHOD: return "FaceForensics++"
     if method == DFDC_METHOD: return "DFDC"
     if method == CELEBDF_METHOD: return "Celeb-DF v2"
@@ -435,7 +445,6 @@ def dataset_names(methods) -> list[str]:
 
 def git_commit() -> str | None:
     "The git commit of the checkout this library runs from (None outside a git checkout)."
-    import deepfake_explain
     try: r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(deepfake_explain.__file__).resolve().parent,
                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError): return None
@@ -473,21 +482,110 @@ def config_changes(old: dict, new: dict) -> list[str]:
     get = lambda c, s, k: (c.get(s) or {}).get(k)
     return [f"{s}.{k}: {get(old, s, k)!r} -> {get(new, s, k)!r}" for s, k in keys if get(old, s, k) != get(new, s, k)]
 
+# %% ../nbs/03_train.ipynb #9461a707
 def library_versions() -> dict:
     "Versions of the libraries a checkpoint depends on."
-    import importlib.metadata as md
     out = {"python": platform.python_version()}
     for name in ("deepfake_explain", "torch", "numpy", "efficientnet-pytorch", "einops"):
         try: out[name] = md.version(name)
         except md.PackageNotFoundError: out[name] = None
     return out
 
+# %% ../nbs/03_train.ipynb #862128cd
 def _model_meta(model: nn.Module, cfg: dict) -> dict:
     "The model's own description (`meta`: layout, backbone, weights, grid, sizes)."
     meta = dict(getattr(model, "meta", None) or {})
     return {**meta, "layout": getattr(model, "layout", meta.get("layout")),
             "backbone": meta.get("backbone", cfg["model"].get("backbone"))}
 
+def _resume_into(ckpt: dict, cfg: dict, resume, model, opt, sched, scaler, stopper, log) -> int:
+    """Load checkpoint `ckpt` (read from `resume`) into the model and, for a full training checkpoint, the optimizer,
+    schedule, scaler, early stopping and RNG states; the first epoch to run. Refuses changes of `_FIXED_ON_RESUME` keys."""
+    full = is_training_checkpoint(ckpt)
+    if full:
+        changed = config_changes(ckpt["config"], _plain(cfg))
+        if any(c.startswith(_FIXED_ON_RESUME) for c in changed):
+            raise ValueError(f"{resume}: cannot continue this checkpoint with another config ({'; '.join(changed)}); "
+                             "resume without a config to use the checkpoint's, or fine-tune from its weights in a new run")
+        if changed: log(f"resuming with config changes: {'; '.join(changed)}")
+    report = load_weights(model, ckpt, strict=True)
+    log(f"loaded weights from {resume} ({report['kind']}, {report['loaded']} tensors)")
+    if not full: return 1
+    opt.load_state_dict(ckpt["optimizer"]); sched.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"): scaler.load_state_dict(ckpt["scaler"])
+    stopper.load_state_dict(ckpt["early_stopping"]); set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]) + 1
+
+# %% ../nbs/03_train.ipynb #b60ba214
+@dataclass
+class _Run:
+    "What one training run's epochs share: model (and its DDP wrapper `net`), optimisation, data, files and settings."
+    model: nn.Module; net: nn.Module; opt: object; sched: object; scaler: object; stopper: EarlyStopping
+    loss_fn: nn.Module; train_ld: DataLoader; val_ld: DataLoader; dev: torch.device; amp: object; info: DistInfo
+    output: Path; num_epochs: int; seed: int; progress: bool; log: object; ckpt_base: dict
+
+def _train_and_validate(r: _Run, epoch: int) -> tuple[dict, dict, float]:
+    "Train and validate epoch `epoch`: (train metrics, val metrics, train seconds); a non-finite loss names the last good checkpoint."
+    t0 = time.time()
+    start_epoch(r.train_ld, r.seed, epoch, r.info.rank)
+    try:
+        res = run_epoch(r.net, r.train_ld, r.loss_fn, r.dev, r.opt, scaler=r.scaler, amp_dtype=r.amp, info=r.info,
+                        desc=f"epoch {epoch}/{r.num_epochs} train", progress=r.progress)
+        t_train = time.time() - t0
+        va = run_epoch(r.model, r.val_ld, r.loss_fn, r.dev, amp_dtype=r.amp, info=r.info, desc=f"epoch {epoch} val",
+                       progress=r.progress)
+        if not math.isfinite(va["loss"]): raise NonFiniteLossError(f"epoch {epoch} val: non-finite validation loss ({va['loss']})")
+    except NonFiniteLossError as e:
+        last = r.output / "last.pt"
+        kept = f"the last good checkpoint is {last} (epoch {epoch - 1})" if last.exists() else "no checkpoint was written"
+        raise NonFiniteLossError(f"{e}: training stopped; {kept}. Lower training.lr or use precision fp32.") from None
+    return res, va, t_train
+
+# %% ../nbs/03_train.ipynb #9f4eb2ab
+def _save_epoch(r: _Run, epoch: int, row: dict, improved: bool, provenance_: dict) -> list[dict]:
+    "Rank 0's files after an epoch: last.pt (and best.pt when `improved`), metrics.csv and curves.png; all metric rows."
+    ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": r.model.state_dict(), "optimizer": r.opt.state_dict(),
+          "scheduler": r.sched.state_dict(), "scaler": r.scaler.state_dict() if r.scaler else {},
+          "early_stopping": r.stopper.state_dict(), "rng": rng_state(), **r.ckpt_base, "metrics": row,
+          "provenance": _plain(provenance_)}
+    save_checkpoint(r.output / "last.pt", ck)
+    if improved: save_checkpoint(r.output / "best.pt", ck)
+    rows = append_metrics(r.output / "metrics.csv", row)
+    plot_curves(rows, r.output / "curves.png")
+    return rows
+
+# %% ../nbs/03_train.ipynb #50b2e4d9
+def _setup_run(info, dev, config, data_root, output, num_epochs, patience, resume, dataset, max_videos, workers, seed,
+               precision, progress) -> tuple[_Run, int, dict, dict]:
+    "Everything an epoch needs, checked before any work: (run, first epoch, validated config, dataset summary)."
+    if data_root is None: raise ValueError("data_root is required: the folder of face crops (<data_root>/train_set, val_set)")
+    ckpt = read_checkpoint(resume) if resume else None
+    if config is None:
+        if not is_training_checkpoint(ckpt): raise ValueError("config is required (a YAML file or dict), unless resuming from a checkpoint written by train")
+        config = ckpt["config"]
+    # refused (frozen random blocks) or ImageNet file missing: before any work; a resumed run has its weights in ckpt
+    cfg = load_train_config(config, for_training=True) if ckpt is not None else training_config(config)[0]
+    ts = cfg["training"]
+    log = (lambda msg: tqdm.write(msg)) if (progress and info.is_main) else (lambda msg: None)
+    train_ds, val_ds, summary = make_datasets(data_root, cfg, dataset, max_videos, seed)
+    seed_everything(seed)                      # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=ckpt is None).to(dev)
+    set_bn_momentum(model, ts["bn-momentum"])
+    opt, amp = make_optimizer(model, ts), precision_dtype(precision, dev)
+    sched = make_scheduler(opt, ts, num_epochs)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    stopper = EarlyStopping(patience)
+    first = _resume_into(ckpt, cfg, resume, model, opt, sched, scaler, stopper, log) if ckpt is not None else 1
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if info.enabled else model
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none", pos_weight=torch.tensor(summary["pos_weight"], device=dev))
+    loaders = [make_loader(ds, ts["bs"], shuffle, info, workers, seed, dev.type == "cuda") for ds, shuffle in ((train_ds, True), (val_ds, False))]
+    meta = {**_model_meta(model, cfg), "versions": library_versions(), "dataset": summary, "seed": seed,
+            "world_size": info.world, "precision": str(amp).replace("torch.", "") if amp else "fp32", "num_epochs": num_epochs}
+    run = _Run(model, net, opt, sched, scaler, stopper, loss_fn, *loaders, dev, amp, info, output, num_epochs, seed, progress,
+               log, {"config": _plain(cfg), "meta": _plain(meta)})
+    return run, first, cfg, summary
+
+# %% ../nbs/03_train.ipynb #6102d845
 def train(config=None, data_root=None, output="train", num_epochs: int = 100, patience: int = 5, resume=None,
           dataset: str = "All", max_videos: int | None = None, workers: int = 2, seed: int = 0, device=None,
           precision: str = "auto", progress: bool = True) -> dict:
@@ -499,96 +597,38 @@ def train(config=None, data_root=None, output="train", num_epochs: int = 100, pa
     finally:
         if info.owns_group: dist.destroy_process_group()
 
+# %% ../nbs/03_train.ipynb #621aa88f
 def _train(info, dev, config, data_root, output, num_epochs, patience, resume, dataset, max_videos, workers, seed,
            precision, progress) -> dict:
-    if data_root is None: raise ValueError("data_root is required: the folder of face crops (<data_root>/train_set, val_set)")
-    ckpt = read_checkpoint(resume) if resume else None
-    full = is_training_checkpoint(ckpt)
-    if config is None:
-        if not full: raise ValueError("config is required (a YAML file or dict), unless resuming from a checkpoint written by train")
-        config = ckpt["config"]
-    # refused (frozen random blocks) or ImageNet file missing: before any work; a resumed run has its weights in ckpt
-    cfg = load_train_config(config, for_training=True) if ckpt is not None else training_config(config)[0]
-    ts = cfg["training"]
-    log = (lambda msg: tqdm.write(msg)) if (progress and info.is_main) else (lambda msg: None)
-    train_ds, val_ds, summary = make_datasets(data_root, cfg, dataset, max_videos, seed)
-
-    seed_everything(seed)                      # same initial weights on every rank (DDP also broadcasts rank 0's)
-    # (checked above; resumed: the backbone's weights come from the checkpoint, none are loaded here)
-    model = build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=ckpt is None).to(dev)
-    set_bn_momentum(model, ts["bn-momentum"])
-    opt, amp = make_optimizer(model, ts), precision_dtype(precision, dev)
-    sched = make_scheduler(opt, ts, num_epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    stopper, first = EarlyStopping(patience), 1
-    if full:
-        changed = config_changes(ckpt["config"], _plain(cfg))
-        if any(c.startswith(_FIXED_ON_RESUME) for c in changed):
-            raise ValueError(f"{resume}: cannot continue this checkpoint with another config ({'; '.join(changed)}); "
-                             "resume without a config to use the checkpoint's, or fine-tune from its weights in a new run")
-        if changed: log(f"resuming with config changes: {'; '.join(changed)}")
-    if ckpt is not None:
-        report = load_weights(model, ckpt, strict=True)
-        log(f"loaded weights from {resume} ({report['kind']}, {report['loaded']} tensors)")
-        if full:
-            opt.load_state_dict(ckpt["optimizer"]); sched.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"): scaler.load_state_dict(ckpt["scaler"])
-            stopper.load_state_dict(ckpt["early_stopping"]); set_rng_state(ckpt["rng"])
-            first = int(ckpt["epoch"]) + 1
-    net = model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    loss_fn = nn.BCEWithLogitsLoss(reduction="none", pos_weight=torch.tensor(summary["pos_weight"], device=dev))
-    pin = dev.type == "cuda"
-    train_ld = make_loader(train_ds, ts["bs"], True, info, workers, seed, pin)
-    val_ld = make_loader(val_ds, ts["bs"], False, info, workers, seed, pin)
-    meta = {**_model_meta(model, cfg), "versions": library_versions(), "dataset": summary, "seed": seed,
-            "world_size": info.world, "precision": str(amp).replace("torch.", "") if amp else "fp32", "num_epochs": num_epochs}
-    cfg_plain, meta = _plain(cfg), _plain(meta)
-    last, best = output / "last.pt", output / "best.pt"
+    r, first, cfg, summary = _setup_run(info, dev, config, data_root, output, num_epochs, patience, resume, dataset,
+                                        max_videos, workers, seed, precision, progress)
     if info.is_main:
         output.mkdir(parents=True, exist_ok=True)
-        log(f"training {meta['layout']} model on {summary['train']['frames']} frames ({summary['train']['videos']} videos), "
-            f"validating on {summary['val']['frames']}; epochs {first}..{num_epochs}, device {dev}, world {info.world}")
+        r.log(f"training {r.ckpt_base['meta']['layout']} model on {summary['train']['frames']} frames ({summary['train']['videos']} "
+              f"videos), validating on {summary['val']['frames']}; epochs {first}..{num_epochs}, device {dev}, world {info.world}")
     rows, stopped, res = read_metrics(output / "metrics.csv") if info.is_main else [], "num_epochs", {"indices": np.zeros(0, np.int64)}
-    if stopper.should_stop: stopped = "early_stopping"
+    if r.stopper.should_stop: stopped = "early_stopping"
     t_start = time.time()
     for epoch in range(first, num_epochs + 1):
-        if stopper.should_stop: break
-        t0, lr = time.time(), opt.param_groups[0]["lr"]
-        start_epoch(train_ld, seed, epoch, info.rank)
-        try:
-            res = run_epoch(net, train_ld, loss_fn, dev, opt, scaler=scaler, amp_dtype=amp, info=info,
-                            desc=f"epoch {epoch}/{num_epochs} train", progress=progress)
-            t_train = time.time() - t0
-            va = run_epoch(model, val_ld, loss_fn, dev, amp_dtype=amp, info=info, desc=f"epoch {epoch} val", progress=progress)
-            if not math.isfinite(va["loss"]): raise NonFiniteLossError(f"epoch {epoch} val: non-finite validation loss ({va['loss']})")
-        except NonFiniteLossError as e:
-            kept = f"the last good checkpoint is {last} (epoch {epoch - 1})" if last.exists() else "no checkpoint was written"
-            raise NonFiniteLossError(f"{e}: training stopped; {kept}. Lower training.lr or use precision fp32.") from None
-        sched.step()
-        improved = stopper.step(va["loss"], epoch)
+        if r.stopper.should_stop: break
+        t0, lr = time.time(), r.opt.param_groups[0]["lr"]
+        res, va, t_train = _train_and_validate(r, epoch)
+        r.sched.step()
+        improved = r.stopper.step(va["loss"], epoch)
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": res[k] for k in ("loss", "acc", "auc")},
                **{f"val_{k}": va[k] for k in ("loss", "acc", "auc")}, "n_train": res["n"], "n_val": va["n"],
                "best": int(improved), "train_seconds": round(t_train, 3), "seconds": round(time.time() - t0, 3)}
         if info.is_main:
-            ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                  "early_stopping": stopper.state_dict(), "rng": rng_state(), "config": cfg_plain, "meta": meta,
-                  "metrics": row, "provenance": _plain(provenance(cfg, summary, epoch))}
-            save_checkpoint(last, ck)
-            if improved: save_checkpoint(best, ck)
-            rows = append_metrics(output / "metrics.csv", row)
-            plot_curves(rows, output / "curves.png")
-            log(f"epoch {epoch}: train loss {res['loss']:.4f} auc {res['auc']:.3f} | val loss {va['loss']:.4f} "
-                f"acc {va['acc']:.3f} auc {va['auc']:.3f}{' *' if improved else ''} ({row['seconds']:.0f}s)")
-        if stopper.should_stop:
+            rows = _save_epoch(r, epoch, row, improved, provenance(cfg, summary, epoch))
+            r.log(f"epoch {epoch}: train loss {res['loss']:.4f} auc {res['auc']:.3f} | val loss {va['loss']:.4f} "
+                  f"acc {va['acc']:.3f} auc {va['auc']:.3f}{' *' if improved else ''} ({row['seconds']:.0f}s)")
+        if r.stopper.should_stop:
             stopped = "early_stopping"
-            log(f"early stopping: no lower validation loss for {patience} epochs (best epoch {stopper.best_epoch})")
+            r.log(f"early stopping: no lower validation loss for {patience} epochs (best epoch {r.stopper.best_epoch})")
     if info.enabled: dist.barrier()
-    return {"output": str(output), "last": str(last), "best": str(best), "start_epoch": first, "stopped": stopped,
-            "best_epoch": stopper.best_epoch, "best_val_loss": stopper.best, "history": rows, "rank": info.rank,
-            "world_size": info.world, "train_indices": res["indices"], "seconds": round(time.time() - t_start, 1)}
+    return {"output": str(output), "last": str(output / "last.pt"), "best": str(output / "best.pt"), "start_epoch": first,
+            "stopped": stopped, "best_epoch": r.stopper.best_epoch, "best_val_loss": r.stopper.best, "history": rows,
+            "rank": info.rank, "world_size": info.world, "train_indices": res["indices"], "seconds": round(time.time() - t_start, 1)}
 
 # %% ../nbs/03_train.ipynb #03f35ef0
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -610,13 +650,10 @@ def train_cli(
     quiet: bool = False,          # no progress bars or epoch lines
 ):
     "Train the deepfake detector on face crops (one process, or one per GPU under torchrun)."
-    import sys
-    try:
+    with cli_errors("deepfake-explain-train"):
         res = train(config, data_root, output, num_epochs=num_epochs, patience=patience, resume=resume, dataset=dataset,
                     max_videos=None if max_videos < 0 else max_videos, workers=workers, seed=seed, device=device,
                     precision=precision, progress=not quiet)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
-        print(f"deepfake-explain-train: {e}", file=sys.stderr); sys.exit(1)
     if res["rank"] == 0:
         print(f"best epoch {res['best_epoch']} (val loss {res['best_val_loss']:.4f}); stopped by {res['stopped']}; "
               f"checkpoints in {res['output']}")

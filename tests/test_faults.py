@@ -419,10 +419,10 @@ def test_checkpoint_of_the_other_layout_names_the_keys(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"{tmp_path / 'spatial.pt'}: checkpoint does not fit this seed model")
     assert "spatial-layout checkpoint: set 'model.layout: spatial'" in msg
-    assert "unexpected keys [feature_to_embedding.weight, feature_to_embedding.bias]" in msg and "missing keys [" in msg
+    assert "2 unexpected keys: feature_to_embedding.weight, feature_to_embedding.bias" in msg and "missing keys: " in msg
     with pytest.raises(ValueError) as e: load_checkpoint(spatial_model, tmp_path / "seed.pt")
     assert "seed-layout checkpoint: set 'model.layout: seed'" in str(e.value)
-    assert "missing keys [feature_to_embedding.weight, feature_to_embedding.bias]" in str(e.value)
+    assert "2 missing keys: feature_to_embedding.weight, feature_to_embedding.bias" in str(e.value)
     # train.load_weights and evaluate.load_detector (config of the other layout than the stored weights)
     with pytest.raises(CheckpointMismatchError) as e: load_weights(seed_model, tmp_path / "spatial.pt")
     assert f"{tmp_path / 'spatial.pt'}: checkpoint has layout 'spatial', the model has layout 'seed'" in str(e.value)
