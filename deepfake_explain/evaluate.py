@@ -316,7 +316,7 @@ def write_test_report(frames: pd.DataFrame, output, rule: str = "reference", thr
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 import torch.distributed as dist
 from .data import FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, equidistant, index_crops, resolve_device

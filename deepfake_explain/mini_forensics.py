@@ -498,7 +498,7 @@ def make_mini_forensics(root, seed: int = 0, n_frames: int = 16, size: int = 160
                      "width": size, "height": size, "fps": fps, "frame_count_meta": n_frames, "size_bytes": p.stat().st_size})
 
     jobs = [(s, a, b) for s in MINI_SPLITS for a, b in plan["pairs"][s]]
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
     for split, a, b in tqdm(jobs, desc="mini-forensics pairs", disable=not progress):
         for i in (a, b):
             p = video_path(root, ORIGINAL, i, compression)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from fastcore.script import call_parse
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 from .core import UsageError, cli_errors
 from .data import atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path, resolve_device

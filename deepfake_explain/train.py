@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from fastcore.script import call_parse
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 import pandas as pd
 import deepfake_explain

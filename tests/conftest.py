@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 # A small spatial detector (64 px, one 32-wide transformer block): fast on CPU, every code path of the real one.
 TINY = {"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 32, "mlp-dim": 32, "heads": 2, "dim-head": 16}}
+# A small trainable one (32 px crops, tokens after block 2, every block trainable, AdamW): a few seconds an epoch.
+TINY_TRAIN = {"model": {"image-size": 32, "trainable-blocks": 16, "dropout": 0.0, "emb-dropout": 0.0},
+              "spatial": {"feature-block": 2, "emb-dim": 32, "depth": 1, "heads": 2, "dim-head": 16, "mlp-dim": 32},
+              "training": {"lr": 3e-3, "bs": 8, "optimizer": "adamw", "scheduler": "cosine", "bn-momentum": 0.1,
+                           "frames-per-video": 4, "rebalancing_fake": 1}}
 
 
 @pytest.fixture

@@ -12,10 +12,8 @@ from deepfake_explain.data import CELEBDF_METHOD, ORIGINAL, index_videos, synthe
 from deepfake_explain.study import CROSS_COLUMNS, check_test_sets, cross_dataset_test, write_report
 from deepfake_explain.train import train
 
-TINY = {"model": {"image-size": 32, "trainable-blocks": 16, "dropout": 0.0, "emb-dropout": 0.0},
-        "spatial": {"feature-block": 2, "emb-dim": 32, "depth": 1, "heads": 2, "dim-head": 16, "mlp-dim": 32},
-        "training": {"lr": 3e-3, "bs": 8, "optimizer": "adamw", "scheduler": "cosine", "bn-momentum": 0.1,
-                     "frames-per-video": 4, "rebalancing_fake": 1, "augment": False}}
+from conftest import TINY_TRAIN
+TINY = {**TINY_TRAIN, "training": {**TINY_TRAIN["training"], "augment": False}}
 
 
 

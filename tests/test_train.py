@@ -14,10 +14,7 @@ from deepfake_explain.model import build_model
 from deepfake_explain.train import (CHECKPOINT_FORMAT, load_train_config, make_datasets, make_loader, model_config,
                                     read_checkpoint, read_metrics, seed_everything, train)
 
-TINY = {"model": {"image-size": 32, "trainable-blocks": 16, "dropout": 0.0, "emb-dropout": 0.0},
-        "spatial": {"feature-block": 2, "emb-dim": 32, "depth": 1, "heads": 2, "dim-head": 16, "mlp-dim": 32},
-        "training": {"lr": 3e-3, "bs": 8, "optimizer": "adamw", "scheduler": "cosine", "bn-momentum": 0.1,
-                     "frames-per-video": 4, "rebalancing_fake": 1}}
+from conftest import TINY_TRAIN as TINY  # the small trainable detector shared by the tests
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
@@ -26,12 +23,6 @@ def crops(tmp_path_factory) -> Path:
     return synthetic_crops(tmp_path_factory.mktemp("crops"))
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _train_loss(model, crops, cfg) -> float:
