@@ -40,7 +40,7 @@ __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_C
            'figure_png', 'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces',
            'explain_video', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops',
            'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video', 'explain_cli',
-           'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure', 'identity_note',
+           'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure', 'sanity_summary', 'identity_note',
            'restoration_informative', 'validity_figure', 'sanity_figure', 'study_validity', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #3c899709
@@ -1199,6 +1199,13 @@ def perturbation_figure(curves: pd.DataFrame):
     axs[0].legend(fontsize=8)
     return fig
 
+# %% ../nbs/05_explain.ipynb #3b16a7b3
+def sanity_summary(sanity: pd.DataFrame) -> pd.DataFrame:
+    "The sanity check as a table: mean rank correlation per method (rows) and randomisation step (columns, in order)."
+    steps = list(dict.fromkeys(sanity["step"]))
+    t = sanity.groupby(["method", "step"], sort=False)["spearman"].mean().unstack()[steps]
+    return t.reset_index().rename_axis(columns=None)
+
 # %% ../nbs/05_explain.ipynb #38103c71
 def identity_note(data_root) -> dict:
     "Whether the dataset's test identities are held out from training (`manifest.json` of mini-forensics), with a plain statement."
@@ -1260,7 +1267,7 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
     """The validity tests on `split`'s fake crops that have a frame-aligned original (at most `max_images`, evenly spread):
     the restoration test (with the oracle and random orders), ROAD on `road_images` of them and the cascading
     randomisation sanity check on `sanity_images` (both evenly spread over the crops, so over the methods too); writes
-    `restoration.csv`/`.png`, `road.csv`/`.png`, `sanity.csv`/`.png`, `validity_per_image.csv`, `validity_vs_baselines.csv`
+    `restoration.csv`/`.png`, `road.csv`/`.png`, `sanity.csv`/`.png` (+ `sanity_summary.csv`), `validity_per_image.csv`, `validity_vs_baselines.csv`
     and `validity.json` to `<output>/explanation/`. `ValueError` when no fake has an original (e.g. DFDC's layout)."""
     from deepfake_explain.data import index_crops
     crops = index_crops(crops_root)
@@ -1309,6 +1316,7 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
     write_csv_atomic(out / "restoration.csv", rest)
     write_csv_atomic(out / "road.csv", road)
     write_csv_atomic(out / "sanity.csv", sanity)
+    write_csv_atomic(out / "sanity_summary.csv", sanity_summary(sanity))
     write_csv_atomic(out / "validity_per_image.csv", per_image)
     pm = per_image[per_image["method"].isin(methods)]
     refs = [r for r in ("fused", "relevancy") if r in methods]

@@ -137,12 +137,13 @@ REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
     ("ROAD (noisy linear imputation): most relevant removed first (MoRF) and least relevant first (LeRF)", "explanation/road.png", "png"),
     ("Sanity check: rank correlation of each map with the map of a cascadingly randomised model (top block first; "
      "a map that stays the same explains nothing)", "explanation/sanity.png", "png"),
+    ("Sanity check: mean rank correlation per method and randomisation step", "explanation/sanity_summary.csv", "csv"),
     ("Perturbation curves (legacy: tokens zeroed, which a fake detector reads as manipulation)", "explanation/perturbation.png", "png"),
 ]
 OPTIONAL_REPORT_ITEMS = {  # only some runs have them: test_sets; fused among the methods; frame-aligned originals
     "cross_dataset.csv", "explanation/quality_fused_vs_baselines.csv", "explanation/gallery_fused.png",
     "explanation/restoration.png", "explanation/validity.json", "explanation/validity_vs_baselines.csv",
-    "explanation/road.png", "explanation/sanity.png"}
+    "explanation/road.png", "explanation/sanity.png", "explanation/sanity_summary.csv"}
 
 def markdown_table(df, floatfmt: str = ".4g") -> str:
     "A pipe table of `df` (Markdown, rendered as an HTML table), floats written with `floatfmt`."
@@ -340,7 +341,7 @@ def study_notebook(nb_path) -> nbformat.NotebookNode:
     nb.cells = cells
     return nb
 
-# %% ../nbs/06_study.ipynb #f8676e2b
+# %% ../nbs/06_study.ipynb #7ce04683
 def params_digest(params: dict) -> str:
     "A stable hash of the parameters (completion records are only trusted for the same parameters)."
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -374,6 +375,7 @@ def check_before_work(p: dict, names: list, root: Path):
         training_config(p.get("config") or root / "configs" / "quick.yaml")  # 03_train's default config
     if p.get("test_sets") is not None: check_test_sets(p["test_sets"])
 
+# %% ../nbs/06_study.ipynb #9aa2e642
 def notebook_defaults(nb_path) -> dict:
     "The literal defaults of a notebook's `parameters` cell (name -> value)."
     nb = nbformat.read(nb_path, as_version=4)
@@ -407,6 +409,7 @@ def run_step(name: str, p: dict, run_dir: Path):
                        frames_per_video=int(p.get("frames_per_video", 20)), batch_size=int(p.get("batch_size", 32)),
                        device=p.get("device", "auto"), seed=int(p.get("seed", 0)))
 
+# %% ../nbs/06_study.ipynb #11ccb68c
 class _StageOutput:
     "Where a stage kernel's stream output goes: all of it to the stage's log, its progress bars also to the console."
     _BAR = re.compile(r"\d+%\||\d+it \[|it/s\]|s/it\]")
@@ -440,6 +443,7 @@ def run_notebook(nb_path, out_nb, params: dict, kernel: str, log_path: Path, lab
                             progress_bar={"desc": f"[study] {label or Path(nb_path).stem}", "file": console, "leave": True},
                             stdout_file=log, stderr_file=_StageOutput(log, console))
 
+# %% ../nbs/06_study.ipynb #bb345bbe
 class StageFailed(RuntimeError):
     "A study stage failed; the message names the stage and its executed notebook."
 

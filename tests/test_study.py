@@ -177,5 +177,5 @@ def test_docs_site_in_nbdev_manner(tmp_path):
     assert "Read an image file as RGB uint8" in text                                                    # its docstring
     assert "cv2.imdecode" not in text and "from fastcore.test import" not in text      # no exported source, no scaffolding
     assert re.search(r'<img[^>]+src="data:image/png;base64,', data), "00_data.html has no inline figure"
-    assert "#| export" not in data and "#| hide" not in data
+    assert "#| export" not in data and "#| hide" not in data and "{target=" not in text
     assert re.search(r'<h3[^>]*id="study_notebook"', pages["06_study"])

@@ -123,7 +123,8 @@ def _as_node(o) -> nbformat.NotebookNode:
 def _output_markdown(o) -> str:
     data = o.get("data", {})
     text = data.get("text/markdown") or data.get("text/plain") or ""
-    return "".join(text) if isinstance(text, list) else text
+    text = "".join(text) if isinstance(text, list) else text
+    return re.sub(r"\{target=[^}]*\}", "", text)  # Quarto's link attributes (show_doc's source link), raw text here
 
 
 SIDEBAR_CSS = """<style>
