@@ -110,7 +110,10 @@ def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
     assert m["info"]["model_sha256"] and m["info"]["frames_per_video"] == p["frames_per_video"]
     # explain: every sample explained by every method, quality table on the test fakes
     ex = pd.read_csv(run / "explanation" / "explanations.csv")
-    assert set(ex["method"]) == {"relevancy", "fused", "attention", "rollout", "gradcam", "random"} and ex["name"].nunique() >= 1
+    methods = p.get("explain_methods", "relevancy,fused,attention,rollout,gradcam,random").split(",")  # 05's default
+    assert set(ex["method"]) == set(methods) and ex["name"].nunique() >= 1
+    v = json.loads((run / "explanation" / "validity.json").read_text())     # the validity tests ran on the real fake
+    assert v["n_images"] >= 1 and v["n_sanity"] == p["sanity_images"] and (run / "explanation" / "sanity_summary.csv").exists()
     assert all(Path(f).is_file() for f in ex["figure"])
     q = pd.read_csv(run / "explanation" / "quality.csv")
     assert set(q["method"]) == set(ex["method"])

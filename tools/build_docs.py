@@ -91,7 +91,7 @@ def readable(nb) -> nbformat.NotebookNode:
             cells.append(nbformat.v4.new_markdown_cell(c.source)); continue
         d = cell_directives(c.source)
         if HIDDEN & d.keys() or EXPORT_CALL in c.source: continue
-        outputs = [o for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        outputs = [_clean_output(o) for o in c.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
         if EXPORTED & d.keys():
             cells += [nbformat.v4.new_markdown_cell(_output_markdown(o)) for o in c.get("doc_outputs", [])]
             continue
@@ -101,6 +101,9 @@ def readable(nb) -> nbformat.NotebookNode:
         elif skip & d.keys():
             cells.append(nbformat.v4.new_markdown_cell("*Not run when the docs are built: this cell runs in a study "
                                                        "(its results are in a study run's notebooks and report).*"))
+        if re.fullmatch(r"(\s*show_doc\([^()]*\)\s*)+", src):  # a show_doc call: its output only, as nbdev shows it
+            cells += [nbformat.v4.new_markdown_cell(_output_markdown(o)) for o in outputs]
+            continue
         cell = nbformat.v4.new_code_cell(src)
         cell.outputs = [_as_node(o) for o in outputs]
         if src or cell.outputs: cells.append(cell)
@@ -118,6 +121,13 @@ def _as_node(o) -> nbformat.NotebookNode:
     if "data" in o: o["data"] = {k: _joined(v) for k, v in o["data"].items()}
     if "traceback" in o: o["traceback"] = list(o["traceback"])
     return nbformat.from_dict(o)
+
+
+def _clean_output(o):
+    "An output without Quarto's link attributes in its Markdown."
+    if "text/markdown" in o.get("data", {}):
+        o = {**o, "data": {**o["data"], "text/markdown": _output_markdown(o)}}
+    return o
 
 
 def _output_markdown(o) -> str:
