@@ -9,13 +9,10 @@ import copy, re
 from pathlib import Path
 import nbformat
 
+from deepfake_explain.study import cell_directives  # (one parser of nbdev directives, shared with the study runner)
+
 ROOT = Path(__file__).resolve().parents[1]
 _directive = re.compile(r"^\s*#\s*\|")
-
-
-def directives(cell) -> list[str]:
-    "The nbdev directives (`#| name`) of a cell."
-    return [l.split("|", 1)[1].strip() for l in cell.source.splitlines() if _directive.match(l)]
 
 
 def readable(nb):
@@ -23,11 +20,11 @@ def readable(nb):
     nb = copy.deepcopy(nb)
     cells = []
     for c in nb.cells:
-        ds = directives(c) if c.cell_type == "code" else []
-        if any(d.split()[0] in ("hide", "exporti") for d in ds if d): continue
+        ds = cell_directives(c.source) if c.cell_type == "code" else {}
+        if {"hide", "exporti"} & ds.keys(): continue
         if c.cell_type == "code":
             c.source = "\n".join(l for l in c.source.splitlines() if not _directive.match(l)).strip("\n")
-            if any(d.split()[0] == "hide_input" for d in ds if d): c.source = ""
+            if "hide_input" in ds: c.source = ""
             if not c.source and not c.get("outputs"): continue
         cells.append(c)
     nb.cells = cells
