@@ -16,11 +16,11 @@ from .data import atomic_write, write_json_atomic
 
 # %% auto #0
 __all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'RUNNER_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS',
-           'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'notebook_parameters', 'check_parameter_names',
-           'environment_info', 'markdown_table', 'write_report', 'check_test_sets', 'test_set_crops',
-           'cross_dataset_row', 'cross_dataset_test', 'cell_directives', 'study_notebook', 'params_digest',
-           'ensure_kernel', 'remove_run_temps', 'check_before_work', 'notebook_defaults', 'torchrun_preprocess',
-           'run_step', 'run_notebook', 'StageFailed', 'run_study', 'study_cli']
+           'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell', 'notebook_parameters',
+           'check_parameter_names', 'environment_info', 'markdown_table', 'write_report', 'check_test_sets',
+           'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cell_directives', 'study_notebook',
+           'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_before_work', 'notebook_defaults',
+           'torchrun_preprocess', 'run_step', 'run_notebook', 'StageFailed', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #11d60c43
 STAGES = {  # stage name -> notebook (in nbs/); 02_model defines the network and writes nothing, so it is no stage
@@ -72,15 +72,17 @@ def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -
     return [s for s in chosen if not (s == "generate" and dataset != "mini" and stages is None)]
 
 # %% ../nbs/06_study.ipynb #9e6e0906
+def parameters_cell(nb_path) -> str:
+    "The source of the notebook's one cell tagged `parameters`; ValueError naming the notebook otherwise."
+    cells = [c for c in nbformat.read(nb_path, as_version=4).cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1: raise ValueError(f"{nb_path}: expected one cell tagged 'parameters', found {len(cells)}")
+    return cells[0].source
+
 def notebook_parameters(nbs_dir, notebooks: dict) -> dict[str, list[str]]:
     "Parameter name -> the stage notebooks whose cell tagged `parameters` assigns it."
     known = {}
     for name, nb_file in notebooks.items():
-        path = Path(nbs_dir) / nb_file
-        nb = nbformat.read(path, as_version=4)
-        cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-        if len(cells) != 1: raise ValueError(f"{path}: expected one cell tagged 'parameters', found {len(cells)}")
-        for node in ast.parse(cells[0].source).body:
+        for node in ast.parse(parameters_cell(Path(nbs_dir) / nb_file)).body:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
             for t in targets:
                 if isinstance(t, ast.Name): known.setdefault(t.id, []).append(name)
@@ -378,10 +380,8 @@ def check_before_work(p: dict, names: list, root: Path):
 # %% ../nbs/06_study.ipynb #9aa2e642
 def notebook_defaults(nb_path) -> dict:
     "The literal defaults of a notebook's `parameters` cell (name -> value)."
-    nb = nbformat.read(nb_path, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
     out = {}
-    for node in ast.parse(cell.source).body:
+    for node in ast.parse(parameters_cell(nb_path)).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try: out[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError: pass
