@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['ORIGINAL', 'UsageError', 'cli_errors', 'did_you_mean', 'short_list', 'state_dict_diff', 'diff_message',
-           'atomic_write', 'write_json_atomic', 'write_bytes_atomic', 'ImageReadError', 'to_rgb_uint8',
-           'read_image_rgb', 'write_png_atomic', 'jpeg_compress']
+           'atomic_write', 'write_json_atomic', 'write_bytes_atomic', 'write_csv_atomic', 'ImageReadError',
+           'to_rgb_uint8', 'read_image_rgb', 'write_png_atomic', 'jpeg_compress']
 
 # %% ../nbs/00_core.ipynb #eb9b619a
 class UsageError(ValueError):
@@ -83,6 +83,11 @@ def write_json_atomic(path, obj, **kwargs) -> Path:
 def write_bytes_atomic(path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_write(path, "wb") as f: f.write(data)
+    return Path(path)
+
+def write_csv_atomic(path, df) -> Path:
+    "Write the DataFrame `df` as CSV (no index) to `path` atomically."
+    with atomic_write(path, "w") as f: df.to_csv(f, index=False)
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #fed957e8

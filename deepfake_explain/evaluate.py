@@ -16,7 +16,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              confusion_matrix, f1_score, roc_auc_score, roc_curve)
 
 from .data import atomic_write, write_bytes_atomic, write_json_atomic
-from .core import UsageError, cli_errors
+from .core import UsageError, cli_errors, write_csv_atomic
 from .metrics import binary_metrics, equal_error_rate, one_class_reason
 
 # %% auto #0
@@ -273,10 +273,6 @@ def score_hist_figure(videos: pd.DataFrame, frames: pd.DataFrame | None, thresho
 REPORT_FILES = dict(metrics="metrics.json", per_method="per_method.csv", videos="videos.csv", labels="labels.txt",
                     samples="samples.csv", roc="roc.png", confusion="confusion_matrix.png", histograms="score_histograms.png")
 
-def _write_csv(path, df: pd.DataFrame) -> Path:
-    with atomic_write(path, "w") as f: df.to_csv(f, index=False)
-    return Path(path)
-
 def _jsonable(x):
     if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
@@ -302,10 +298,10 @@ def write_test_report(frames: pd.DataFrame, output, rule: str = "reference", thr
                    files=REPORT_FILES, info=info or {}, warning=(info or {}).get("warning"))
     vcsv = videos.assign(faces=videos["faces"].map(json.dumps), track_scores=videos["track_scores"].map(json.dumps))
     if metrics["warning"]: vcsv["warning"] = metrics["warning"]  # on every verdict
-    _write_csv(out / REPORT_FILES["videos"], vcsv)
-    _write_csv(out / REPORT_FILES["per_method"], table)
+    write_csv_atomic(out / REPORT_FILES["videos"], vcsv)
+    write_csv_atomic(out / REPORT_FILES["per_method"], table)
     with atomic_write(out / REPORT_FILES["labels"], "w") as f: f.write("".join(l + "\n" for l in reference_lines(videos)))
-    _write_csv(out / REPORT_FILES["samples"], select_samples(frames, videos))
+    write_csv_atomic(out / REPORT_FILES["samples"], select_samples(frames, videos))
     write_bytes_atomic(out / REPORT_FILES["roc"], _fig_png(roc_figure(videos)))
     write_bytes_atomic(out / REPORT_FILES["confusion"], _fig_png(confusion_figure(videos, threshold)))
     write_bytes_atomic(out / REPORT_FILES["histograms"], _fig_png(score_hist_figure(videos, frames, threshold)))
@@ -457,7 +453,7 @@ def _read_scores(csv_path, json_path, key: dict) -> pd.DataFrame | None:
     return df
 
 def _save_scores(csv_path, json_path, key: dict, df: pd.DataFrame):
-    _write_csv(csv_path, df)
+    write_csv_atomic(csv_path, df)
     write_json_atomic(json_path, _jsonable({"key": key, "skipped": df.attrs["skipped"]}))
 
 def _gather_frames(df: pd.DataFrame, world: int) -> pd.DataFrame:
@@ -854,7 +850,7 @@ def _predict_videos(videos, model_path, config, output, frames_per_video, batch_
         rec.update(name=name, key=key, model=model_info, provenance=prov, warning=warning, html=None)
         if explainer is not None: rec.update(explainer.write(rec, output))
         rec = {k: v for k, v in rec.items() if not k.startswith("_")}  # the images stay in memory only
-        _write_csv(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
+        write_csv_atomic(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
         write_json_atomic(js, _jsonable(rec))
         rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i))
         bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
@@ -862,7 +858,7 @@ def _predict_videos(videos, model_path, config, output, frames_per_video, batch_
     df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     if info.is_main:  # one summary (and index page), written by rank 0
         merged = merge_predictions(earlier, _summary_csv(df))
-        _write_csv(Path(output) / "predictions.csv", merged)
+        write_csv_atomic(Path(output) / "predictions.csv", merged)
         if explainer is not None: explainer.index(merged, output)
     if info.enabled: torch.distributed.barrier()
     df.attrs.update(provenance=prov, warning=warning, rank=info.rank, processes=info.world)

@@ -22,7 +22,7 @@ from .data import write_bytes_atomic, write_json_atomic
 from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, RULES, SAMPLE_COLUMNS, VOTING, checkpoint_provenance,
                                        frame_probabilities, load_detector, predict_video, predict_videos, provenance_line,
                                        provenance_warning, report_verdicts, video_score)
-from .core import UsageError, cli_errors
+from .core import UsageError, cli_errors, write_csv_atomic
 from .preprocess import open_video, square_box
 
 # %% auto #0
@@ -33,15 +33,15 @@ __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_C
            'fused_map', 'random_scores', 'token_scores', 'normalize_maps', 'scores_to_maps', 'explain_batch', 'explain',
            'relevancy', 'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'pointing_game',
            'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'explanation_quality',
-           'per_image_aucs', 'paired_differences', 'write_csv_atomic', 'pixel_order', 'top_pixels',
-           'restoration_curves', 'curve_aucs', 'noisy_linear_impute', 'road_curves', 'randomisation_steps',
-           'reinitialise_', 'cascading_randomisation', 'rank_correlation', 'sanity_check', 'original_video_path',
-           'original_crops', 'overlay_jet', 'classification', 'figure_title', 'explained_figure', 'gallery_figure',
-           'figure_png', 'faces_to_batch', 'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces',
-           'explain_video', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops',
-           'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video', 'explain_cli',
-           'crop_mask', 'masks_for_crops', 'study_quality', 'perturbation_figure', 'sanity_summary', 'identity_note',
-           'restoration_informative', 'validity_figure', 'sanity_figure', 'study_validity', 'explain_stage']
+           'per_image_aucs', 'paired_differences', 'pixel_order', 'top_pixels', 'restoration_curves', 'curve_aucs',
+           'noisy_linear_impute', 'road_curves', 'randomisation_steps', 'reinitialise_', 'cascading_randomisation',
+           'rank_correlation', 'sanity_check', 'original_video_path', 'original_crops', 'overlay_jet', 'classification',
+           'figure_title', 'explained_figure', 'gallery_figure', 'figure_png', 'faces_to_batch', 'explain_faces',
+           'explain_samples', 'explain_folder', 'predict_faces', 'explain_video', 'VideoExplainer', 'annotate_frame',
+           'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri', 'video_page_html', 'index_html',
+           'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops', 'study_quality',
+           'perturbation_figure', 'sanity_summary', 'identity_note', 'restoration_informative', 'validity_figure',
+           'sanity_figure', 'study_validity', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #3c899709
 METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random")
@@ -399,11 +399,6 @@ def paired_differences(per_image: pd.DataFrame, reference: str = "relevancy", n_
             rows.append(dict(reference=reference, baseline=base, metric=metric, n_images=len(d), advantage=float(d.mean()),
                              ci_low=float(lo), ci_high=float(hi), wins=float((d > 0).mean()), ties=float((d == 0).mean())))
     return pd.DataFrame(rows, columns=["reference", "baseline", "metric", "n_images", "advantage", "ci_low", "ci_high", "wins", "ties"])
-
-def write_csv_atomic(path, df: pd.DataFrame) -> Path:
-    "Write `df` as CSV (no index) atomically."
-    with atomic_write(path, "w") as f: df.to_csv(f, index=False)
-    return Path(path)
 
 # %% ../nbs/05_explain.ipynb #b4f17c40
 import time
