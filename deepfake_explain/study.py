@@ -4,25 +4,31 @@
 
 # %% ../nbs/06_study.ipynb #ec68dc4b
 from __future__ import annotations
-import ast, base64, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, subprocess, sys, time
+import ast, base64, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, shutil, subprocess, sys, time
 from pathlib import Path
 
+import mistune
 import nbformat
+import pandas as pd
+import torch
 import yaml
 from fastcore.script import call_parse
 
+import deepfake_explain
 from .core import cli_errors, did_you_mean
-from .data import atomic_write, write_json_atomic
+from .data import DATASETS, atomic_write, index_videos, write_json_atomic
+from .evaluate import test_checkpoint
+from .preprocess import crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
+from .train import training_config
 
 # %% auto #0
-__all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'RUNNER_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS',
-           'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell', 'notebook_parameters',
-           'check_parameter_names', 'environment_info', 'markdown_table', 'write_report', 'check_test_sets',
-           'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cell_directives', 'study_notebook',
-           'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_before_work', 'notebook_defaults',
-           'torchrun_preprocess', 'run_step', 'run_notebook', 'StageFailed', 'run_study', 'study_cli']
+__all__ = ['STAGES', 'PATH_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS', 'CROSS_COLUMNS', 'repo_root',
+           'parameters_cell', 'notebook_parameters', 'check_parameter_names', 'environment_info', 'check_test_sets',
+           'test_set_crops', 'cell_directives', 'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps',
+           'check_before_work', 'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_notebook', 'StageFailed',
+           'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
 
-# %% ../nbs/06_study.ipynb #11d60c43
+# %% ../nbs/06_study.ipynb #cb095f9c
 STAGES = {  # stage name -> notebook (in nbs/); 02_model defines the network and writes nothing, so it is no stage
     "generate": "00a_mini_forensics.ipynb",
     "data": "00_data.ipynb",
@@ -35,41 +41,9 @@ PATH_PARAMS = ("output_root", "data_root", "config", "model_path", "backbone_wei
 
 def repo_root() -> Path:
     "The repository checkout this library runs from (holds settings.ini and nbs/)."
-    import deepfake_explain
     for d in (Path(deepfake_explain.__file__).resolve().parents[1], Path.cwd(), *Path.cwd().parents):
         if (d / "settings.ini").exists() and (d / "nbs").is_dir(): return d
     raise FileNotFoundError("deepfake_explain's notebooks (nbs/) not found: run the study from a checkout of the repository")
-
-def load_params(params=None, base: Path | None = None) -> dict:
-    """Study parameters from a YAML file (or dict). Paths in `PATH_PARAMS` that are relative are
-    taken relative to `base` (the repository root) and made absolute, since notebooks run in nbs/."""
-    base = Path(base or repo_root())
-    if params is None: p = {}
-    elif isinstance(params, dict): p = dict(params)
-    else:
-        path = Path(params)
-        if not path.exists(): raise FileNotFoundError(f"{path}: study parameter file not found")
-        try: p = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML ({e})") from e
-        except UnicodeDecodeError as e: raise ValueError(f"{path}: not a text (UTF-8) YAML file ({e.reason} at byte {e.start})") from e
-        if not isinstance(p, dict): raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(p).__name__}")
-    for k in PATH_PARAMS:
-        if isinstance(p.get(k), str) and not Path(p[k]).is_absolute(): p[k] = str((base / p[k]).resolve())
-    if isinstance(p.get("test_sets"), list):  # the cross-dataset test sets' folders, likewise
-        p["test_sets"] = [{**e, "data_root": str((base / e["data_root"]).resolve())}
-                          if isinstance(e, dict) and isinstance(e.get("data_root"), str) else e for e in p["test_sets"]]
-    return p
-
-RUNNER_STEPS = {"cross": "cross-dataset test (runs after the stages when the study has test_sets)"}
-RUNNER_PARAMS = {"test_sets": ["cross"], "nproc": ["preprocess"]}  # parameters the runner itself takes (no stage notebook declares them)
-
-def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -> list[str]:
-    "Stage names to run, in pipeline order (the runner's `cross` step last, with `test_sets`); `stages` is a comma list or list (default all)."
-    if isinstance(stages, str): stages = [s.strip() for s in stages.split(",") if s.strip()]
-    unknown = sorted(set(stages or []) - set(STAGES) - set(RUNNER_STEPS))
-    if unknown: raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES) + list(RUNNER_STEPS)}")
-    chosen = [s for s in list(STAGES) + (["cross"] if test_sets else []) if stages is None or s in stages]
-    return [s for s in chosen if not (s == "generate" and dataset != "mini" and stages is None)]
 
 # %% ../nbs/06_study.ipynb #9e6e0906
 def parameters_cell(nb_path) -> str:
@@ -109,7 +83,6 @@ def environment_info(root: Path | None = None) -> dict:
     info = {"python": sys.version.split()[0], "platform": platform.platform(), "packages": vers,
             "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     try:
-        import torch
         info["device"] = {"cuda": torch.cuda.is_available(), "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
                           "cpu_threads": torch.get_num_threads()}
     except Exception as e: info["device"] = {"error": repr(e)}
@@ -120,7 +93,7 @@ def environment_info(root: Path | None = None) -> dict:
     info["git"] = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     return info
 
-# %% ../nbs/06_study.ipynb #c1cc6855
+# %% ../nbs/06_study.ipynb #469dae0f
 REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
     ("Video-level metrics", "test/metrics.json", "json"),
     ("Cross-dataset test (threshold chosen on the training set's validation split)", "cross_dataset.csv", "csv"),
@@ -147,63 +120,6 @@ OPTIONAL_REPORT_ITEMS = {  # only some runs have them: test_sets; fused among th
     "explanation/restoration.png", "explanation/validity.json", "explanation/validity_vs_baselines.csv",
     "explanation/road.png", "explanation/sanity.png", "explanation/sanity_summary.csv"}
 
-def markdown_table(df, floatfmt: str = ".4g") -> str:
-    "A pipe table of `df` (Markdown, rendered as an HTML table), floats written with `floatfmt`."
-    def cell(v):
-        if isinstance(v, float): return "" if v != v else format(v, floatfmt)
-        return str(v).replace("|", "\\|").replace("\n", " ")
-    head = "| " + " | ".join(map(cell, df.columns)) + " |\n|" + "---|" * len(df.columns)
-    return head + "".join("\n| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False))
-
-def _table_md(path: Path) -> str:
-    import pandas as pd
-    return markdown_table(pd.read_csv(path))
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    "Scalars of a nested dict, keys joined with dots (lists left out)."
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (bool, int, float, str, type(None))): out[f"{prefix}{k}"] = v
-    return out
-
-def _json_md(path: Path) -> str:
-    flat = _flat(json.loads(path.read_text()))
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat.items())
-    return "| metric | value |\n|---|---|\n" + rows
-
-def write_report(run_dir) -> Path:
-    "Write `report.md` and a self-contained `report.html` for a run folder; return the HTML path."
-    import mistune
-    run_dir = Path(run_dir)
-    env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
-    md_parts = [f"# Study report: {run_dir.name}",
-                f"git commit `{env.get('git', {}).get('commit')}`, torch {env.get('packages', {}).get('torch')}, "
-                f"device {env.get('device', {})}"]
-    html_imgs = {}
-    for title, rel, kind in REPORT_ITEMS:
-        path = run_dir / rel
-        md_parts.append(f"## {title}")
-        if not path.exists():
-            if rel in OPTIONAL_REPORT_ITEMS: md_parts.pop()
-            else: md_parts.append(f"*not produced: `{rel}` is missing*")
-            continue
-        if kind == "png":
-            md_parts.append(f"![{title}]({rel})\n\n*Figure: {title} (`{rel}`)*")
-            html_imgs[rel] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-        elif kind == "csv": md_parts.append(f"*Table: `{rel}`*\n\n" + _table_md(path))
-        else: md_parts.append(_json_md(path))
-    text = "\n\n".join(md_parts) + "\n"
-    with atomic_write(run_dir / "report.md", "w") as f: f.write(text)
-    body = mistune.html(text)
-    for rel, uri in html_imgs.items(): body = body.replace(f'src="{rel}"', f'src="{uri}"')
-    html = ("<!doctype html><html><head><meta charset='utf-8'><title>deepfake_explain study report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
-            "em{color:#555}</style></head><body>" + body + "</body></html>")
-    with atomic_write(run_dir / "report.html", "w") as f: f.write(html)
-    return run_dir / "report.html"
-
 # %% ../nbs/06_study.ipynb #450c5fff
 TEST_SET_SPLITS = ("train", "val", "test", "all")
 CROSS_COLUMNS = ["test_set", "dataset", "split", "n_videos", "n_fake", "n_real", "video_auc", "frame_auc", "eer", "ap",
@@ -211,7 +127,6 @@ CROSS_COLUMNS = ["test_set", "dataset", "split", "n_videos", "n_fake", "n_real",
 
 def check_test_sets(test_sets, where: str = "test_sets") -> list[dict]:
     "Validated cross-dataset test sets: each `{dataset, data_root}` (+ `name`, `split`, `compression`), names unique, folders present."
-    from deepfake_explain.data import DATASETS
     if not isinstance(test_sets, list) or not test_sets:
         raise ValueError(f"{where}: expected a list of {{dataset, data_root}} mappings, got {test_sets!r}")
     out, names = [], set()
@@ -233,12 +148,10 @@ def check_test_sets(test_sets, where: str = "test_sets") -> list[dict]:
                      "compression": e.get("compression", "c23")})
     return out
 
-# %% ../nbs/06_study.ipynb #efbb4d38
+# %% ../nbs/06_study.ipynb #d4522c35
 def test_set_crops(entry: dict, out_dir, frames_per_video: int = 20, device="auto", progress: bool = False) -> Path:
     """Face crops of one test set (`check_test_sets` entry): its videos of `split` (or all) are indexed, detected and
     cropped into `<out_dir>/crops/test_set/` (tested as one `test` split); finished videos are skipped."""
-    from deepfake_explain.data import index_videos
-    from deepfake_explain.preprocess import crop_dataset, detect_dataset
     kw = {"compression": entry["compression"]} if entry["dataset"] in ("FACEFORENSICS", "FFPP", "MINI") else {}
     videos = index_videos(entry["data_root"], entry["dataset"], **kw)
     sel = videos if entry["split"] == "all" else videos[videos["split"] == entry["split"]]
@@ -248,49 +161,6 @@ def test_set_crops(entry: dict, out_dir, frames_per_video: int = 20, device="aut
     detect_dataset(sel, out_dir, entry["dataset"], frames_per_video, num_workers=1, device=device, progress=progress)
     crop_dataset(sel, out_dir, out_dir / "crops", entry["dataset"], num_workers=1, progress=progress)
     return out_dir / "crops"
-
-def cross_dataset_row(name: str, dataset: str, split: str, m: dict) -> dict:
-    "One row of the cross-dataset table from a test report's metrics (`test_checkpoint`'s metrics.json)."
-    return {"test_set": name, "dataset": dataset, "split": split, "n_videos": m["n_videos"], "n_fake": m["n_fake"],
-            "n_real": m["n_real"], "video_auc": m["auc"], "frame_auc": m["frame_auc"], "eer": m["eer"],
-            "ap": m["average_precision"], "accuracy": m["accuracy"], "threshold": m["threshold"]["value"],
-            "threshold_source": m["threshold"].get("source", "")}
-
-def _reuse_scores(src: Path, dst: Path, split: str):
-    "Copy the cached frame scores of `split` (valid for the same checkpoint, config and crops only: their key says so)."
-    import shutil
-    for ext in ("csv", "json"):
-        f = src / f"frame_scores_{split}.{ext}"
-        if f.is_file() and not (dst / f.name).exists(): dst.mkdir(parents=True, exist_ok=True); shutil.copy(f, dst / f.name)
-
-def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", frames_per_video: int = 20,
-                       batch_size: int = 32, device="auto", rule: str = "reference", seed: int = 0, n_boot: int = 200,
-                       progress: bool = False) -> "pd.DataFrame":
-    """Test `<run_dir>/train/best.pt` on the training set's test split and on every test set at the threshold chosen
-    on the training set's validation split; writes `<run_dir>/cross_dataset.csv` (`CROSS_COLUMNS`) and returns it."""
-    import pandas as pd
-    from deepfake_explain.evaluate import test_checkpoint
-    run_dir = Path(run_dir)
-    sets, model, crops = check_test_sets(test_sets), run_dir / "train" / "best.pt", run_dir / "crops"
-    if not model.is_file(): raise FileNotFoundError(f"{model}: no trained checkpoint; run the train stage first")
-    kw = dict(frames_per_video=frames_per_video, batch_size=batch_size, workers=0, device=device, rule=rule,
-              n_boot=n_boot, seed=seed, progress=progress)
-    own = run_dir / "cross" / "_training_set"
-    for split in ("test", "val"): _reuse_scores(run_dir / "test", own / "test", split)  # scored by the evaluate stage
-    try: m = test_checkpoint(model, None, crops, own, "All", "test", calibrate="eer", **kw)
-    except ValueError as e:  # a validation split of one class: no threshold can be chosen on it
-        if "cannot calibrate" not in str(e): raise
-        m = test_checkpoint(model, None, crops, own, "All", "test", **kw)
-    rows, thr = [cross_dataset_row(f"{train_dataset} (training set's test split)", train_dataset, "test", m)], m["threshold"]["value"]
-    for e in sets:
-        out = run_dir / "cross" / e["name"]
-        tc = test_set_crops(e, out, frames_per_video, device, progress)
-        m = test_checkpoint(model, None, tc, out, "All", "test", threshold=thr, **kw)
-        rows.append({**cross_dataset_row(e["name"], e["dataset"], e["split"], m), "threshold_source": "training set's validation split"})
-    if rows[0]["threshold_source"] == "calibrated": rows[0]["threshold_source"] = "training set's validation split"
-    table = pd.DataFrame(rows, columns=CROSS_COLUMNS)
-    with atomic_write(run_dir / "cross_dataset.csv", "w") as f: table.to_csv(f, index=False)
-    return table
 
 # %% ../nbs/06_study.ipynb #a37f3da5
 def cell_directives(source: str) -> dict[str, str]:
@@ -362,7 +232,6 @@ def ensure_kernel(name: str = "deepfake-explain") -> str:
 def remove_run_temps(run_dir, skip=("crops", "boxes")) -> int:
     """Remove the temp files (`atomic_write`'s `.<name>.<random>.tmp`) that a killed stage left in a run folder,
     which has one runner at a time; the crop and box trees are cleaned per video by preprocessing itself."""
-    from deepfake_explain.preprocess import remove_stale_temps
     n = 0
     for d, subdirs, _ in os.walk(run_dir):
         if Path(d) == Path(run_dir): subdirs[:] = [s for s in subdirs if s not in skip]
@@ -373,11 +242,10 @@ def check_before_work(p: dict, names: list, root: Path):
     """Refuse a study that would fail later, before anything is written: a training config that freezes blocks of a
     random backbone or whose ImageNet weights file is missing offline (`train.training_config`), bad `test_sets`."""
     if "train" in names:
-        from deepfake_explain.train import training_config
         training_config(p.get("config") or root / "configs" / "quick.yaml")  # 03_train's default config
     if p.get("test_sets") is not None: check_test_sets(p["test_sets"])
 
-# %% ../nbs/06_study.ipynb #9aa2e642
+# %% ../nbs/06_study.ipynb #40f921e9
 def notebook_defaults(nb_path) -> dict:
     "The literal defaults of a notebook's `parameters` cell (name -> value)."
     out = {}
@@ -387,27 +255,35 @@ def notebook_defaults(nb_path) -> dict:
             except ValueError: pass
     return out
 
-def torchrun_preprocess(p: dict, run_dir: Path, nb_path: Path, log=None):
-    """With the study parameter `nproc` > 1: face detection and crops of the study's videos under torchrun, `nproc`
-    processes (one device each; `preprocess.run_torchrun`), before the preprocess notebook, whose stage then finds
-    every video done. Parameters the study leaves out take the notebook's defaults."""
-    from deepfake_explain.preprocess import run_torchrun
-    q = {**notebook_defaults(nb_path), **p}
-    common = dict(data_path=q.get("data_root") or str(run_dir / "mini_forensics"), dataset=q["dataset"],
-                  compression=q["compression"], workers=1)
-    n = int(p["nproc"])
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}  # the cores shared by the ranks
-    run_torchrun("deepfake-explain-detect", {**common, "output_path": str(run_dir), "frames_per_video": q["frames_per_video"]},
-                 nproc=n, stdout=log, env=env)
-    run_torchrun("deepfake-explain-crops", {**common, "boxes_path": str(run_dir), "output_path": str(run_dir / "crops")},
-                 nproc=n, stdout=log, env=env)
+# %% ../nbs/06_study.ipynb #c62a7649
+def torchrun_steps(name: str, q: dict, run_dir) -> list[tuple[str, dict]]:
+    """The console commands `(script, flags)` that do stage `name`'s heavy part for the parameters `q` (the stage
+    notebook's defaults overridden by the study's), in order; none for a stage outside `TORCHRUN_STAGES`."""
+    run_dir, ckpt = Path(run_dir), str(Path(run_dir) / "train" / "best.pt")
+    data = q.get("data_root") or str(run_dir / "mini_forensics")
+    if name == "preprocess":
+        common = dict(data_path=data, dataset=q["dataset"], compression=q["compression"], workers=1)
+        return [("deepfake-explain-detect", {**common, "output_path": str(run_dir), "frames_per_video": q["frames_per_video"]}),
+                ("deepfake-explain-crops", {**common, "boxes_path": str(run_dir), "output_path": str(run_dir / "crops")})]
+    if name == "evaluate":
+        return [("deepfake-explain-test", dict(model_path=ckpt, data_root=str(run_dir / "crops"), output=str(run_dir),
+                 dataset=q["methods"], split="test", frames_per_video=q["frames_per_video"], batch_size=q["batch_size"],
+                 workers=q["workers"], device=q["device"], seed=q["seed"]))]
+    if name == "explain":
+        return [("deepfake-explain-explain", dict(crops=str(run_dir / "crops"), data_root=data, boxes=str(run_dir), model_path=ckpt,
+                 output=str(run_dir), methods=q["explain_methods"], max_images=q["max_quality_images"],
+                 batch_size=q["batch_size"], device=q["device"], seed=q["seed"]))]
+    return []
 
-def run_step(name: str, p: dict, run_dir: Path):
-    "Run the runner's own step `name` (`RUNNER_STEPS`) with the study parameters `p`."
-    if name != "cross": raise ValueError(f"unknown runner step {name!r}")
-    cross_dataset_test(run_dir, p["test_sets"], train_dataset=str(p.get("dataset", "mini")),
-                       frames_per_video=int(p.get("frames_per_video", 20)), batch_size=int(p.get("batch_size", 32)),
-                       device=p.get("device", "auto"), seed=int(p.get("seed", 0)))
+# %% ../nbs/06_study.ipynb #0f1be378
+def torchrun_stage(name: str, p: dict, run_dir, nb_path):
+    """Run stage `name`'s `torchrun_steps` with `p["nproc"]` processes (`preprocess.run_torchrun`; their output in
+    `<run_dir>/logs/<name>-torchrun.log`, progress on the console); parameters the study leaves out take `nb_path`'s defaults."""
+    q, n = {**notebook_defaults(nb_path), **p}, int(p["nproc"])
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}  # the cores shared by the ranks
+    (Path(run_dir) / "logs").mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / "logs" / f"{name}-torchrun.log", "a") as log:
+        for script, flags in torchrun_steps(name, q, run_dir): run_torchrun(script, flags, nproc=n, stdout=log, env=env)
 
 # %% ../nbs/06_study.ipynb #11ccb68c
 class _StageOutput:
@@ -443,10 +319,44 @@ def run_notebook(nb_path, out_nb, params: dict, kernel: str, log_path: Path, lab
                             progress_bar={"desc": f"[study] {label or Path(nb_path).stem}", "file": console, "leave": True},
                             stdout_file=log, stderr_file=_StageOutput(log, console))
 
-# %% ../nbs/06_study.ipynb #bb345bbe
+# %% ../nbs/06_study.ipynb #2d5e1ba0
 class StageFailed(RuntimeError):
     "A study stage failed; the message names the stage and its executed notebook."
 
+def run_dir_for(p: dict, params=None, output=None, run_id: str | None = None, root: Path | None = None) -> Path:
+    "The run folder: `output`; else the parameters' `output_root` (unless `run_id` is given); else `outputs/<run_id or time-stem>`."
+    if output is not None: return Path(output).resolve()
+    if p.get("output_root") and not run_id: return Path(p["output_root"])
+    stem = Path(params).stem if isinstance(params, (str, Path)) else "params"
+    return Path(root or repo_root()) / "outputs" / (run_id or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{stem}")
+
+# %% ../nbs/06_study.ipynb #91c9d9cd
+def start_run(p: dict, run_dir: Path, root: Path):
+    "Create the run folder (removing temp files an interrupted run left), write `params.yaml` and `environment.json`."
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if n := remove_run_temps(run_dir): print(f"[study] removed {n} temp file(s) left by an interrupted run", flush=True)
+    with atomic_write(run_dir / "params.yaml", "w") as f: yaml.safe_dump(p, f, sort_keys=True)
+    write_json_atomic(run_dir / "environment.json", environment_info(root))
+
+def run_stage(name: str, p: dict, run_dir: Path, nbs_dir: Path, notebook: str | None, known: dict, kernel: str, log_output: bool = False):
+    "Run stage `name` with the study parameters `p`; `StageFailed` naming the stage (and its executed notebook) if it fails."
+    if name in RUNNER_STEPS:
+        print(f"[study] {name}: {RUNNER_STEPS[name]}", flush=True)
+        try: return run_step(name, p, run_dir)
+        except Exception as e: raise StageFailed(f"stage {name!r} failed ({type(e).__name__}: {e})") from e
+    if name in TORCHRUN_STAGES and int(p.get("nproc", 1)) > 1:
+        print(f"[study] {name}: {TORCHRUN_STAGES[name]} under torchrun, {p['nproc']} processes", flush=True)
+        try: torchrun_stage(name, p, run_dir, nbs_dir / notebook)
+        except (RuntimeError, FileNotFoundError) as e: raise StageFailed(f"stage {name!r} failed under torchrun ({e})") from None
+    out_nb = run_dir / "notebooks" / notebook
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    own = {k: v for k, v in p.items() if name in known.get(k, [])}  # each notebook gets only its own parameters
+    try: run_notebook(nbs_dir / notebook, out_nb, own, kernel, run_dir / "logs" / f"{name}.log", name, log_output)
+    except Exception as e:
+        ename, evalue = (e.ename, e.evalue) if hasattr(e, "ename") else (type(e).__name__, e)
+        raise StageFailed(f"stage {name!r} failed ({ename}: {evalue}); see the executed notebook {out_nb}") from None
+
+# %% ../nbs/06_study.ipynb #9b365aeb
 def run_study(params=None, stages=None, output: str | None = None, resume: bool = False,
               kernel: str | None = None, nbs_dir: Path | None = None, run_id: str | None = None,
               stage_notebooks: dict | None = None, log_output: bool = False) -> Path:
@@ -457,51 +367,25 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
     p = load_params(params, base=root)
     known = {**notebook_parameters(nbs_dir, notebooks), **(RUNNER_PARAMS if stage_notebooks is None else {})}
     check_parameter_names(p, known, str(params) if isinstance(params, (str, Path)) else "parameters")
-    stem = Path(params).stem if isinstance(params, (str, Path)) else "params"
-    if output is None:
-        if p.get("output_root") and not run_id: run_dir = Path(p["output_root"])
-        else: run_dir = root / "outputs" / (run_id or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{stem}")
-    else: run_dir = Path(output).resolve()
+    run_dir = run_dir_for(p, params, output, run_id, root)
     p["output_root"] = str(run_dir)
-    check_before_work(p, select_stages(stages, p.get("dataset", "mini"), bool(p.get("test_sets"))) if stage_notebooks is None else [], root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if n := remove_run_temps(run_dir): print(f"[study] removed {n} temp file(s) left by an interrupted run", flush=True)
-    with atomic_write(run_dir / "params.yaml", "w") as f: yaml.safe_dump(p, f, sort_keys=True)
-    write_json_atomic(run_dir / "environment.json", environment_info(root))
-    digest, kernel = params_digest(p), kernel or ensure_kernel()
     names = select_stages(stages, p.get("dataset", "mini"), bool(p.get("test_sets"))) if stage_notebooks is None else \
             [s for s in notebooks if stages is None or s in (stages.split(",") if isinstance(stages, str) else stages)]
+    check_before_work(p, names if stage_notebooks is None else [], root)
+    start_run(p, run_dir, root)
+    digest, kernel = params_digest(p), kernel or ensure_kernel()
     for name in names:
         record = run_dir / "stages" / f"{name}.json"
         if resume and record.exists() and json.loads(record.read_text()).get("params") == digest:
             print(f"[study] {name}: complete, skipped (--resume)"); continue
         t0 = time.time()
-        if name in RUNNER_STEPS:
-            print(f"[study] {name}: {RUNNER_STEPS[name]}", flush=True)
-            try: run_step(name, p, run_dir)
-            except Exception as e: raise StageFailed(f"stage {name!r} failed ({type(e).__name__}: {e})") from e
-            write_json_atomic(record, {"stage": name, "runner_step": True, "params": digest, "seconds": round(time.time() - t0, 1)})
-            print(f"[study] {name}: done in {time.time() - t0:.0f}s", flush=True); continue
-        out_nb = run_dir / "notebooks" / notebooks[name]
-        out_nb.parent.mkdir(parents=True, exist_ok=True)
-        own = {k: v for k, v in p.items() if name in known.get(k, [])}  # each notebook gets only its own parameters
-        if name == "preprocess" and int(p.get("nproc", 1)) > 1:
-            print(f"[study] {name}: detect and crop under torchrun, {p['nproc']} processes", flush=True)
-            (run_dir / "logs").mkdir(exist_ok=True)
-            try:
-                with open(run_dir / "logs" / "preprocess-torchrun.log", "a") as log: torchrun_preprocess(p, run_dir, nbs_dir / notebooks[name], log)
-            except (RuntimeError, FileNotFoundError) as e: raise StageFailed(f"stage {name!r} failed under torchrun ({e})") from None
-        try: run_notebook(nbs_dir / notebooks[name], out_nb, own, kernel, run_dir / "logs" / f"{name}.log", name, log_output)
-        except Exception as e:
-            ename, evalue = (e.ename, e.evalue) if hasattr(e, "ename") else (type(e).__name__, e)
-            raise StageFailed(f"stage {name!r} failed ({ename}: {evalue}); see the executed notebook {out_nb}") from None
-        write_json_atomic(record, {"stage": name, "notebook": notebooks[name], "params": digest,
-                                   "seconds": round(time.time() - t0, 1)})
+        run_stage(name, p, run_dir, nbs_dir, notebooks.get(name), known, kernel, log_output)
+        what = {"runner_step": True} if name in RUNNER_STEPS else {"notebook": notebooks[name]}
+        write_json_atomic(record, {"stage": name, **what, "params": digest, "seconds": round(time.time() - t0, 1)})
         print(f"[study] {name}: done in {time.time() - t0:.0f}s", flush=True)
     write_report(run_dir)
-    latest = run_dir.parent / "LATEST"
     if run_dir.parent == root / "outputs":
-        with atomic_write(latest, "w") as f: f.write(run_dir.name + "\n")
+        with atomic_write(run_dir.parent / "LATEST", "w") as f: f.write(run_dir.name + "\n")
     return run_dir
 
 # %% ../nbs/06_study.ipynb #da9802f3
