@@ -28,7 +28,7 @@ from .preprocess import open_video, square_box
 # %% auto #0
 __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_COLUMNS', 'PER_IMAGE_COLUMNS', 'HIGHER_IS_BETTER',
            'RESTORE_FRACTIONS', 'ROAD_FRACTIONS', 'ROAD_WEIGHTS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES',
-           'fake_probability', 'target_scores', 'eval_mode', 'record_attention_for', 'backbone_cache',
+           'QUALITY_PARTS', 'fake_probability', 'target_scores', 'eval_mode', 'record_attention_for', 'backbone_cache',
            'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'gradcam', 'input_saliency',
            'fused_map', 'random_scores', 'token_scores', 'normalize_maps', 'scores_to_maps', 'explain_batch', 'explain',
            'relevancy', 'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'pointing_game',
@@ -36,12 +36,13 @@ __all__ = ['METHODS', 'TARGETS', 'FRACTIONS', 'QUALITY_COLUMNS', 'LOCALISATION_C
            'per_image_aucs', 'paired_differences', 'pixel_order', 'top_pixels', 'restoration_curves', 'curve_aucs',
            'noisy_linear_impute', 'road_curves', 'randomisation_steps', 'reinitialise_', 'cascading_randomisation',
            'rank_correlation', 'sanity_check', 'original_video_path', 'original_crops', 'overlay_jet', 'classification',
-           'figure_title', 'explained_figure', 'gallery_figure', 'figure_png', 'faces_to_batch', 'explain_faces',
-           'explain_samples', 'explain_folder', 'predict_faces', 'explain_video', 'VideoExplainer', 'annotate_frame',
-           'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri', 'video_page_html', 'index_html',
-           'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops', 'study_quality',
-           'perturbation_figure', 'sanity_summary', 'identity_note', 'restoration_informative', 'validity_figure',
-           'sanity_figure', 'study_validity', 'explain_stage']
+           'figure_title', 'explained_figure', 'gallery_figure', 'figure_png', 'faces_to_batch', 'rank_batches',
+           'explain_faces', 'explain_samples', 'explain_folder', 'predict_faces', 'explain_video', 'VideoExplainer',
+           'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri',
+           'video_page_html', 'index_html', 'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops',
+           'quality_batch', 'quality_table', 'quality_images', 'files_digest', 'model_fingerprint',
+           'perturbation_figure', 'study_quality', 'sanity_summary', 'identity_note', 'restoration_informative',
+           'validity_figure', 'sanity_figure', 'study_validity', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #3c899709
 METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random")
@@ -653,7 +654,13 @@ def figure_png(fig, dpi: int = 110, compress_level: int = 6) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": compress_level})
     return buf.getvalue()
 
-# %% ../nbs/05_explain.ipynb #a97c3f6a
+# %% ../nbs/05_explain.ipynb #7c0f8156
+import hashlib, shutil
+from tqdm import tqdm
+from .data import index_crops, resolve_device
+from .preprocess import gather_rows, torchrun_group
+
+# %% ../nbs/05_explain.ipynb #0f7312d3
 EXPLANATION_COLUMNS = ["name", "path", "label", "manipulation", "video_prob", "frame_prob", "classification",
                        "method", "layout", "figure", "map", "warning"]
 
@@ -664,14 +671,60 @@ def faces_to_batch(faces, device="cpu") -> torch.Tensor:
     "RGB uint8 faces [(H, W, 3)] of one size -> float tensor (B, 3, H, W) 0..255."
     return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().to(device)
 
+def _read_faces(paths, size, skipped):
+    "The readable images of `paths` at the model's input `size` and their indices; the others appended to `skipped`."
+    tf, faces, keep = ValTransform(size), [], []
+    for i, p in enumerate(paths):
+        try: faces.append(tf(read_image_rgb(p))); keep.append(i)
+        except (ImageReadError, OSError) as e: skipped.append(dict(path=str(p), reason=str(e)))
+    return faces, keep
+
+# %% ../nbs/05_explain.ipynb #9555b6bd
+def rank_batches(n: int, batch_size: int, dist_info=None) -> list[int]:
+    """Start offsets of the batches of `n` items that this torchrun rank computes (`dist_info`: `DistInfo`): every
+    world-th batch from its rank; all of them in one process."""
+    rank, world = (dist_info.rank, dist_info.world) if dist_info is not None and dist_info.enabled else (0, 1)
+    return list(range(0, n, batch_size))[rank::world]
+
+# %% ../nbs/05_explain.ipynb #6bd98afc
+def _face_rows(model, xb, faces, idx, names, meta, methods, out, threshold, target, seed, warning, done) -> list[dict]:
+    """Faces `idx` (images `xb`; `meta[i]` = (label, manipulation, video_prob)): for each method not `done` for a face,
+    the map and the explained figure written under `out/<method>/`, and its `EXPLANATION_COLUMNS` row."""
+    layout, rows = getattr(model, "layout", "spatial"), []
+    cache = backbone_cache(model, xb)  # the backbone once per batch, shared by the methods
+    for method in methods:
+        _, maps, logits = explain_batch(model, xb, method, target, seed=seed, cache=cache)
+        probs = fake_probability(logits).cpu().numpy()
+        for j, i in enumerate(idx):
+            if (names[i], method) in done: continue
+            (label, manip, vprob), heat, p = meta[i], maps[j].cpu().numpy().astype(np.float32), float(probs[j])
+            result = classification(p, label, threshold) if label is not None else ("fake" if p > threshold else "real")
+            title = figure_title(label, manip, vprob, p, result, method, layout, names[i], warning)
+            fig_path, map_path = out / method / f"{names[i]}.png", out / method / f"{names[i]}.npy"
+            with atomic_write(map_path, "wb") as f: np.save(f, heat)
+            write_bytes_atomic(fig_path, figure_png(explained_figure(faces[i], heat, title)))
+            rows.append(dict(name=names[i], path="", label=label, manipulation=manip, video_prob=vprob, frame_prob=p,
+                             classification=result, method=method, layout=layout, figure=str(fig_path), map=str(map_path), warning=warning))
+    return rows
+
+def _galleries(out, faces, names, rows, methods, layout, gallery_max):
+    "Per method, one gallery figure of the first `gallery_max` faces (their maps read back from `rows`' files)."
+    shown = list(range(len(faces)))[:gallery_max]
+    for method in methods if shown else ():
+        heats = [np.load(rows[(names[i], method)]["map"]) for i in shown]
+        caps = [f"{names[i]}\n{rows[(names[i], method)]['classification']} p={float(rows[(names[i], method)]['frame_prob']):.2f}" for i in shown]
+        ttl = f"{method}" + (" (seed layout: NOT spatially grounded)" if layout == "seed" and method != "gradcam" else "")
+        write_bytes_atomic(out / f"gallery_{method}.png", figure_png(gallery_figure([faces[i] for i in shown], heats, caps, title=ttl)))
+
+# %% ../nbs/05_explain.ipynb #149f1d01
 def explain_faces(model, faces, names, output, methods=("relevancy",), labels=None, manipulations=None, video_probs=None,
                   threshold=DEFAULT_THRESHOLD, target="fake", batch_size=8, gallery_max=16, device="cpu",
-                  warning: str | None = None) -> pd.DataFrame:
+                  warning: str | None = None, dist_info=None) -> pd.DataFrame:
     """Explain `faces` (RGB uint8 (H, W, 3), already at the model's input size) with every method in `methods`;
     write figures, maps, galleries and `explanations.csv` under `<output>/explanation/`. The table holds the rows of
-    earlier runs into `output` too; `attrs["names"]` are this run's images. `warning` goes on every figure and row."""
-    out = Path(output) / "explanation"
-    n = len(faces)
+    earlier runs into `output` too; `attrs["names"]` are this run's images. `warning` goes on every figure and row.
+    Under torchrun (`dist_info`) the ranks share the batches out (`rank_batches`); rank 0 writes the galleries and the table."""
+    out, n = Path(output) / "explanation", len(faces)
     labels = [None] * n if labels is None else list(labels)
     manipulations = ["-"] * n if manipulations is None else list(manipulations)
     video_probs = [None] * n if video_probs is None else list(video_probs)
@@ -682,46 +735,20 @@ def explain_faces(model, faces, names, output, methods=("relevancy",), labels=No
     done = pd.read_csv(index, keep_default_na=False) if index.exists() else pd.DataFrame(columns=EXPLANATION_COLUMNS)
     done = done[[Path(f).exists() and Path(m).exists() for f, m in zip(done["figure"], done["map"])]]
     rows = {(r.name, r.method): r._asdict() for r in done.itertuples(index=False)}
-    layout = getattr(model, "layout", "spatial")
-    model = model.to(device)
+    model, meta = model.to(device), list(zip(labels, manipulations, video_probs))
     todo = [i for i in range(n) if any((names[i], m) not in rows for m in methods)]
-    for s in range(0, len(todo), batch_size):
-        idx = todo[s:s + batch_size]
-        xb = faces_to_batch([faces[i] for i in idx], device)
-        cache = backbone_cache(model, xb)  # the backbone once per batch, shared by the methods
-        for method in methods:
-            _, maps, logits = explain_batch(model, xb, method, target, seed=s, cache=cache)
-            probs = fake_probability(logits).cpu().numpy()
-            for j, i in enumerate(idx):
-                if (names[i], method) in rows: continue
-                heat, p = maps[j].cpu().numpy().astype(np.float32), float(probs[j])
-                result = classification(p, labels[i], threshold) if labels[i] is not None else ("fake" if p > threshold else "real")
-                title = figure_title(labels[i], manipulations[i], video_probs[i], p, result, method, layout, names[i], warning)
-                fig_path, map_path = out / method / f"{names[i]}.png", out / method / f"{names[i]}.npy"
-                with atomic_write(map_path, "wb") as f: np.save(f, heat)
-                write_bytes_atomic(fig_path, figure_png(explained_figure(faces[i], heat, title)))
-                rows[(names[i], method)] = dict(name=names[i], path="", label=labels[i], manipulation=manipulations[i],
-                                                video_prob=video_probs[i], frame_prob=p, classification=result, method=method,
-                                                layout=layout, figure=str(fig_path), map=str(map_path), warning=warning)
-    for method in methods:
-        shown = list(range(n))[:gallery_max]
-        if shown:
-            heats = [np.load(rows[(names[i], method)]["map"]) for i in shown]
-            caps = [f"{names[i]}\n{rows[(names[i], method)]['classification']} p={float(rows[(names[i], method)]['frame_prob']):.2f}" for i in shown]
-            ttl = f"{method}" + (" (seed layout: NOT spatially grounded)" if layout == "seed" and method != "gradcam" else "")
-            write_bytes_atomic(out / f"gallery_{method}.png", figure_png(gallery_figure([faces[i] for i in shown], heats, caps, title=ttl)))
+    new = [r for s in rank_batches(len(todo), batch_size, dist_info)
+           for r in _face_rows(model, faces_to_batch([faces[i] for i in todo[s:s + batch_size]], device), faces,
+                               todo[s:s + batch_size], names, meta, methods, out, threshold, target, s, warning, rows)]
+    rows.update({(r["name"], r["method"]): r for r in gather_rows(dist_info, new)})  # every rank's rows (files written)
     table = pd.DataFrame([rows[k] for k in sorted(rows, key=lambda k: (k[1], k[0]))], columns=EXPLANATION_COLUMNS)
-    write_csv_atomic(index, table)
     table.attrs["names"] = list(names)
+    if dist_info is None or dist_info.is_main:
+        _galleries(out, faces, names, rows, methods, getattr(model, "layout", "spatial"), gallery_max)
+        write_csv_atomic(index, table)
     return table
 
-def _read_faces(paths, size, skipped):
-    tf, faces, keep = ValTransform(size), [], []
-    for i, p in enumerate(paths):
-        try: faces.append(tf(read_image_rgb(p))); keep.append(i)
-        except (ImageReadError, OSError) as e: skipped.append(dict(path=str(p), reason=str(e)))
-    return faces, keep
-
+# %% ../nbs/05_explain.ipynb #9f4a6454
 def _threshold_near(csv_path) -> float:
     "The evaluation threshold from `metrics.json` beside the samples CSV, else `DEFAULT_THRESHOLD`."
     m = Path(csv_path).parent / "metrics.json"
@@ -729,7 +756,7 @@ def _threshold_near(csv_path) -> float:
     except (OSError, KeyError, TypeError, ValueError): return DEFAULT_THRESHOLD
 
 def explain_samples(samples_csv, model, output, methods=("relevancy",), images_dir=None, threshold=None, target="fake",
-                    batch_size=8, image_size=None, gallery_max=16, device="cpu", warning=None) -> pd.DataFrame:
+                    batch_size=8, image_size=None, gallery_max=16, device="cpu", warning=None, dist_info=None) -> pd.DataFrame:
     """Explained figures for the rows of an evaluation samples CSV (`SAMPLE_COLUMNS`). A crop is found at
     `images_dir/example_file_name` when `images_dir` is given, else at `video_name/example_file_name`
     (relative paths: from the working folder, then from the CSV's folder)."""
@@ -750,17 +777,23 @@ def explain_samples(samples_csv, model, output, methods=("relevancy",), images_d
     manip = [Path(v).parent.name for v in sub["video_name"]]
     names = [f"{m}_{Path(v).name}_{Path(e).stem}" for m, v, e in zip(manip, sub["video_name"], sub["example_file_name"])]
     table = explain_faces(model, faces, names, output, methods, sub["label"].astype(int).tolist(), manip,
-                          sub["video_prob"].astype(float).tolist(), threshold, target, batch_size, gallery_max, device, warning)
+                          sub["video_prob"].astype(float).tolist(), threshold, target, batch_size, gallery_max, device, warning, dist_info)
     table["path"] = table["name"].map(dict(zip(names, map(str, [paths[i] for i in keep])))).fillna(table["path"])  # earlier rows keep theirs
-    write_csv_atomic(Path(output) / "explanation" / "explanations.csv", table)
-    write_json_atomic(Path(output) / "explanation" / "skipped.json", skipped)
+    return _finish_explained(output, table, skipped, dist_info)
+
+def _finish_explained(output, table, skipped, dist_info=None) -> pd.DataFrame:
+    "The table with its paths and the skipped images written (by rank 0), `attrs[\"skipped\"]` set."
+    if dist_info is None or dist_info.is_main:
+        write_csv_atomic(Path(output) / "explanation" / "explanations.csv", table)
+        write_json_atomic(Path(output) / "explanation" / "skipped.json", skipped)
     table.attrs["skipped"] = skipped
     return table
 
+# %% ../nbs/05_explain.ipynb #b109a409
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 def explain_folder(images_dir, model, output, methods=("relevancy",), threshold=DEFAULT_THRESHOLD, target="fake",
-                   batch_size=8, image_size=None, gallery_max=16, device="cpu", warning=None) -> pd.DataFrame:
+                   batch_size=8, image_size=None, gallery_max=16, device="cpu", warning=None, dist_info=None) -> pd.DataFrame:
     "Explained figures for every image in `images_dir` (recursively; labels unknown)."
     images_dir = Path(images_dir)
     if not images_dir.is_dir(): raise FileNotFoundError(f"{images_dir}: image folder not found")
@@ -769,12 +802,9 @@ def explain_folder(images_dir, model, output, methods=("relevancy",), threshold=
     skipped = []
     faces, keep = _read_faces(paths, _size_of(model, image_size), skipped)
     names = ["_".join(paths[i].relative_to(images_dir).with_suffix("").parts) for i in keep]
-    table = explain_faces(model, faces, names, output, methods, None, None, None, threshold, target, batch_size, gallery_max, device, warning)
+    table = explain_faces(model, faces, names, output, methods, None, None, None, threshold, target, batch_size, gallery_max, device, warning, dist_info)
     table["path"] = table["name"].map(dict(zip(names, [str(paths[i]) for i in keep]))).fillna(table["path"])
-    write_csv_atomic(Path(output) / "explanation" / "explanations.csv", table)
-    write_json_atomic(Path(output) / "explanation" / "skipped.json", skipped)
-    table.attrs["skipped"] = skipped
-    return table
+    return _finish_explained(output, table, skipped, dist_info)
 
 # %% ../nbs/05_explain.ipynb #4a375116
 def predict_faces(model, faces, batch_size=8, device="cpu") -> np.ndarray:
@@ -1054,24 +1084,48 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fp
     write_bytes_atomic(page, video_page_html(dict(rec, name=name), timeline, evidence, shown, mp4_href, Path(index_href).as_posix(), fps).encode())
     return res
 
-# %% ../nbs/05_explain.ipynb #5fa4adf8
+# %% ../nbs/05_explain.ipynb #367889ee
 def _methods_arg(methods: str) -> tuple:
     ms = tuple(m.strip() for m in str(methods).split(",") if m.strip())
     bad = [m for m in ms if m not in METHODS]
     if bad or not ms: raise ValueError(f"--methods: unknown {bad or methods!r}; choose from {', '.join(METHODS)} (comma-separated)")
     return ms
 
+# %% ../nbs/05_explain.ipynb #59c068bc
+def _explain_videos(video, model_path, config, output, ms, target, batch_size, dev, frames_per_video, rule, voting, evidence, thr, prog) -> int:
+    "--video: explained videos through `predict_videos` (shared out under torchrun); the exit status."
+    ex = VideoExplainer(k=evidence, method=ms[0], target=target, explain_batch=batch_size or 8)
+    df = predict_videos(video, model_path, config, output, frames_per_video, 32, dev, rule, thr, voting=voting, explainer=ex)
+    if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
+    else:
+        bad = report_verdicts(df, prog, output)
+        print(f"explained {len(df) - bad} of {len(df)} videos -> {Path(output) / 'index.html'}")
+    return int(bad == len(df))
+
+def _quality_cli(model, crops, data_root, boxes, output, ms, split, max_images, batch_size, seed, dev, info) -> str | None:
+    "--crops: the quality table (`study_quality`); the line rank 0 prints."
+    table, _ = study_quality(model, crops, data_root, boxes or Path(crops).parent, output, ms, split, max_images,
+                             batch_size or 16, seed, dev, dist_info=info)
+    if table is None: return None
+    b = table.attrs.get("batches", {})
+    how = ("reused (same model, crops and settings)" if table.attrs.get("reused") else f"{info.world} process(es)"
+           + (f", {b['total'] - b['computed']} of {b['total']} batches resumed" if b.get("computed", 0) < b.get("total", 0) else ""))
+    sk = table.attrs.get("skipped", [])
+    return (f"quality table: {int(table['n_images'].max())} fake crops of {split} x {len(ms)} method(s), {how} -> "
+            f"{Path(output) / 'explanation' / 'quality.csv'}" + (f"; {len(sk)} unreadable crops skipped" if sk else ""))
+
 @call_parse
 def explain_cli(
     samples: str = None,        # evaluation samples CSV (04_evaluate's test/samples.csv)
     images: str = None,         # or: a folder of face images
     video: str = None,          # or: a raw video or a folder of videos: explained videos (annotated MP4, timeline, HTML page) + index.html
+    crops: str = None,          # or: a crop tree (01's crops/): the explanation-quality table on its fake crops of --split
     model_path: str = None,     # weights: training checkpoint, or plain state dict (the reference's) with --config
     config: str = None,         # model YAML config (default: the one stored in a training checkpoint)
-    output: str = "outputs/explain",  # figures go to <output>/explanation/; with --video, as deepfake-explain-predict --explain
-    batch_size: int = None,     # images per forward/backward (default 8; with --video predict's 32 per forward, relevancy 8 at a time)
-    device: str = "auto",       # auto | cpu | cuda | cuda:1 ...
-    methods: str = "relevancy", # comma-separated: relevancy,attention,rollout,gradcam,random (--video: the first one)
+    output: str = "outputs/explain",  # figures and tables go to <output>/explanation/; with --video, as deepfake-explain-predict --explain
+    batch_size: int = None,     # images per forward/backward (default 8, --crops 16; with --video predict's 32 per forward, relevancy 8 at a time)
+    device: str = "auto",       # auto | cpu | cuda | cuda:1 ... (under torchrun: cuda means each process's own GPU)
+    methods: str = "relevancy", # comma-separated: relevancy,fused,attention,rollout,gradcam,random (--video: the first one)
     target: str = "fake",       # explained logit: fake | real | predicted
     threshold: float = None,    # decision threshold (default: metrics.json beside --samples, else 0.55)
     images_dir: str = None,     # with --samples: folder holding the example files (default: each row's video_name)
@@ -1079,45 +1133,47 @@ def explain_cli(
     rule: str = "reference",    # with --video: video score rule, reference | mean | max
     voting: str = "main",       # with --video: face tracks that decide, main | all
     evidence: int = 3,          # with --video: frames with the strongest evidence shown as explained figures
+    split: str = "test",        # with --crops: the split whose fake crops are scored
+    data_root: str = None,      # with --crops: the dataset holding the ground-truth masks (FF++ or mini-forensics; default: no masks)
+    boxes: str = None,          # with --crops: 01's output folder holding boxes/ (default: the crop tree's parent folder)
+    max_images: int = None,     # with --crops: at most this many fake crops, evenly spread (default: all)
+    seed: int = 0,              # seed of the random baseline
 ):
-    """Relevancy maps and explained figures for evaluation samples, a folder of faces, or explained videos.
-    Counts are this run's. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line.
-    Under `torchrun --nproc_per_node N`, --video shares the videos out over the processes (as deepfake-explain-predict);
-    --samples/--images (a few figures) run on rank 0 only."""
-    from deepfake_explain.data import resolve_device
+    """Relevancy maps and explained figures for evaluation samples, a folder of faces or explained videos; or the
+    explanation-quality table of a crop tree (--crops). Counts are this run's. Exit status: 0 done, 1 failed (a bad
+    input or checkpoint; --video: every video failed), 2 bad command line. Under `torchrun --nproc_per_node N` every mode
+    shares its work out over the processes (--video: the videos, as deepfake-explain-predict; the others: batches of
+    faces), and rank 0 writes the tables and reports; an interrupted --crops run resumes after its finished batches."""
     prog = "deepfake-explain-explain"
     with cli_errors(prog):
-        if sum(a is not None for a in (samples, images, video)) != 1: raise UsageError("give exactly one of --samples, --images, --video")
+        if sum(a is not None for a in (samples, images, video, crops)) != 1: raise UsageError("give exactly one of --samples, --images, --video, --crops")
         if target not in TARGETS: raise UsageError(f"--target must be one of {TARGETS}, got {target!r}")
         if not model_path: raise UsageError("--model_path is required (a training checkpoint, or a state dict with --config)")
         if rule not in RULES or voting not in VOTING: raise UsageError(f"--rule must be one of {RULES} and --voting one of {VOTING}")
-        if frames_per_video < 1 or evidence < 0 or (batch_size is not None and batch_size < 1):
-            raise UsageError("--frames_per_video and --batch_size must be >= 1, --evidence >= 0")
+        if frames_per_video < 1 or evidence < 0 or (batch_size is not None and batch_size < 1) or (max_images is not None and max_images < 1):
+            raise UsageError("--frames_per_video, --batch_size and --max_images must be >= 1, --evidence >= 0")
         try: ms = _methods_arg(methods)
         except ValueError as e: raise UsageError(str(e)) from None
-        dev, thr = resolve_device(device), DEFAULT_THRESHOLD if threshold is None else threshold
-        if video:
-            ex = VideoExplainer(k=evidence, method=ms[0], target=target, explain_batch=batch_size or 8)
-            df = predict_videos(video, model_path, config, output, frames_per_video, 32, dev, rule, thr, voting=voting, explainer=ex)
-        elif int(os.environ.get("RANK", 0)): return  # a torchrun rank > 0: rank 0 explains the samples/images
+        thr = DEFAULT_THRESHOLD if threshold is None else threshold
+        if video: code = _explain_videos(video, model_path, config, output, ms, target, batch_size, resolve_device(device),
+                                         frames_per_video, rule, voting, evidence, thr, prog)
         else:
-            model, _, _ = load_detector(model_path, config, dev)
-            prov = checkpoint_provenance(model_path)
-            warn = provenance_warning(prov)
-            print(provenance_line(prov) + (f"\nWARNING: {warn}" if warn else ""))
-            kw = dict(methods=ms, target=target, batch_size=batch_size or 8, device=dev, warning=warn)
-            if samples: table = explain_samples(samples, model, output, images_dir=images_dir, threshold=threshold, **kw)
-            else: table = explain_folder(images, model, output, threshold=thr, **kw)
-    if video:
-        if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
-        else:
-            bad = report_verdicts(df, prog, output)
-            print(f"explained {len(df) - bad} of {len(df)} videos -> {Path(output) / 'index.html'}")
-        if bad == len(df): sys.exit(1)
-        return
-    skipped = table.attrs.get("skipped", [])
-    print(f"explained {len(table.attrs.get('names', []))} images x {len(ms)} method(s) -> {Path(output) / 'explanation'}"
-          + (f"; {len(skipped)} skipped (see skipped.json)" if skipped else ""))
+            with torchrun_group(device) as (info, dev):
+                model, _, _ = load_detector(model_path, config, dev)
+                prov = checkpoint_provenance(model_path)
+                warn = provenance_warning(prov)
+                if info.is_main: print(provenance_line(prov) + (f"\nWARNING: {warn}" if warn else ""))
+                if crops: line = _quality_cli(model, crops, data_root, boxes, output, ms, split, max_images, batch_size, seed, dev, info)
+                else:
+                    kw = dict(methods=ms, target=target, batch_size=batch_size or 8, device=dev, warning=warn, dist_info=info)
+                    if samples: table = explain_samples(samples, model, output, images_dir=images_dir, threshold=threshold, **kw)
+                    else: table = explain_folder(images, model, output, threshold=thr, **kw)
+                    sk = table.attrs.get("skipped", [])
+                    line = (f"explained {len(table.attrs.get('names', []))} images x {len(ms)} method(s) -> {Path(output) / 'explanation'}"
+                            + (f"; {len(sk)} skipped (see skipped.json)" if sk else "")) if info.is_main else None
+            code = 0
+            if line: print(line)
+    if code: sys.exit(code)
 
 # %% ../nbs/05_explain.ipynb #0c2afd62
 def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:
@@ -1149,37 +1205,66 @@ def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float 
         for i, f, box in need: out[i] = crop_mask(frames[f].astype(np.uint8) * 255, box, size, margin)
     return out
 
-# %% ../nbs/05_explain.ipynb #1b9d466c
-def study_quality(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=None,
-                  batch_size=16, seed=0, device="cpu", **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The quality table (`explanation_quality`) on the fake crops of `split` under `crops_root` (at most `max_images`,
-    evenly spread), with their masks; writes `quality.csv`, `quality_per_image.csv`, `quality_vs_baselines.csv`
-    (`paired_differences` of relevancy against each baseline; `quality_fused_vs_baselines.csv`: of `fused`), `perturbation_curves.csv` and `perturbation.png` to
-    `<output>/explanation/`."""
-    from deepfake_explain.data import index_crops
+# %% ../nbs/05_explain.ipynb #52811782
+def quality_batch(model, x, labels=None, masks=None, methods=METHODS, target="fake", fractions=FRACTIONS, replace="zero",
+                  threshold=DEFAULT_THRESHOLD, seed=0, size=None, images=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One batch of the quality table: images `x` (b, 3, H, W), `labels` (b,) or None, `masks` (per image an array or
+    None) or None -> (perturbation curves, localisation rows of the images with a mask), both with `image` (numbered
+    `images`, default 0..b-1) and `method` columns. The backbone runs once for every method."""
+    images = np.arange(len(x)) if images is None else np.asarray(images)
+    cache = backbone_cache(model, x)
+    keep = [] if masks is None else [i for i, m in enumerate(masks) if m is not None]
+    curves, loc = [], []
+    for method in methods:
+        sc, maps, _ = explain_batch(model, x, method, target, size=size, seed=seed, cache=cache)
+        curves.append(perturbation_curves(model, x, sc, labels, fractions, replace, threshold, tokens=cache["tokens"])
+                      .assign(image=lambda d: images[d["image"]], method=method))
+        if keep: loc.append(localisation_metrics(maps[keep], [masks[i] for i in keep]).assign(image=images[keep], method=method))
+    loc = pd.concat(loc, ignore_index=True) if loc else pd.DataFrame(columns=[*LOCALISATION_COLUMNS, "image", "method"])
+    return pd.concat(curves, ignore_index=True), loc
+
+def quality_table(parts, methods=METHODS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison table (one row per method, `QUALITY_COLUMNS`; per-image AUCs and localisation in `attrs["per_image"]`)
+    and the curves, from every batch's `(curves, localisation)` (`quality_batch`), in batch order."""
+    rows, all_curves, per_image = [], [], []
+    for method in methods:
+        c = pd.concat([cv[cv["method"] == method] for cv, _ in parts], ignore_index=True)
+        l = pd.concat([lc[lc["method"] == method] for _, lc in parts], ignore_index=True).drop(columns="method")
+        rows.append(dict(method=method, n_images=c["image"].nunique(), **perturbation_summary(c), n_masks=len(l),
+                         **{k: float(pd.to_numeric(l[k]).mean()) if len(l) else float("nan") for k in LOCALISATION_COLUMNS}))
+        all_curves.append(c)
+        per_image.append(per_image_aucs(c).merge(l.astype({"image": int}), on="image", how="left").assign(method=method))
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    table.attrs["per_image"] = pd.concat(per_image, ignore_index=True)[PER_IMAGE_COLUMNS]
+    return table, pd.concat(all_curves, ignore_index=True)
+
+# %% ../nbs/05_explain.ipynb #20b287a9
+def quality_images(crops_root, split: str = "test", max_images: int | None = None) -> pd.DataFrame:
+    "The fake crops of `split` under `crops_root` that the quality table is computed on: all, or `max_images` evenly spread."
     crops = index_crops(crops_root)
     fakes = crops[(crops["split"] == split) & (crops["label"] == 1)].reset_index(drop=True)
     if not len(fakes): raise ValueError(f"{crops_root}: no fake crops in split {split!r}")
-    if max_images and len(fakes) > max_images: fakes = fakes.iloc[np.linspace(0, len(fakes) - 1, max_images).round().astype(int)]
-    size = _size_of(model)
-    skipped = []
-    faces, keep = _read_faces(fakes["path"].tolist(), size, skipped)
-    masks = masks_for_crops([fakes["path"].iloc[i] for i in keep], data_root, boxes_root, size)
-    model = model.to(device)
-    table, curves = explanation_quality(model, faces_to_batch(faces, device), [1] * len(faces), masks, methods,
-                                        batch_size=batch_size, seed=seed, **kwargs)
-    out = Path(output) / "explanation"
-    write_csv_atomic(out / "quality.csv", table)
-    write_csv_atomic(out / "quality_per_image.csv", table.attrs["per_image"].assign(
-        path=lambda d: [fakes["path"].iloc[keep[i]] for i in d["image"]]))
-    if "relevancy" in methods: write_csv_atomic(out / "quality_vs_baselines.csv", paired_differences(table.attrs["per_image"], seed=seed))
-    if "fused" in methods:  # our map against every other one ("Maps that win")
-        write_csv_atomic(out / "quality_fused_vs_baselines.csv", paired_differences(table.attrs["per_image"], "fused", seed=seed))
-    write_csv_atomic(out / "perturbation_curves.csv", curves)
-    write_bytes_atomic(out / "perturbation.png", figure_png(perturbation_figure(curves)))
-    table.attrs["skipped"] = skipped
-    return table, curves
+    if max_images and len(fakes) > max_images:
+        fakes = fakes.iloc[np.linspace(0, len(fakes) - 1, max_images).round().astype(int)].reset_index(drop=True)
+    return fakes
 
+def files_digest(paths) -> str:
+    "SHA-256 of the files' paths, sizes and modification times: a regenerated or changed file changes it."
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        st = p.stat() if p.exists() else None
+        h.update(f"{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()
+
+def model_fingerprint(model) -> str:
+    "SHA-256 of `model`'s parameters and buffers (names, dtypes, shapes, values): the model's part of a cache key."
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+# %% ../nbs/05_explain.ipynb #44ce2c36
 def perturbation_figure(curves: pd.DataFrame):
     "Mean fake probability vs removed fraction, positive and negative perturbation, one line per method."
     from matplotlib.figure import Figure
@@ -1193,6 +1278,91 @@ def perturbation_figure(curves: pd.DataFrame):
         ax.title.set_fontsize(9)
     axs[0].legend(fontsize=8)
     return fig
+
+# %% ../nbs/05_explain.ipynb #462d309b
+QUALITY_PARTS = "quality_parts"  # <output>/explanation/quality_parts/: the finished batches of a pass under way
+
+def _part_files(parts_dir: Path, start: int) -> tuple[Path, Path, Path]:
+    return tuple(Path(parts_dir) / f"{start:08d}.{k}" for k in ("curves.csv", "skipped.json", "loc.csv"))
+
+def _save_part(parts_dir, start: int, curves, loc, skipped):
+    "One finished batch; its `loc.csv` is written last and marks it done."
+    c, s, l = _part_files(parts_dir, start)
+    write_csv_atomic(c, curves); write_json_atomic(s, skipped); write_csv_atomic(l, loc)
+
+def _load_part(parts_dir, start: int):
+    c, s, l = _part_files(parts_dir, start)
+    read = lambda p: pd.read_csv(p) if p.stat().st_size > 1 else pd.DataFrame()  # a batch with no readable crop: empty
+    return read(c), read(l), json.loads(s.read_text())
+
+def _read_key(path):
+    try: return json.loads(Path(path).read_text()).get("key")
+    except (OSError, ValueError): return None
+
+def _reuse_quality(out: Path, key: dict):
+    "The saved (table, curves) when `quality.json` holds `key` and the tables are there, else None."
+    if _read_key(out / "quality.json") != key: return None
+    try: table, per_image, curves = (pd.read_csv(out / f) for f in ("quality.csv", "quality_per_image.csv", "perturbation_curves.csv"))
+    except OSError: return None
+    table.attrs.update(per_image=per_image[PER_IMAGE_COLUMNS], skipped=json.loads((out / "quality.json").read_text()).get("skipped", []),
+                       reused=True)
+    return table, curves
+
+def _write_quality(out: Path, fakes: pd.DataFrame, key: dict, parts: list, methods, seed: int):
+    "Rank 0 at the end of a pass: the table assembled from every batch's part and written with its key; the parts removed."
+    skipped = [d for *_, sk in parts for d in sk]
+    parts = [(c, l) for c, l, _ in parts if len(c)]
+    if not parts: raise ValueError(f"none of the {len(fakes)} fake crops could be read (e.g. {skipped[0]['reason'] if skipped else '-'})")
+    table, curves = quality_table(parts, methods)
+    per_image = table.attrs["per_image"]
+    write_csv_atomic(out / "quality.csv", table)
+    write_csv_atomic(out / "quality_per_image.csv", per_image.assign(path=fakes["path"].to_numpy()[per_image["image"].to_numpy(int)]))
+    if "relevancy" in methods: write_csv_atomic(out / "quality_vs_baselines.csv", paired_differences(per_image, seed=seed))
+    if "fused" in methods:  # our map against every other one ("Maps that win")
+        write_csv_atomic(out / "quality_fused_vs_baselines.csv", paired_differences(per_image, "fused", seed=seed))
+    write_csv_atomic(out / "perturbation_curves.csv", curves)
+    write_bytes_atomic(out / "perturbation.png", figure_png(perturbation_figure(curves)))
+    write_json_atomic(out / "quality.json", dict(key=key, n_images=int(table["n_images"].max()), skipped=skipped))
+    shutil.rmtree(out / QUALITY_PARTS, ignore_errors=True)
+    table.attrs["skipped"] = skipped
+    return table, curves
+
+# %% ../nbs/05_explain.ipynb #2b73c3cb
+def study_quality(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=None,
+                  batch_size=16, seed=0, device="cpu", dist_info=None, progress=True, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The quality table (`explanation_quality`) on the fake crops of `split` under `crops_root` (`quality_images`) with
+    their ground-truth masks from `data_root` (None: no masks; boxes from `boxes_root`); writes `quality.csv`,
+    `quality_per_image.csv`, `quality_vs_baselines.csv` (`paired_differences` of relevancy against each baseline;
+    `quality_fused_vs_baselines.csv`: of `fused`), `perturbation_curves.csv`, `perturbation.png` and `quality.json` (the
+    key: model, crops, masks, methods, settings) to `<output>/explanation/`. A saved table with the same key is reused.
+    Finished batches stay in `quality_parts/` until the table is written: an interrupted pass resumes after them. Under
+    torchrun (`dist_info`) each rank computes every world-th batch and rank 0 writes (the other ranks return (None, None))."""
+    fakes, out = quality_images(crops_root, split, max_images), Path(output) / "explanation"
+    key = dict(model=model_fingerprint(model), crops=files_digest(fakes["path"]), methods=list(methods),
+               masks=None if data_root is None else str(Path(data_root)), batch_size=batch_size, seed=seed,
+               **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()})
+    main = dist_info is None or dist_info.is_main
+    if (saved := _reuse_quality(out, key)) is not None: return saved if main else (None, None)
+    parts = out / QUALITY_PARTS
+    if main and _read_key(parts / "key.json") != key:  # another pass's parts (other model, crops or settings): start over
+        shutil.rmtree(parts, ignore_errors=True); write_json_atomic(parts / "key.json", dict(key=key))
+    gather_rows(dist_info, [])  # every rank waits for the parts folder
+    size, model = _size_of(model), model.to(device)
+    todo = [s for s in rank_batches(len(fakes), batch_size, dist_info) if not _part_files(parts, s)[2].exists()]
+    for s in tqdm(todo, desc="quality", unit="batch", disable=not (progress and main)):
+        paths, skipped = fakes["path"].iloc[s:s + batch_size].tolist(), []
+        faces, keep = _read_faces(paths, size, skipped)
+        if not faces: _save_part(parts, s, pd.DataFrame(), pd.DataFrame(), skipped); continue
+        masks = None if data_root is None else masks_for_crops([paths[i] for i in keep], data_root, boxes_root, size)
+        curves, loc = quality_batch(model, faces_to_batch(faces, device), torch.ones(len(faces), dtype=torch.long), masks,
+                                    methods, seed=seed + s, images=s + np.asarray(keep), **kwargs)
+        _save_part(parts, s, curves, loc, skipped)
+    computed = sum(gather_rows(dist_info, [len(todo)]))  # every rank's batches are saved
+    if not main: return None, None
+    starts = range(0, len(fakes), batch_size)
+    table, curves = _write_quality(out, fakes, key, [_load_part(parts, s) for s in starts], methods, seed)
+    table.attrs["batches"] = dict(total=len(starts), computed=computed)  # the others: saved by an interrupted pass
+    return table, curves
 
 # %% ../nbs/05_explain.ipynb #3b16a7b3
 def sanity_summary(sanity: pd.DataFrame) -> pd.DataFrame:

@@ -22,10 +22,12 @@ from .preprocess import crop_dataset, detect_dataset, remove_stale_temps, run_to
 from .train import training_config
 
 # %% auto #0
-__all__ = ['STAGES', 'PATH_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS', 'CROSS_COLUMNS', 'repo_root',
-           'parameters_cell', 'notebook_parameters', 'check_parameter_names', 'environment_info', 'check_test_sets',
-           'test_set_crops', 'cell_directives', 'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps',
-           'check_before_work', 'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_notebook', 'StageFailed',
+__all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS',
+           'TEST_SET_SPLITS', 'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell',
+           'notebook_parameters', 'check_parameter_names', 'environment_info', 'markdown_table', 'write_report',
+           'check_test_sets', 'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cell_directives',
+           'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_before_work',
+           'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed',
            'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #cb095f9c
@@ -44,6 +46,41 @@ def repo_root() -> Path:
     for d in (Path(deepfake_explain.__file__).resolve().parents[1], Path.cwd(), *Path.cwd().parents):
         if (d / "settings.ini").exists() and (d / "nbs").is_dir(): return d
     raise FileNotFoundError("deepfake_explain's notebooks (nbs/) not found: run the study from a checkout of the repository")
+
+# %% ../nbs/06_study.ipynb #a6eba14f
+def load_params(params=None, base: Path | None = None) -> dict:
+    """Study parameters from a YAML file (or dict). Paths in `PATH_PARAMS` that are relative are
+    taken relative to `base` (the repository root) and made absolute, since notebooks run in nbs/."""
+    base = Path(base or repo_root())
+    if params is None: p = {}
+    elif isinstance(params, dict): p = dict(params)
+    else:
+        path = Path(params)
+        if not path.exists(): raise FileNotFoundError(f"{path}: study parameter file not found")
+        try: p = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML ({e})") from e
+        except UnicodeDecodeError as e: raise ValueError(f"{path}: not a text (UTF-8) YAML file ({e.reason} at byte {e.start})") from e
+        if not isinstance(p, dict): raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(p).__name__}")
+    for k in PATH_PARAMS:
+        if isinstance(p.get(k), str) and not Path(p[k]).is_absolute(): p[k] = str((base / p[k]).resolve())
+    if isinstance(p.get("test_sets"), list):  # the cross-dataset test sets' folders, likewise
+        p["test_sets"] = [{**e, "data_root": str((base / e["data_root"]).resolve())}
+                          if isinstance(e, dict) and isinstance(e.get("data_root"), str) else e for e in p["test_sets"]]
+    return p
+
+# %% ../nbs/06_study.ipynb #199a5d9a
+RUNNER_STEPS = {"cross": "cross-dataset test (runs after the stages when the study has test_sets)"}
+TORCHRUN_STAGES = {  # stage -> its heavy part, run under torchrun before the notebook when the study sets `nproc` > 1
+    "preprocess": "face detection and crops", "evaluate": "test-split scores", "explain": "explanation-quality pass"}
+RUNNER_PARAMS = {"test_sets": ["cross"], "nproc": list(TORCHRUN_STAGES)}  # parameters the runner itself takes (no stage notebook declares them)
+
+def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -> list[str]:
+    "Stage names to run, in pipeline order (the runner's `cross` step last, with `test_sets`); `stages` is a comma list or list (default all)."
+    if isinstance(stages, str): stages = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = sorted(set(stages or []) - set(STAGES) - set(RUNNER_STEPS))
+    if unknown: raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES) + list(RUNNER_STEPS)}")
+    chosen = [s for s in list(STAGES) + (["cross"] if test_sets else []) if stages is None or s in stages]
+    return [s for s in chosen if not (s == "generate" and dataset != "mini" and stages is None)]
 
 # %% ../nbs/06_study.ipynb #9e6e0906
 def parameters_cell(nb_path) -> str:
@@ -120,6 +157,64 @@ OPTIONAL_REPORT_ITEMS = {  # only some runs have them: test_sets; fused among th
     "explanation/restoration.png", "explanation/validity.json", "explanation/validity_vs_baselines.csv",
     "explanation/road.png", "explanation/sanity.png", "explanation/sanity_summary.csv"}
 
+# %% ../nbs/06_study.ipynb #2d94959c
+def markdown_table(df, floatfmt: str = ".4g") -> str:
+    "A pipe table of `df` (Markdown, rendered as an HTML table), floats written with `floatfmt`."
+    def cell(v):
+        if isinstance(v, float): return "" if v != v else format(v, floatfmt)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    head = "| " + " | ".join(map(cell, df.columns)) + " |\n|" + "---|" * len(df.columns)
+    return head + "".join("\n| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False))
+
+# %% ../nbs/06_study.ipynb #0825470e
+def _table_md(path: Path) -> str:
+    return markdown_table(pd.read_csv(path))
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    "Scalars of a nested dict, keys joined with dots (lists left out)."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (bool, int, float, str, type(None))): out[f"{prefix}{k}"] = v
+    return out
+
+def _json_md(path: Path) -> str:
+    flat = _flat(json.loads(path.read_text()))
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in flat.items())
+    return "| metric | value |\n|---|---|\n" + rows
+
+# %% ../nbs/06_study.ipynb #df5dfea6
+def write_report(run_dir) -> Path:
+    "Write `report.md` and a self-contained `report.html` for a run folder; return the HTML path."
+    run_dir = Path(run_dir)
+    env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
+    md_parts = [f"# Study report: {run_dir.name}",
+                f"git commit `{env.get('git', {}).get('commit')}`, torch {env.get('packages', {}).get('torch')}, "
+                f"device {env.get('device', {})}"]
+    html_imgs = {}
+    for title, rel, kind in REPORT_ITEMS:
+        path = run_dir / rel
+        md_parts.append(f"## {title}")
+        if not path.exists():
+            if rel in OPTIONAL_REPORT_ITEMS: md_parts.pop()
+            else: md_parts.append(f"*not produced: `{rel}` is missing*")
+            continue
+        if kind == "png":
+            md_parts.append(f"![{title}]({rel})\n\n*Figure: {title} (`{rel}`)*")
+            html_imgs[rel] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        elif kind == "csv": md_parts.append(f"*Table: `{rel}`*\n\n" + _table_md(path))
+        else: md_parts.append(_json_md(path))
+    text = "\n\n".join(md_parts) + "\n"
+    with atomic_write(run_dir / "report.md", "w") as f: f.write(text)
+    body = mistune.html(text)
+    for rel, uri in html_imgs.items(): body = body.replace(f'src="{rel}"', f'src="{uri}"')
+    html = ("<!doctype html><html><head><meta charset='utf-8'><title>deepfake_explain study report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+            "em{color:#555}</style></head><body>" + body + "</body></html>")
+    with atomic_write(run_dir / "report.html", "w") as f: f.write(html)
+    return run_dir / "report.html"
+
 # %% ../nbs/06_study.ipynb #450c5fff
 TEST_SET_SPLITS = ("train", "val", "test", "all")
 CROSS_COLUMNS = ["test_set", "dataset", "split", "n_videos", "n_fake", "n_real", "video_auc", "frame_auc", "eer", "ap",
@@ -161,6 +256,48 @@ def test_set_crops(entry: dict, out_dir, frames_per_video: int = 20, device="aut
     detect_dataset(sel, out_dir, entry["dataset"], frames_per_video, num_workers=1, device=device, progress=progress)
     crop_dataset(sel, out_dir, out_dir / "crops", entry["dataset"], num_workers=1, progress=progress)
     return out_dir / "crops"
+
+# %% ../nbs/06_study.ipynb #6ab6a23c
+def cross_dataset_row(name: str, dataset: str, split: str, m: dict) -> dict:
+    "One row of the cross-dataset table from a test report's metrics (`test_checkpoint`'s metrics.json)."
+    return {"test_set": name, "dataset": dataset, "split": split, "n_videos": m["n_videos"], "n_fake": m["n_fake"],
+            "n_real": m["n_real"], "video_auc": m["auc"], "frame_auc": m["frame_auc"], "eer": m["eer"],
+            "ap": m["average_precision"], "accuracy": m["accuracy"], "threshold": m["threshold"]["value"],
+            "threshold_source": m["threshold"].get("source", "")}
+
+def _reuse_scores(src: Path, dst: Path, split: str):
+    "Copy the cached frame scores of `split` (valid for the same checkpoint, config and crops only: their key says so)."
+    for ext in ("csv", "json"):
+        f = src / f"frame_scores_{split}.{ext}"
+        if f.is_file() and not (dst / f.name).exists(): dst.mkdir(parents=True, exist_ok=True); shutil.copy(f, dst / f.name)
+
+# %% ../nbs/06_study.ipynb #e4d7e1c9
+def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", frames_per_video: int = 20,
+                       batch_size: int = 32, device="auto", rule: str = "reference", seed: int = 0, n_boot: int = 200,
+                       progress: bool = False) -> pd.DataFrame:
+    """Test `<run_dir>/train/best.pt` on the training set's test split and on every test set at the threshold chosen
+    on the training set's validation split; writes `<run_dir>/cross_dataset.csv` (`CROSS_COLUMNS`) and returns it."""
+    run_dir = Path(run_dir)
+    sets, model, crops = check_test_sets(test_sets), run_dir / "train" / "best.pt", run_dir / "crops"
+    if not model.is_file(): raise FileNotFoundError(f"{model}: no trained checkpoint; run the train stage first")
+    kw = dict(frames_per_video=frames_per_video, batch_size=batch_size, workers=0, device=device, rule=rule,
+              n_boot=n_boot, seed=seed, progress=progress)
+    own = run_dir / "cross" / "_training_set"
+    for split in ("test", "val"): _reuse_scores(run_dir / "test", own / "test", split)  # scored by the evaluate stage
+    try: m = test_checkpoint(model, None, crops, own, "All", "test", calibrate="eer", **kw)
+    except ValueError as e:  # a validation split of one class: no threshold can be chosen on it
+        if "cannot calibrate" not in str(e): raise
+        m = test_checkpoint(model, None, crops, own, "All", "test", **kw)
+    rows, thr = [cross_dataset_row(f"{train_dataset} (training set's test split)", train_dataset, "test", m)], m["threshold"]["value"]
+    for e in sets:
+        out = run_dir / "cross" / e["name"]
+        tc = test_set_crops(e, out, frames_per_video, device, progress)
+        m = test_checkpoint(model, None, tc, out, "All", "test", threshold=thr, **kw)
+        rows.append({**cross_dataset_row(e["name"], e["dataset"], e["split"], m), "threshold_source": "training set's validation split"})
+    if rows[0]["threshold_source"] == "calibrated": rows[0]["threshold_source"] = "training set's validation split"
+    table = pd.DataFrame(rows, columns=CROSS_COLUMNS)
+    with atomic_write(run_dir / "cross_dataset.csv", "w") as f: table.to_csv(f, index=False)
+    return table
 
 # %% ../nbs/06_study.ipynb #a37f3da5
 def cell_directives(source: str) -> dict[str, str]:
@@ -284,6 +421,14 @@ def torchrun_stage(name: str, p: dict, run_dir, nb_path):
     (Path(run_dir) / "logs").mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / "logs" / f"{name}-torchrun.log", "a") as log:
         for script, flags in torchrun_steps(name, q, run_dir): run_torchrun(script, flags, nproc=n, stdout=log, env=env)
+
+# %% ../nbs/06_study.ipynb #c930ad2f
+def run_step(name: str, p: dict, run_dir: Path):
+    "Run the runner's own step `name` (`RUNNER_STEPS`) with the study parameters `p`."
+    if name != "cross": raise ValueError(f"unknown runner step {name!r}")
+    cross_dataset_test(run_dir, p["test_sets"], train_dataset=str(p.get("dataset", "mini")),
+                       frames_per_video=int(p.get("frames_per_video", 20)), batch_size=int(p.get("batch_size", 32)),
+                       device=p.get("device", "auto"), seed=int(p.get("seed", 0)))
 
 # %% ../nbs/06_study.ipynb #11ccb68c
 class _StageOutput:

@@ -97,3 +97,64 @@ def test_predict_two_processes_match_one(ffpp, tmp_path, save_tiny_checkpoint):
         pd.testing.assert_frame_equal(fa.drop(columns="score"), fb.drop(columns="score"))
         np.testing.assert_allclose(fa.score, fb.score, atol=1e-6)
     assert json.loads((tmp_path / "two/videos/183.json").read_text())["status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def fake_crops(tmp_path_factory) -> Path:
+    "A crop tree of 7 test-split fake crops (5 videos, generated faces at 64 px) and one real."
+    root = tmp_path_factory.mktemp("crops")
+    rng = np.random.default_rng(0)
+    for k in range(7):
+        p = root / "test_set" / ("Deepfakes" if k % 2 else "FaceSwap") / f"{k:03d}_{k + 100:03d}" / f"{k}_0.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        img = cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (9, 9), 3)
+        cv2.imwrite(str(p), img)
+    (root / "test_set" / "Original" / "900").mkdir(parents=True)
+    cv2.imwrite(str(root / "test_set" / "Original" / "900" / "0_0.png"), np.zeros((64, 64, 3), np.uint8))
+    return root
+
+
+def test_explanation_pass_two_processes_match_one(fake_crops, tmp_path, save_tiny_checkpoint, monkeypatch):
+    """`deepfake-explain-explain --crops` (the quality table) and `--samples` under 2 gloo ranks: the same tables, maps and
+    scores as one process; a pass interrupted after some batches is resumed by torchrun, those batches not redone."""
+    from deepfake_explain import explain as ex
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.pt", TINY)
+    flags = ["--crops", fake_crops, "--model_path", ckpt, "--methods", "relevancy,random", "--batch_size", 2, "--device", "cpu"]
+    one = subprocess.run(torchrun_command("deepfake-explain-explain", [*flags, "--output", tmp_path / "one"]), env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "7 fake crops of test x 2 method(s), 1 process(es)" in one.stdout
+    r = torchrun("deepfake-explain-explain", [*flags, "--output", tmp_path / "two"])
+    assert r.stdout.count("quality table: 7 fake crops") == 1 and "2 process(es)" in r.stdout  # reported once, by rank 0
+    files = ("quality.csv", "quality_per_image.csv", "perturbation_curves.csv", "quality_vs_baselines.csv")
+    for f in files:
+        a, b = (pd.read_csv(tmp_path / d / "explanation" / f) for d in ("one", "two"))
+        pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, obj=f)
+    assert not (tmp_path / "two" / "explanation" / ex.QUALITY_PARTS).exists()
+    # interrupted: batch 4 of 0, 2, 4, 6 fails in this process; torchrun finishes the pass, computing 4 and 6 only
+    real = ex.quality_batch
+    def dies(*a, **k):
+        if k["seed"] == 4: raise RuntimeError("killed")
+        return real(*a, **k)
+    monkeypatch.setattr(ex, "quality_batch", dies)
+    model, _, _ = ev.load_detector(ckpt, None, "cpu")
+    with pytest.raises(RuntimeError, match="killed"):
+        ex.study_quality(model, fake_crops, None, None, tmp_path / "three", ("relevancy", "random"), batch_size=2, progress=False)
+    assert len(list((tmp_path / "three" / "explanation" / ex.QUALITY_PARTS).glob("*.loc.csv"))) == 2
+    r = torchrun("deepfake-explain-explain", [*flags, "--output", tmp_path / "three"])
+    assert "2 process(es), 2 of 4 batches resumed" in r.stdout
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "explanation" / "quality.csv") for d in ("one", "three")),
+                                  check_exact=False, atol=1e-6)
+    # --samples: explained figures shared out by batches; one table, by rank 0
+    samples = pd.DataFrame([dict(video_name=str(p.parent), label=int(p.parent.parent.name != "Original"), video_prob=0.5,
+                                 high_low_prob=0.5, example_file_name=p.name) for p in sorted(fake_crops.rglob("*.png"))])
+    samples.to_csv(tmp_path / "samples.csv", index=False)
+    sflags = ["--samples", tmp_path / "samples.csv", "--model_path", ckpt, "--methods", "relevancy,random", "--batch_size", 2, "--device", "cpu"]
+    ex.explain_cli.__wrapped__(samples=str(tmp_path / "samples.csv"), model_path=str(ckpt), methods="relevancy,random", batch_size=2,
+                               device="cpu", output=str(tmp_path / "s1"))
+    r = torchrun("deepfake-explain-explain", [*sflags, "--output", tmp_path / "s2"])
+    assert r.stdout.count("explained 8 images x 2 method(s)") == 1
+    a, b = (pd.read_csv(tmp_path / d / "explanation" / "explanations.csv") for d in ("s1", "s2"))
+    assert len(a) == 16 and a[["name", "method", "classification"]].equals(b[["name", "method", "classification"]])
+    np.testing.assert_allclose(a.frame_prob, b.frame_prob, atol=1e-6)
+    for fa, fb in zip(a["map"], b["map"]): np.testing.assert_allclose(np.load(fa), np.load(fb), atol=1e-5)
