@@ -28,20 +28,21 @@ __all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS'
            'FaceCropDataset', 'synthetic_crops', 'resolve_device', 'write_video_index', 'read_video_index',
            'study_video_index']
 
-# %% ../nbs/00_data.ipynb #d32073d3
-FFPP_METHODS = ["Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures"]
-DFD_METHOD = "DeepFakeDetection"     # optional FF++ extra: fakes of paid actors (no official split)
-DFDC_METHOD = "DFDC"                 # method of DFDC fakes
-SPLITS = ("train", "val", "test")
-COMPRESSIONS = ("raw", "c23", "c40")
-VIDEO_COLUMNS = ["video", "split", "method", "label", "path", "compression", "original"]
-
+# %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
     "Parse a JSON file; `FileNotFoundError`/`ValueError` naming `path` if it is missing or malformed."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
     try: return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+# %% ../nbs/00_data.ipynb #319dd75f
+FFPP_METHODS = ["Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures"]
+DFD_METHOD = "DeepFakeDetection"     # optional FF++ extra: fakes of paid actors (no official split)
+DFDC_METHOD = "DFDC"                 # method of DFDC fakes
+SPLITS = ("train", "val", "test")
+COMPRESSIONS = ("raw", "c23", "c40")
+VIDEO_COLUMNS = ["video", "split", "method", "label", "path", "compression", "original"]
 
 def read_ffpp_splits(splits_dir) -> dict[str, str]:
     "Map every id and every fake name `<a>_<b>` of the official FF++ splits to its split."
@@ -161,7 +162,7 @@ def index_ffpp(root, compression: str = "c23", methods=None, dfd_split: str = "t
             rows.append(video_row(p, dfd_split, ORIGINAL, 0, compression))
     return video_frame(rows, skipped)
 
-# %% ../nbs/00_data.ipynb #ee09e3c0
+# %% ../nbs/00_data.ipynb #6951516f
 def mask_source(data_root, method: str, video: str) -> Path | None:
     "The mask of a fake: mini-forensics' per-frame PNG folder or FF++'s mask video (`<Method>/masks/videos/<video>[.mp4]`), or None."
     base = Path(data_root) / "manipulated_sequences" / method / "masks" / "videos"
@@ -169,18 +170,19 @@ def mask_source(data_root, method: str, video: str) -> Path | None:
         if p.is_dir() if p.suffix != ".mp4" else p.is_file(): return p
     return None
 
-def read_mask_frames(data_root, method: str, video: str, frames, threshold: int = 127) -> dict:
-    """The ground-truth masks {frame: (H, W) bool} of `frames` of a fake video (`mask_source`); {} when it has none.
-    `ValueError` naming the file when a frame is missing or unreadable."""
-    src, want = mask_source(data_root, method, video), sorted({int(f) for f in frames})
-    if src is None or not want: return {}
-    if src.is_dir():
-        out = {}
-        for f in want:
-            p = src / f"{f:04d}.png"
-            if not p.is_file(): raise ValueError(f"{p}: mask frame {f} not found")
-            out[f] = read_image_rgb(p).max(-1) > threshold
-        return out
+# %% ../nbs/00_data.ipynb #41d2ded4
+def _png_mask_frames(src: Path, want: list[int], threshold: int) -> dict:
+    "Masks {frame: (H, W) bool} of the frames `want` from a folder of `<frame:04d>.png`."
+    out = {}
+    for f in want:
+        p = src / f"{f:04d}.png"
+        if not p.is_file(): raise ValueError(f"{p}: mask frame {f} not found")
+        out[f] = read_image_rgb(p).max(-1) > threshold
+    return out
+
+# %% ../nbs/00_data.ipynb #23970896
+def _video_mask_frames(src: Path, want: list[int], threshold: int) -> dict:
+    "Masks {frame: (H, W) bool} of the sorted frames `want` from a mask video."
     cap, out, i = cv2.VideoCapture(str(src)), {}, 0
     try:
         if not cap.isOpened(): raise ValueError(f"{src}: cannot open the mask video")
@@ -195,9 +197,15 @@ def read_mask_frames(data_root, method: str, video: str, frames, threshold: int 
     if missing: raise ValueError(f"{src}: mask frame {missing[0]} not found (the mask video has {i} frames)")
     return out
 
-# %% ../nbs/00_data.ipynb #94972776
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+# %% ../nbs/00_data.ipynb #6d9ff4cc
+def read_mask_frames(data_root, method: str, video: str, frames, threshold: int = 127) -> dict:
+    """The ground-truth masks {frame: (H, W) bool} of `frames` of a fake video (`mask_source`); {} when it has none.
+    `ValueError` naming the file when a frame is missing or unreadable."""
+    src, want = mask_source(data_root, method, video), sorted({int(f) for f in frames})
+    if src is None or not want: return {}
+    return _png_mask_frames(src, want, threshold) if src.is_dir() else _video_mask_frames(src, want, threshold)
 
+# %% ../nbs/00_data.ipynb #6373175a
 def dfdc_metadata_files(root) -> list[Path]:
     "The `metadata.json` files of a DFDC folder: its own, or those of its immediate sub-folders."
     root = Path(root)
@@ -207,6 +215,23 @@ def dfdc_metadata_files(root) -> list[Path]:
     if not found: raise FileNotFoundError(f"{root}: no metadata.json here or in its sub-folders")
     return found
 
+# %% ../nbs/00_data.ipynb #7432840b
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+def _dfdc_row(p: Path, entry, meta_name: str, default_split: str, check_videos: bool, skipped: list) -> dict | None:
+    "The index row of the video `p` from its metadata `entry`; None (recorded in `skipped`) if it cannot be used."
+    label = entry.get("label") if isinstance(entry, dict) else None
+    if label is None: _skip(skipped, p, f"no label in {meta_name}"); return None
+    if str(label).upper() not in ("FAKE", "REAL"): _skip(skipped, p, f"label {label!r} in {meta_name} is not FAKE or REAL"); return None
+    split = _SPLIT_ALIASES.get(str(entry.get("split") or default_split).lower())
+    if split is None: _skip(skipped, p, f"split {entry.get('split')!r} in {meta_name} is not train/val/test"); return None
+    if not p.is_file(): _skip(skipped, p, f"listed in {meta_name} but the file is missing"); return None
+    reason = bad_video_reason(p, check_videos)
+    if reason: _skip(skipped, p, reason); return None
+    fake = str(label).upper() == "FAKE"
+    return video_row(p, split, DFDC_METHOD if fake else ORIGINAL, int(fake), "", Path(entry.get("original") or "").stem if fake else "")
+
+# %% ../nbs/00_data.ipynb #cb48f063
 def index_dfdc(root, default_split: str = "train", check_videos: bool = False) -> pd.DataFrame:
     "Index DFDC videos with labels from `metadata.json` (see `VIDEO_COLUMNS`)."
     if default_split not in SPLITS: raise ValueError(f"default_split {default_split!r}: expected one of {SPLITS}")
@@ -215,18 +240,8 @@ def index_dfdc(root, default_split: str = "train", check_videos: bool = False) -
         folder, meta = meta_path.parent, read_json_file(meta_path)
         if not isinstance(meta, dict): raise ValueError(f"{meta_path}: expected an object {{file name: entry}}")
         for name, entry in meta.items():
-            p = folder/name
-            label = entry.get("label") if isinstance(entry, dict) else None
-            if label is None: _skip(skipped, p, f"no label in {meta_path.name}"); continue
-            if str(label).upper() not in ("FAKE", "REAL"): _skip(skipped, p, f"label {label!r} in {meta_path.name} is not FAKE or REAL"); continue
-            split = _SPLIT_ALIASES.get(str(entry.get("split") or default_split).lower())
-            if split is None: _skip(skipped, p, f"split {entry.get('split')!r} in {meta_path.name} is not train/val/test"); continue
-            if not p.is_file(): _skip(skipped, p, f"listed in {meta_path.name} but the file is missing"); continue
-            reason = bad_video_reason(p, check_videos)
-            if reason: _skip(skipped, p, reason); continue
-            fake = str(label).upper() == "FAKE"
-            rows.append(video_row(p, split, DFDC_METHOD if fake else ORIGINAL, int(fake), "",
-                                  Path(entry.get("original") or "").stem if fake else ""))
+            if (row := _dfdc_row(folder/name, entry, meta_path.name, default_split, check_videos, skipped)) is not None:
+                rows.append(row)
         for p in sorted(folder.glob("*.mp4")):
             if p.name not in meta: _skip(skipped, p, f"no entry in {meta_path.name} (label unknown)")
     if not rows: raise ValueError(f"{root}: no usable DFDC videos ({len(skipped)} skipped, e.g. {skipped[:3]})")
@@ -348,7 +363,7 @@ def equidistant(n_total: int, k: int) -> list[int]:
     if k <= 0 or k >= n_total: return list(range(n_total))
     return [i * n_total // k for i in range(k)]
 
-# %% ../nbs/00_data.ipynb #94345889
+# %% ../nbs/00_data.ipynb #c6352130
 def frames_for_video(label: int, frames_per_video: int, split: str = "train",
                      rebalancing_real: float = 1.0, rebalancing_fake: float = 0.3) -> int:
     "Number of frames (per face) to take from a video of class `label` in `split`; 0 (all) if `frames_per_video <= 0`."
@@ -358,6 +373,7 @@ def frames_for_video(label: int, frames_per_video: int, split: str = "train",
     k = max(int(frames_per_video * (rebalancing_real if int(label) == 0 else rebalancing_fake)), 1)
     return int(max(k / 8, 2)) if split == "val" else k
 
+# %% ../nbs/00_data.ipynb #3488707f
 def select_training_frames(crop_index: pd.DataFrame, frames_per_video: int, rebalancing_real: float = 1.0,
                            rebalancing_fake: float = 0.3, split: str = "train", faces=None) -> pd.DataFrame:
     "The rows of `crop_index` (index kept) in `split` to use: per (method, video, face), `frames_for_video` equidistant frames."
@@ -373,7 +389,7 @@ def select_training_frames(crop_index: pd.DataFrame, frames_per_video: int, reba
     keep = (k <= 0) | (k >= n) | (-(-pos * k // n) * n < (pos + 1) * k)
     return df[keep]
 
-# %% ../nbs/00_data.ipynb #28cd6aba
+# %% ../nbs/00_data.ipynb #38e08f81
 RESIZE_INTERPOLATIONS = [(cv2.INTER_AREA, cv2.INTER_CUBIC), (cv2.INTER_AREA, cv2.INTER_LINEAR),
                          (cv2.INTER_LINEAR, cv2.INTER_LINEAR)]  # (shrinking, enlarging) pairs of the reference
 
@@ -387,6 +403,7 @@ def isotropic_resize(img: np.ndarray, size: int, down=cv2.INTER_AREA, up=cv2.INT
     else: nw = size
     return cv2.resize(img, (nw, nh), interpolation=up if scale > 1 else down)
 
+# %% ../nbs/00_data.ipynb #4a923eb3
 def pad_to_square(img: np.ndarray, size: int, value: int = 0) -> np.ndarray:
     "Pad `img` with a constant border, centred, to at least `size` x `size`."
     h, w = img.shape[:2]
@@ -442,7 +459,7 @@ def shift_scale_rotate(img: np.ndarray, rng: np.random.Generator, shift: float =
     m[0, 2] += dx * w; m[1, 2] += dy * h
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
-# %% ../nbs/00_data.ipynb #bc88db8d
+# %% ../nbs/00_data.ipynb #85c375ee
 class ValTransform:
     "Validation/test transform: isotropic resize to `size` + black padding to `size` x `size`."
     def __init__(self, size: int): self.size = int(size)
@@ -450,6 +467,7 @@ class ValTransform:
         return np.ascontiguousarray(pad_to_square(isotropic_resize(img, self.size), self.size))
     def __repr__(self): return f"ValTransform(size={self.size})"
 
+# %% ../nbs/00_data.ipynb #30f3e0eb
 class TrainTransform:
     "The reference's training augmentations at output size `size`; random draws from `rng` (or own generator)."
     def __init__(self, size: int, seed: int = 0):
@@ -472,7 +490,7 @@ class TrainTransform:
 
     def __repr__(self): return f"TrainTransform(size={self.size}, seed={self.seed})"
 
-# %% ../nbs/00_data.ipynb #0a6eb3d2
+# %% ../nbs/00_data.ipynb #62ab3c73
 def _accepts_rng(fn) -> bool:
     "Whether the transform `fn` takes a second (generator) argument."
     try: params = list(inspect.signature(fn).parameters.values())
@@ -480,6 +498,7 @@ def _accepts_rng(fn) -> bool:
     if any(p.kind == p.VAR_POSITIONAL for p in params) or any(p.name == "rng" for p in params): return True
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 2
 
+# %% ../nbs/00_data.ipynb #ca8edff7
 class FaceCropDataset(torch.utils.data.Dataset):
     "Face crops of `df` (columns `path`, `label`) read lazily; items `(image (3,H,W) float32 0..255, label float32)`."
     def __init__(self, df: pd.DataFrame, transform=None, seed: int = 0, return_index: bool = False):
@@ -530,7 +549,7 @@ def resolve_device(device=None, local_rank: int = 0) -> torch.device:
         if d.index is None: d = torch.device("cuda", local_rank)
     return d
 
-# %% ../nbs/00_data.ipynb #98492c4c
+# %% ../nbs/00_data.ipynb #f4f079f2
 def write_video_index(root, dataset: str, out_dir, **kwargs) -> pd.DataFrame:
     "Index `root` with `index_videos` and write `videos.csv` and `skipped.json` to `out_dir` atomically."
     df = index_videos(root, dataset, **kwargs)
@@ -538,6 +557,7 @@ def write_video_index(root, dataset: str, out_dir, **kwargs) -> pd.DataFrame:
     write_json_atomic(Path(out_dir)/"skipped.json", df.attrs["skipped"])
     return df
 
+# %% ../nbs/00_data.ipynb #ec2d0d10
 def read_video_index(out_dir) -> pd.DataFrame:
     "Read the index written by `write_video_index` (with `attrs['skipped']`)."
     df = pd.read_csv(Path(out_dir)/"videos.csv", keep_default_na=False, dtype={"video": str, "original": str})

@@ -33,7 +33,7 @@ MINI_COMPRESSIONS = {"c23": None, "c40": 40}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
-# %% ../nbs/00a_mini_forensics.ipynb #9805fbc4
+# %% ../nbs/00a_mini_forensics.ipynb #11df246f
 @dataclass
 class FaceSource:
     "A real face photo: RGB image, face box (x0, y0, x1, y1) and 5 landmarks (5, 2), in image pixels."
@@ -49,6 +49,7 @@ class FaceSource:
         h.update(np.round(np.r_[self.box, self.landmarks.ravel()], 1).tobytes())
         return h.hexdigest()[:16]
 
+# %% ../nbs/00a_mini_forensics.ipynb #baaa2456
 # measured once with facenet_pytorch.MTCNN (keep_all=True, CPU); re-checked in the notebook below
 _BUILTIN_FACES = {
     "grace_hopper": dict(box=[174.4, 119.6, 355.6, 340.5],
