@@ -18,30 +18,31 @@ from .core import (ORIGINAL, ImageReadError, atomic_write, jpeg_compress, read_i
 from .mini_forensics import make_mini_forensics
 
 # %% auto #0
-__all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'CELEBDF_METHOD',
-           'CELEBDF_FOLDERS', 'CELEBDF_TEST_LIST', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS',
-           'read_json_file', 'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row', 'video_frame',
-           'index_ffpp', 'mask_source', 'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc',
-           'read_celebdf_test_list', 'index_celebdf', 'index_videos', 'crop_path', 'crop_label', 'index_crops',
-           'equidistant', 'frames_for_video', 'select_training_frames', 'isotropic_resize', 'pad_to_square',
-           'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate',
-           'ValTransform', 'TrainTransform', 'FaceCropDataset', 'synthetic_crops', 'resolve_device',
-           'write_video_index', 'read_video_index', 'study_video_index']
+__all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'CELEBDF_TEST_LIST',
+           'CELEBDF_METHOD', 'CELEBDF_FOLDERS', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS', 'read_json_file',
+           'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row', 'video_frame', 'index_ffpp',
+           'mask_source', 'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc', 'read_celebdf_test_list',
+           'index_celebdf', 'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
+           'select_training_frames', 'isotropic_resize', 'pad_to_square', 'gauss_noise', 'brightness_contrast',
+           'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform', 'TrainTransform',
+           'FaceCropDataset', 'synthetic_crops', 'resolve_device', 'write_video_index', 'read_video_index',
+           'study_video_index']
 
-# %% ../nbs/00_data.ipynb #d32073d3
-FFPP_METHODS = ["Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures"]
-DFD_METHOD = "DeepFakeDetection"     # optional FF++ extra: fakes of paid actors (no official split)
-DFDC_METHOD = "DFDC"                 # method of DFDC fakes
-SPLITS = ("train", "val", "test")
-COMPRESSIONS = ("raw", "c23", "c40")
-VIDEO_COLUMNS = ["video", "split", "method", "label", "path", "compression", "original"]
-
+# %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
     "Parse a JSON file; `FileNotFoundError`/`ValueError` naming `path` if it is missing or malformed."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
     try: return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+# %% ../nbs/00_data.ipynb #319dd75f
+FFPP_METHODS = ["Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures"]
+DFD_METHOD = "DeepFakeDetection"     # optional FF++ extra: fakes of paid actors (no official split)
+DFDC_METHOD = "DFDC"                 # method of DFDC fakes
+SPLITS = ("train", "val", "test")
+COMPRESSIONS = ("raw", "c23", "c40")
+VIDEO_COLUMNS = ["video", "split", "method", "label", "path", "compression", "original"]
 
 def read_ffpp_splits(splits_dir) -> dict[str, str]:
     "Map every id and every fake name `<a>_<b>` of the official FF++ splits to its split."
@@ -60,7 +61,7 @@ def read_ffpp_splits(splits_dir) -> dict[str, str]:
                 split_of[key], where[key] = split, path.name
     return split_of
 
-# %% ../nbs/00_data.ipynb #d0c9be1e
+# %% ../nbs/00_data.ipynb #f6f40e19
 def bad_video_reason(path, check_videos: bool = False) -> str | None:
     "Why the video file `path` cannot be used (`None` if it can)."
     path = Path(path)
@@ -75,6 +76,12 @@ def bad_video_reason(path, check_videos: bool = False) -> str | None:
         if not ok: return "not a decodable video"
     return None
 
+# %% ../nbs/00_data.ipynb #81af87b8
+def _skip(skipped: list, path, reason: str):
+    "Record `path` as left out of an index, with `reason`, in the list `skipped`."
+    skipped.append(dict(path=os.path.abspath(path), reason=reason))
+
+# %% ../nbs/00_data.ipynb #f681812a
 def scan_videos(folder, skipped: list, check_videos: bool = False) -> list[Path]:
     "The usable `.mp4` files in `folder`, sorted; other files and bad videos are appended to `skipped`."
     folder = Path(folder)
@@ -90,11 +97,13 @@ def scan_videos(folder, skipped: list, check_videos: bool = False) -> list[Path]
         else: good.append(p)
     return good
 
+# %% ../nbs/00_data.ipynb #959814cb
 def video_row(path, split, method, label, compression="", original="") -> dict:
     "One row of a video index (see `VIDEO_COLUMNS`)."
     return dict(video=Path(path).stem, split=split, method=method, label=int(label),
                 path=os.path.abspath(path), compression=compression, original=original)
 
+# %% ../nbs/00_data.ipynb #d403b000
 def video_frame(rows: list, skipped: list) -> pd.DataFrame:
     "A video index from its rows, sorted by split, method and video, with `attrs['skipped']`."
     df = pd.DataFrame(rows, columns=VIDEO_COLUMNS).astype({"label": "int64"})
@@ -102,10 +111,35 @@ def video_frame(rows: list, skipped: list) -> pd.DataFrame:
     df.attrs["skipped"] = list(skipped)
     return df
 
-# %% ../nbs/00_data.ipynb #cbe38792
+# %% ../nbs/00_data.ipynb #6b76b913
+def _ffpp_found_methods(root, compression: str, skipped: list) -> list[str]:
+    "The method folders under `root/manipulated_sequences` with `compression` videos; absent ones recorded in `skipped`."
+    manip = Path(root)/"manipulated_sequences"
+    found = sorted(d.name for d in manip.iterdir() if d.is_dir() and d.name != DFD_METHOD) if manip.is_dir() else []
+    if set(found) & set(FFPP_METHODS):  # an FF++ copy: say which of its methods are absent
+        for m in FFPP_METHODS:
+            if m not in found: _skip(skipped, manip/m, f"method folder not found ({m} left out)")
+    for m in list(found):
+        if not (manip/m/compression/"videos").is_dir():
+            found.remove(m); _skip(skipped, manip/m/compression/"videos", f"folder not found ({m} has no {compression} videos)")
+    return found
+
+# %% ../nbs/00_data.ipynb #f95598f6
 _FFPP_FAKE = re.compile(r"(\d+)_(\d+)")
 _DFD_FAKE = re.compile(r"(\d+)_(\d+)__(.+)__([A-Za-z0-9]+)")
 
+def _ffpp_fake_row(p: Path, method: str, split_of: dict, dfd_split: str, compression: str, skipped: list) -> dict | None:
+    "The index row of the fake video `p` of `method`; None (recorded in `skipped`) if its name or pair is unknown."
+    if method == DFD_METHOD:
+        mt = _DFD_FAKE.fullmatch(p.stem)
+        if mt: return video_row(p, dfd_split, method, 1, compression, f"{mt[1]}__{mt[3]}")
+        _skip(skipped, p, "name is not <target>_<source>__<scene>__<id>.mp4"); return None
+    mt = _FFPP_FAKE.fullmatch(p.stem)
+    if not mt: _skip(skipped, p, "name is not <target>_<source>.mp4"); return None
+    if p.stem not in split_of: _skip(skipped, p, "pair not in the official splits (splits/*.json)"); return None
+    return video_row(p, split_of[p.stem], method, 1, compression, mt[1])
+
+# %% ../nbs/00_data.ipynb #da16450b
 def index_ffpp(root, compression: str = "c23", methods=None, dfd_split: str = "test",
                check_videos: bool = False) -> pd.DataFrame:
     "Index a FaceForensics++ folder: one row per video with its official split (see `VIDEO_COLUMNS`)."
@@ -115,39 +149,20 @@ def index_ffpp(root, compression: str = "c23", methods=None, dfd_split: str = "t
     if dfd_split not in SPLITS: raise ValueError(f"dfd_split {dfd_split!r}: expected one of {SPLITS}")
     split_of = read_ffpp_splits(root/"splits")
     rows, skipped = [], []
-    def _skip(p, reason): skipped.append(dict(path=os.path.abspath(p), reason=reason))
-    if methods is None:
-        manip = root/"manipulated_sequences"
-        found = sorted(d.name for d in manip.iterdir() if d.is_dir() and d.name != DFD_METHOD) if manip.is_dir() else []
-        if set(found) & set(FFPP_METHODS):  # an FF++ copy: say which of its methods are absent
-            for m in FFPP_METHODS:
-                if m not in found: _skip(manip/m, f"method folder not found ({m} left out)")
-        for m in list(found):
-            if not (manip/m/compression/"videos").is_dir():
-                found.remove(m); _skip(manip/m/compression/"videos", f"folder not found ({m} has no {compression} videos)")
-        methods = found
+    if methods is None: methods = _ffpp_found_methods(root, compression, skipped)
     else: methods = [methods] if isinstance(methods, str) else list(methods)
-
     for p in scan_videos(root/"original_sequences"/"youtube"/compression/"videos", skipped, check_videos):
         if p.stem in split_of and "_" not in p.stem: rows.append(video_row(p, split_of[p.stem], ORIGINAL, 0, compression))
-        else: _skip(p, "id not in the official splits (splits/*.json)")
+        else: _skip(skipped, p, "id not in the official splits (splits/*.json)")
     for m in methods:
         for p in scan_videos(root/"manipulated_sequences"/m/compression/"videos", skipped, check_videos):
-            if m == DFD_METHOD:
-                mt = _DFD_FAKE.fullmatch(p.stem)
-                if mt: rows.append(video_row(p, dfd_split, m, 1, compression, f"{mt[1]}__{mt[3]}"))
-                else: _skip(p, "name is not <target>_<source>__<scene>__<id>.mp4")
-                continue
-            mt = _FFPP_FAKE.fullmatch(p.stem)
-            if not mt: _skip(p, "name is not <target>_<source>.mp4"); continue
-            if p.stem not in split_of: _skip(p, "pair not in the official splits (splits/*.json)"); continue
-            rows.append(video_row(p, split_of[p.stem], m, 1, compression, mt[1]))
+            if (row := _ffpp_fake_row(p, m, split_of, dfd_split, compression, skipped)) is not None: rows.append(row)
     if DFD_METHOD in methods:
         for p in scan_videos(root/"original_sequences"/"actors"/compression/"videos", skipped, check_videos):
             rows.append(video_row(p, dfd_split, ORIGINAL, 0, compression))
     return video_frame(rows, skipped)
 
-# %% ../nbs/00_data.ipynb #ee09e3c0
+# %% ../nbs/00_data.ipynb #6951516f
 def mask_source(data_root, method: str, video: str) -> Path | None:
     "The mask of a fake: mini-forensics' per-frame PNG folder or FF++'s mask video (`<Method>/masks/videos/<video>[.mp4]`), or None."
     base = Path(data_root) / "manipulated_sequences" / method / "masks" / "videos"
@@ -155,18 +170,19 @@ def mask_source(data_root, method: str, video: str) -> Path | None:
         if p.is_dir() if p.suffix != ".mp4" else p.is_file(): return p
     return None
 
-def read_mask_frames(data_root, method: str, video: str, frames, threshold: int = 127) -> dict:
-    """The ground-truth masks {frame: (H, W) bool} of `frames` of a fake video (`mask_source`); {} when it has none.
-    `ValueError` naming the file when a frame is missing or unreadable."""
-    src, want = mask_source(data_root, method, video), sorted({int(f) for f in frames})
-    if src is None or not want: return {}
-    if src.is_dir():
-        out = {}
-        for f in want:
-            p = src / f"{f:04d}.png"
-            if not p.is_file(): raise ValueError(f"{p}: mask frame {f} not found")
-            out[f] = read_image_rgb(p).max(-1) > threshold
-        return out
+# %% ../nbs/00_data.ipynb #41d2ded4
+def _png_mask_frames(src: Path, want: list[int], threshold: int) -> dict:
+    "Masks {frame: (H, W) bool} of the frames `want` from a folder of `<frame:04d>.png`."
+    out = {}
+    for f in want:
+        p = src / f"{f:04d}.png"
+        if not p.is_file(): raise ValueError(f"{p}: mask frame {f} not found")
+        out[f] = read_image_rgb(p).max(-1) > threshold
+    return out
+
+# %% ../nbs/00_data.ipynb #23970896
+def _video_mask_frames(src: Path, want: list[int], threshold: int) -> dict:
+    "Masks {frame: (H, W) bool} of the sorted frames `want` from a mask video."
     cap, out, i = cv2.VideoCapture(str(src)), {}, 0
     try:
         if not cap.isOpened(): raise ValueError(f"{src}: cannot open the mask video")
@@ -181,9 +197,15 @@ def read_mask_frames(data_root, method: str, video: str, frames, threshold: int 
     if missing: raise ValueError(f"{src}: mask frame {missing[0]} not found (the mask video has {i} frames)")
     return out
 
-# %% ../nbs/00_data.ipynb #94972776
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+# %% ../nbs/00_data.ipynb #6d9ff4cc
+def read_mask_frames(data_root, method: str, video: str, frames, threshold: int = 127) -> dict:
+    """The ground-truth masks {frame: (H, W) bool} of `frames` of a fake video (`mask_source`); {} when it has none.
+    `ValueError` naming the file when a frame is missing or unreadable."""
+    src, want = mask_source(data_root, method, video), sorted({int(f) for f in frames})
+    if src is None or not want: return {}
+    return _png_mask_frames(src, want, threshold) if src.is_dir() else _video_mask_frames(src, want, threshold)
 
+# %% ../nbs/00_data.ipynb #6373175a
 def dfdc_metadata_files(root) -> list[Path]:
     "The `metadata.json` files of a DFDC folder: its own, or those of its immediate sub-folders."
     root = Path(root)
@@ -193,6 +215,23 @@ def dfdc_metadata_files(root) -> list[Path]:
     if not found: raise FileNotFoundError(f"{root}: no metadata.json here or in its sub-folders")
     return found
 
+# %% ../nbs/00_data.ipynb #7432840b
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+def _dfdc_row(p: Path, entry, meta_name: str, default_split: str, check_videos: bool, skipped: list) -> dict | None:
+    "The index row of the video `p` from its metadata `entry`; None (recorded in `skipped`) if it cannot be used."
+    label = entry.get("label") if isinstance(entry, dict) else None
+    if label is None: _skip(skipped, p, f"no label in {meta_name}"); return None
+    if str(label).upper() not in ("FAKE", "REAL"): _skip(skipped, p, f"label {label!r} in {meta_name} is not FAKE or REAL"); return None
+    split = _SPLIT_ALIASES.get(str(entry.get("split") or default_split).lower())
+    if split is None: _skip(skipped, p, f"split {entry.get('split')!r} in {meta_name} is not train/val/test"); return None
+    if not p.is_file(): _skip(skipped, p, f"listed in {meta_name} but the file is missing"); return None
+    reason = bad_video_reason(p, check_videos)
+    if reason: _skip(skipped, p, reason); return None
+    fake = str(label).upper() == "FAKE"
+    return video_row(p, split, DFDC_METHOD if fake else ORIGINAL, int(fake), "", Path(entry.get("original") or "").stem if fake else "")
+
+# %% ../nbs/00_data.ipynb #cb48f063
 def index_dfdc(root, default_split: str = "train", check_videos: bool = False) -> pd.DataFrame:
     "Index DFDC videos with labels from `metadata.json` (see `VIDEO_COLUMNS`)."
     if default_split not in SPLITS: raise ValueError(f"default_split {default_split!r}: expected one of {SPLITS}")
@@ -200,30 +239,16 @@ def index_dfdc(root, default_split: str = "train", check_videos: bool = False) -
     for meta_path in dfdc_metadata_files(root):
         folder, meta = meta_path.parent, read_json_file(meta_path)
         if not isinstance(meta, dict): raise ValueError(f"{meta_path}: expected an object {{file name: entry}}")
-        def _skip(p, reason): skipped.append(dict(path=os.path.abspath(p), reason=reason))
         for name, entry in meta.items():
-            p = folder/name
-            label = entry.get("label") if isinstance(entry, dict) else None
-            if label is None: _skip(p, f"no label in {meta_path.name}"); continue
-            if str(label).upper() not in ("FAKE", "REAL"): _skip(p, f"label {label!r} in {meta_path.name} is not FAKE or REAL"); continue
-            split = _SPLIT_ALIASES.get(str(entry.get("split") or default_split).lower())
-            if split is None: _skip(p, f"split {entry.get('split')!r} in {meta_path.name} is not train/val/test"); continue
-            if not p.is_file(): _skip(p, f"listed in {meta_path.name} but the file is missing"); continue
-            reason = bad_video_reason(p, check_videos)
-            if reason: _skip(p, reason); continue
-            fake = str(label).upper() == "FAKE"
-            rows.append(video_row(p, split, DFDC_METHOD if fake else ORIGINAL, int(fake), "",
-                                  Path(entry.get("original") or "").stem if fake else ""))
+            if (row := _dfdc_row(folder/name, entry, meta_path.name, default_split, check_videos, skipped)) is not None:
+                rows.append(row)
         for p in sorted(folder.glob("*.mp4")):
-            if p.name not in meta: _skip(p, f"no entry in {meta_path.name} (label unknown)")
+            if p.name not in meta: _skip(skipped, p, f"no entry in {meta_path.name} (label unknown)")
     if not rows: raise ValueError(f"{root}: no usable DFDC videos ({len(skipped)} skipped, e.g. {skipped[:3]})")
     return video_frame(rows, skipped)
 
-# %% ../nbs/00_data.ipynb #3eca11e7
-CELEBDF_METHOD = "Celeb-synthesis"                       # method of Celeb-DF fakes (its own folder name)
-CELEBDF_FOLDERS = {"Celeb-real": 0, "YouTube-real": 0, CELEBDF_METHOD: 1}  # folder -> label
+# %% ../nbs/00_data.ipynb #702c57bc
 CELEBDF_TEST_LIST = "List_of_testing_videos.txt"
-_CELEB_FAKE = re.compile(r"(id\d+)_(id\d+)_(\d+)")
 
 def read_celebdf_test_list(path) -> dict[str, int]:
     "`<folder>/<file>` -> label (1 fake, 0 real) of Celeb-DF's test list (its own labels: 1 real, 0 fake)."
@@ -238,26 +263,30 @@ def read_celebdf_test_list(path) -> dict[str, int]:
         out[parts[1].replace("\\", "/")] = 1 - int(parts[0])
     return out
 
+# %% ../nbs/00_data.ipynb #441406c4
+CELEBDF_METHOD = "Celeb-synthesis"                       # method of Celeb-DF fakes (its own folder name)
+CELEBDF_FOLDERS = {"Celeb-real": 0, "YouTube-real": 0, CELEBDF_METHOD: 1}  # folder -> label
+_CELEB_FAKE = re.compile(r"(id\d+)_(id\d+)_(\d+)")
+
 def index_celebdf(root, check_videos: bool = False) -> pd.DataFrame:
     "Index a Celeb-DF v2 folder (see `VIDEO_COLUMNS`): listed test videos are `test`, the others `train`."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: Celeb-DF folder not found")
     listed = read_celebdf_test_list(root/CELEBDF_TEST_LIST)
     rows, skipped, seen = [], [], set()
-    def _skip(p, reason): skipped.append(dict(path=os.path.abspath(p), reason=reason))
     for folder, label in CELEBDF_FOLDERS.items():
-        if not (root/folder).is_dir(): _skip(root/folder, "folder not found"); continue
+        if not (root/folder).is_dir(): _skip(skipped, root/folder, "folder not found"); continue
         for p in scan_videos(root/folder, skipped, check_videos):
             key = f"{folder}/{p.name}"; seen.add(key)
             if key in listed and listed[key] != label:
-                _skip(p, f"{CELEBDF_TEST_LIST} labels it {'fake' if listed[key] else 'real'}, its folder {folder} says otherwise"); continue
+                _skip(skipped, p, f"{CELEBDF_TEST_LIST} labels it {'fake' if listed[key] else 'real'}, its folder {folder} says otherwise"); continue
             split = "test" if key in listed else "train"
             if label:
                 mt = _CELEB_FAKE.fullmatch(p.stem)
-                if not mt: _skip(p, "name is not id<a>_id<b>_<n>.mp4"); continue
+                if not mt: _skip(skipped, p, "name is not id<a>_id<b>_<n>.mp4"); continue
                 rows.append(video_row(p, split, CELEBDF_METHOD, 1, "", f"{mt[1]}_{mt[3]}"))
             else: rows.append(video_row(p, split, ORIGINAL, 0))
-    for key in sorted(set(listed) - seen): _skip(root/key, f"listed in {CELEBDF_TEST_LIST} but the file is missing")
+    for key in sorted(set(listed) - seen): _skip(skipped, root/key, f"listed in {CELEBDF_TEST_LIST} but the file is missing")
     if not rows: raise ValueError(f"{root}: no usable Celeb-DF videos ({len(skipped)} skipped, e.g. {skipped[:3]})")
     return video_frame(rows, skipped)
 
@@ -271,10 +300,7 @@ def index_videos(root, dataset: str, **kwargs) -> pd.DataFrame:
     if fn is None: raise ValueError(f"dataset {dataset!r}: expected one of {sorted(DATASETS)}")
     return fn(root, **kwargs)
 
-# %% ../nbs/00_data.ipynb #d5b55656
-CROP_COLUMNS = ["split", "method", "video", "label", "frame", "face", "path"]
-_CROP_NAME = re.compile(r"(\d+)_(\d+)\.png")
-
+# %% ../nbs/00_data.ipynb #d14ab475
 def crop_path(crops_root, split: str, method: str, video: str, frame: int, face: int) -> Path:
     "Path of the crop of face `face` in frame `frame`: `<crops_root>/<split>_set/<method>/<video>/<frame>_<face>.png`."
     if split not in SPLITS: raise ValueError(f"split {split!r}: expected one of {SPLITS}")
@@ -284,10 +310,27 @@ def crop_path(crops_root, split: str, method: str, video: str, frame: int, face:
     if int(frame) < 0 or int(face) < 0: raise ValueError(f"frame {frame}, face {face}: expected non-negative integers")
     return Path(crops_root)/f"{split}_set"/str(method)/str(video)/f"{int(frame)}_{int(face)}.png"
 
+# %% ../nbs/00_data.ipynb #141d0b89
 def crop_label(method: str) -> int:
     "1 (fake) for every method folder except `Original` (0, real)."
     return 0 if method == ORIGINAL else 1
 
+# %% ../nbs/00_data.ipynb #143c9dad
+CROP_COLUMNS = ["split", "method", "video", "label", "frame", "face", "path"]
+_CROP_NAME = re.compile(r"(\d+)_(\d+)\.png")
+
+def _video_crops(v: os.DirEntry, split: str, method: str, label: int, skipped: list) -> list[tuple]:
+    "The crop-index rows (see `CROP_COLUMNS`) of the video folder `v`; stray files and empty crops go to `skipped`."
+    rows = []
+    for f in os.scandir(v.path):
+        if f.name.startswith("."): continue
+        mt = _CROP_NAME.fullmatch(f.name)
+        if not mt or not f.is_file(): _skip(skipped, f.path, "not a <frame>_<face>.png crop"); continue
+        if f.stat().st_size == 0: _skip(skipped, f.path, "empty file (0 bytes)"); continue
+        rows.append((split, method, v.name, label, int(mt[1]), int(mt[2]), f.path))
+    return rows
+
+# %% ../nbs/00_data.ipynb #cb6dea86
 def index_crops(crops_root) -> pd.DataFrame:
     "Index the face crops under `crops_root` (see `CROP_COLUMNS`); stray files are in `attrs['skipped']`."
     root = Path(os.path.abspath(crops_root))
@@ -295,23 +338,17 @@ def index_crops(crops_root) -> pd.DataFrame:
     sets = sorted((d for d in os.scandir(root) if d.is_dir() and d.name.endswith("_set")), key=lambda e: e.name)
     if not sets: raise FileNotFoundError(f"{root}: no <split>_set folders (expected {', '.join(s + '_set' for s in SPLITS)})")
     rows, skipped = [], []
-    def _skip(p, reason): skipped.append(dict(path=os.path.abspath(p), reason=reason))
     for s in sets:
         split = _SPLIT_ALIASES.get(s.name[: -len("_set")])  # the reference's training_set/validation_set too
-        if split is None: _skip(s.path, f"unknown split folder (expected {SPLITS})"); continue
+        if split is None: _skip(skipped, s.path, f"unknown split folder (expected {SPLITS})"); continue
         for m in sorted(os.scandir(s.path), key=lambda e: e.name):
             if m.name.startswith("."): continue
-            if not m.is_dir(): _skip(m.path, "not a method folder"); continue
+            if not m.is_dir(): _skip(skipped, m.path, "not a method folder"); continue
             label = crop_label(m.name)
             for v in sorted(os.scandir(m.path), key=lambda e: e.name):
                 if v.name.startswith("."): continue
-                if not v.is_dir(): _skip(v.path, "not a video folder"); continue
-                for f in os.scandir(v.path):
-                    if f.name.startswith("."): continue
-                    mt = _CROP_NAME.fullmatch(f.name)
-                    if not mt or not f.is_file(): _skip(f.path, "not a <frame>_<face>.png crop"); continue
-                    if f.stat().st_size == 0: _skip(f.path, "empty file (0 bytes)"); continue
-                    rows.append((split, m.name, v.name, label, int(mt[1]), int(mt[2]), f.path))
+                if not v.is_dir(): _skip(skipped, v.path, "not a video folder"); continue
+                rows += _video_crops(v, split, m.name, label, skipped)
     if not rows: raise ValueError(f"{root}: no face crops found (expected <split>_set/<method>/<video>/<frame>_<face>.png)")
     df = pd.DataFrame(rows, columns=CROP_COLUMNS).astype({"label": "int64", "frame": "int64", "face": "int64"})
     df = df.sort_values(["split", "method", "video", "face", "frame"], kind="stable").reset_index(drop=True)
@@ -326,7 +363,7 @@ def equidistant(n_total: int, k: int) -> list[int]:
     if k <= 0 or k >= n_total: return list(range(n_total))
     return [i * n_total // k for i in range(k)]
 
-# %% ../nbs/00_data.ipynb #94345889
+# %% ../nbs/00_data.ipynb #c6352130
 def frames_for_video(label: int, frames_per_video: int, split: str = "train",
                      rebalancing_real: float = 1.0, rebalancing_fake: float = 0.3) -> int:
     "Number of frames (per face) to take from a video of class `label` in `split`; 0 (all) if `frames_per_video <= 0`."
@@ -336,6 +373,7 @@ def frames_for_video(label: int, frames_per_video: int, split: str = "train",
     k = max(int(frames_per_video * (rebalancing_real if int(label) == 0 else rebalancing_fake)), 1)
     return int(max(k / 8, 2)) if split == "val" else k
 
+# %% ../nbs/00_data.ipynb #3488707f
 def select_training_frames(crop_index: pd.DataFrame, frames_per_video: int, rebalancing_real: float = 1.0,
                            rebalancing_fake: float = 0.3, split: str = "train", faces=None) -> pd.DataFrame:
     "The rows of `crop_index` (index kept) in `split` to use: per (method, video, face), `frames_for_video` equidistant frames."
@@ -351,7 +389,7 @@ def select_training_frames(crop_index: pd.DataFrame, frames_per_video: int, reba
     keep = (k <= 0) | (k >= n) | (-(-pos * k // n) * n < (pos + 1) * k)
     return df[keep]
 
-# %% ../nbs/00_data.ipynb #28cd6aba
+# %% ../nbs/00_data.ipynb #38e08f81
 RESIZE_INTERPOLATIONS = [(cv2.INTER_AREA, cv2.INTER_CUBIC), (cv2.INTER_AREA, cv2.INTER_LINEAR),
                          (cv2.INTER_LINEAR, cv2.INTER_LINEAR)]  # (shrinking, enlarging) pairs of the reference
 
@@ -365,6 +403,7 @@ def isotropic_resize(img: np.ndarray, size: int, down=cv2.INTER_AREA, up=cv2.INT
     else: nw = size
     return cv2.resize(img, (nw, nh), interpolation=up if scale > 1 else down)
 
+# %% ../nbs/00_data.ipynb #4a923eb3
 def pad_to_square(img: np.ndarray, size: int, value: int = 0) -> np.ndarray:
     "Pad `img` with a constant border, centred, to at least `size` x `size`."
     h, w = img.shape[:2]
@@ -372,18 +411,20 @@ def pad_to_square(img: np.ndarray, size: int, value: int = 0) -> np.ndarray:
     return cv2.copyMakeBorder(img, top, max(size - h, 0) - top, left, max(size - w, 0) - left,
                               cv2.BORDER_CONSTANT, value=(value, value, value))
 
-# %% ../nbs/00_data.ipynb #a3ae3a3f
+# %% ../nbs/00_data.ipynb #72886ef8
 def gauss_noise(img: np.ndarray, rng: np.random.Generator, var_limit=(10.0, 50.0)) -> np.ndarray:
     "Add per-pixel, per-channel Gaussian noise with a variance drawn from `var_limit`."
     sigma = rng.uniform(*var_limit) ** 0.5
     return np.clip(img + rng.normal(0.0, sigma, img.shape), 0, 255).astype(np.uint8)
 
+# %% ../nbs/00_data.ipynb #ce9f87de
 def brightness_contrast(img: np.ndarray, rng: np.random.Generator, limit: float = 0.2) -> np.ndarray:
     "Scale contrast by 1 ± `limit` and shift brightness by ± `limit` x 255."
     alpha, beta = 1.0 + rng.uniform(-limit, limit), rng.uniform(-limit, limit) * 255
     lut = np.clip(np.arange(256) * alpha + beta, 0, 255).astype(np.uint8)
     return cv2.LUT(img, lut)
 
+# %% ../nbs/00_data.ipynb #f6eddfc5
 def fancy_pca(img: np.ndarray, rng: np.random.Generator, alpha_std: float = 0.1) -> np.ndarray:
     "AlexNet's PCA colour augmentation: shift all pixels along the image's RGB principal components."
     x = img.reshape(-1, 3).astype(np.float64) / 255.0
@@ -391,6 +432,7 @@ def fancy_pca(img: np.ndarray, rng: np.random.Generator, alpha_std: float = 0.1)
     shift = eig_vecs @ (rng.normal(0.0, alpha_std, 3) * np.clip(eig_vals, 0, None))  # (3,)
     return np.clip(img + shift * 255.0, 0, 255).astype(np.uint8)
 
+# %% ../nbs/00_data.ipynb #bb5cc05a
 def hue_saturation_value(img: np.ndarray, rng: np.random.Generator, hue: int = 20, sat: int = 30, val: int = 20) -> np.ndarray:
     "Shift hue (OpenCV's 0-179 scale, cyclic), saturation and value by random amounts within the limits."
     dh, ds, dv = rng.uniform(-hue, hue), rng.uniform(-sat, sat), rng.uniform(-val, val)
@@ -401,10 +443,12 @@ def hue_saturation_value(img: np.ndarray, rng: np.random.Generator, hue: int = 2
     v = cv2.LUT(v, np.clip(ramp + dv, 0, 255).astype(np.uint8))
     return cv2.cvtColor(cv2.merge([h, s, v]), cv2.COLOR_HSV2RGB)
 
+# %% ../nbs/00_data.ipynb #5f406cc2
 def to_gray(img: np.ndarray) -> np.ndarray:
     "Grayscale, kept as 3 channels."
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
+# %% ../nbs/00_data.ipynb #0be319cc
 def shift_scale_rotate(img: np.ndarray, rng: np.random.Generator, shift: float = 0.1, scale: float = 0.2,
                        rotate: float = 5.0) -> np.ndarray:
     "Random affine: shift by ± `shift` of the size, scale by 1 ± `scale`, rotate by ± `rotate` degrees; black border."
@@ -415,7 +459,7 @@ def shift_scale_rotate(img: np.ndarray, rng: np.random.Generator, shift: float =
     m[0, 2] += dx * w; m[1, 2] += dy * h
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
-# %% ../nbs/00_data.ipynb #bc88db8d
+# %% ../nbs/00_data.ipynb #85c375ee
 class ValTransform:
     "Validation/test transform: isotropic resize to `size` + black padding to `size` x `size`."
     def __init__(self, size: int): self.size = int(size)
@@ -423,6 +467,7 @@ class ValTransform:
         return np.ascontiguousarray(pad_to_square(isotropic_resize(img, self.size), self.size))
     def __repr__(self): return f"ValTransform(size={self.size})"
 
+# %% ../nbs/00_data.ipynb #30f3e0eb
 class TrainTransform:
     "The reference's training augmentations at output size `size`; random draws from `rng` (or own generator)."
     def __init__(self, size: int, seed: int = 0):
@@ -445,7 +490,7 @@ class TrainTransform:
 
     def __repr__(self): return f"TrainTransform(size={self.size}, seed={self.seed})"
 
-# %% ../nbs/00_data.ipynb #0a6eb3d2
+# %% ../nbs/00_data.ipynb #62ab3c73
 def _accepts_rng(fn) -> bool:
     "Whether the transform `fn` takes a second (generator) argument."
     try: params = list(inspect.signature(fn).parameters.values())
@@ -453,6 +498,7 @@ def _accepts_rng(fn) -> bool:
     if any(p.kind == p.VAR_POSITIONAL for p in params) or any(p.name == "rng" for p in params): return True
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 2
 
+# %% ../nbs/00_data.ipynb #ca8edff7
 class FaceCropDataset(torch.utils.data.Dataset):
     "Face crops of `df` (columns `path`, `label`) read lazily; items `(image (3,H,W) float32 0..255, label float32)`."
     def __init__(self, df: pd.DataFrame, transform=None, seed: int = 0, return_index: bool = False):
@@ -503,7 +549,7 @@ def resolve_device(device=None, local_rank: int = 0) -> torch.device:
         if d.index is None: d = torch.device("cuda", local_rank)
     return d
 
-# %% ../nbs/00_data.ipynb #98492c4c
+# %% ../nbs/00_data.ipynb #f4f079f2
 def write_video_index(root, dataset: str, out_dir, **kwargs) -> pd.DataFrame:
     "Index `root` with `index_videos` and write `videos.csv` and `skipped.json` to `out_dir` atomically."
     df = index_videos(root, dataset, **kwargs)
@@ -511,6 +557,7 @@ def write_video_index(root, dataset: str, out_dir, **kwargs) -> pd.DataFrame:
     write_json_atomic(Path(out_dir)/"skipped.json", df.attrs["skipped"])
     return df
 
+# %% ../nbs/00_data.ipynb #ec2d0d10
 def read_video_index(out_dir) -> pd.DataFrame:
     "Read the index written by `write_video_index` (with `attrs['skipped']`)."
     df = pd.read_csv(Path(out_dir)/"videos.csv", keep_default_na=False, dtype={"video": str, "original": str})

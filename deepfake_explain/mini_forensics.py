@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 from .core import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
                                    to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL)
@@ -32,7 +33,7 @@ MINI_COMPRESSIONS = {"c23": None, "c40": 40}
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
-# %% ../nbs/00a_mini_forensics.ipynb #9805fbc4
+# %% ../nbs/00a_mini_forensics.ipynb #11df246f
 @dataclass
 class FaceSource:
     "A real face photo: RGB image, face box (x0, y0, x1, y1) and 5 landmarks (5, 2), in image pixels."
@@ -48,6 +49,7 @@ class FaceSource:
         h.update(np.round(np.r_[self.box, self.landmarks.ravel()], 1).tobytes())
         return h.hexdigest()[:16]
 
+# %% ../nbs/00a_mini_forensics.ipynb #baaa2456
 # measured once with facenet_pytorch.MTCNN (keep_all=True, CPU); re-checked in the notebook below
 _BUILTIN_FACES = {
     "grace_hopper": dict(box=[174.4, 119.6, 355.6, 340.5],
@@ -88,7 +90,7 @@ def detect_faces(img: np.ndarray, detector=None, max_side: int = 640, min_prob: 
     keep = [i for i in np.argsort(-side, kind="stable") if probs[i] >= min_prob and side[i] >= min_size]
     return [(boxes[i], float(probs[i]), lms[i]) for i in keep]
 
-# %% ../nbs/00a_mini_forensics.ipynb #e3af986f
+# %% ../nbs/00a_mini_forensics.ipynb #258124e0
 def read_video_frames(path, max_frames: int | None = None) -> np.ndarray:
     "Decode a video to RGB uint8 frames (T, H, W, 3); `ValueError` naming the file if it cannot be decoded."
     cap = cv2.VideoCapture(str(path))
@@ -103,12 +105,14 @@ def read_video_frames(path, max_frames: int | None = None) -> np.ndarray:
     if not frames: raise ValueError(f"{path}: no decodable frames")
     return np.stack(frames)
 
+# %% ../nbs/00a_mini_forensics.ipynb #23a12d30
 def _middle_frame(path) -> np.ndarray:
     cap = cv2.VideoCapture(str(path))
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     cap.release()
     return read_video_frames(path, max_frames=max(1, n // 2 + 1))[-1]
 
+# %% ../nbs/00a_mini_forensics.ipynb #3ae5e6c5
 def load_face_folder(folder, detector=None, min_face: float = 48, min_prob: float = 0.95,
                      max_faces_per_image: int = 8) -> tuple[list[FaceSource], list[dict]]:
     "Real faces in a folder of photos/videos -> (sources, skipped [{'path','reason'}])."
@@ -132,14 +136,24 @@ def load_face_folder(folder, detector=None, min_face: float = 48, min_prob: floa
             sources.append(FaceSource(f"{rel}#{k}", person if len(faces) == 1 else f"{person}#{k}", img, box, lm))
     return sources, skipped
 
-# %% ../nbs/00a_mini_forensics.ipynb #3d8f031c
-_FLIP_LM = [1, 0, 2, 4, 3]  # landmark order after a horizontal flip (image-left first)
-
+# %% ../nbs/00a_mini_forensics.ipynb #120a7c64
 @dataclass
 class Scene:
     "A clip's graded face crop (S, S, 3) float32 0..255 and its landmarks (5, 2) in scene pixels."
     image: np.ndarray
     landmarks: np.ndarray
+
+# %% ../nbs/00a_mini_forensics.ipynb #b0d78810
+def _colour_grade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    "Colour-grade a float32 RGB image (0..255): saturation, white balance, gamma."
+    x = img / 255.0
+    gray = x.mean(-1, keepdims=True)
+    x = gray + (x - gray) * rng.uniform(0.8, 1.2)
+    x = np.clip(x * rng.uniform(0.9, 1.1, 3).astype(np.float32), 0, 1) ** rng.uniform(0.85, 1.15)
+    return (x * 255).astype(np.float32)
+
+# %% ../nbs/00a_mini_forensics.ipynb #3e10c1f1
+_FLIP_LM = [1, 0, 2, 4, 3]  # landmark order after a horizontal flip (image-left first)
 
 def make_scene(src: FaceSource, scene_size: int, rng: np.random.Generator, flip: bool = False) -> Scene:
     "Crop a square around `src`'s face (face ~ half the side, random zoom/offset), flip, colour-grade."
@@ -155,13 +169,9 @@ def make_scene(src: FaceSource, scene_size: int, rng: np.random.Generator, flip:
     lm = (src.landmarks - [left, top]) * (scene_size / side_i)
     if flip:
         img = np.ascontiguousarray(img[:, ::-1]); lm = lm[_FLIP_LM] * [-1, 1] + [scene_size - 1, 0]
-    # colour grade: white balance, saturation, gamma
-    x = img / 255.0
-    gray = x.mean(-1, keepdims=True)
-    x = gray + (x - gray) * rng.uniform(0.8, 1.2)
-    x = np.clip(x * rng.uniform(0.9, 1.1, 3).astype(np.float32), 0, 1) ** rng.uniform(0.85, 1.15)
-    return Scene((x * 255).astype(np.float32), lm.astype(np.float64))
+    return Scene(_colour_grade(img, rng), lm.astype(np.float64))
 
+# %% ../nbs/00a_mini_forensics.ipynb #cb76ea47
 def camera_path(n: int, size: int, scene_size: int, rng: np.random.Generator) -> np.ndarray:
     "Smooth per-frame similarity transforms scene -> frame, (n, 2, 3): eased zoom/rotation/shift + wobble."
     t = np.linspace(0, 1, n); e = 0.5 - 0.5 * np.cos(np.pi * t)      # (n,) ease in/out
@@ -176,6 +186,7 @@ def camera_path(n: int, size: int, scene_size: int, rng: np.random.Generator) ->
     t_ = (size - 1) / 2 + shift - np.einsum("nij,j->ni", A, np.full(2, (scene_size - 1) / 2))
     return np.concatenate([A, t_[..., None]], -1)                       # (n, 2, 3)
 
+# %% ../nbs/00a_mini_forensics.ipynb #8fa0814b
 def lighting(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
     "Per-frame multiplicative lighting maps, n x (size, size, 3) float32: gain drift, turning gradient, colour drift."
     t = np.linspace(0, 1, n)
@@ -190,6 +201,7 @@ def lighting(n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
         maps.append((gain[i] * grad[..., None] * col).astype(np.float32))
     return maps
 
+# %% ../nbs/00a_mini_forensics.ipynb #edaf9deb
 def film(scene_img: np.ndarray, path: np.ndarray, light: list[np.ndarray]) -> np.ndarray:
     "Film a scene: warp each frame by `path`, multiply by `light` -> uint8 frames (n, size, size, 3)."
     size = light[0].shape[0]
@@ -197,7 +209,7 @@ def film(scene_img: np.ndarray, path: np.ndarray, light: list[np.ndarray]) -> np
                                                     borderMode=cv2.BORDER_REFLECT101) * L), 0, 255).astype(np.uint8)
                      for M, L in zip(path, light)])
 
-# %% ../nbs/00a_mini_forensics.ipynb #cbcea4c9
+# %% ../nbs/00a_mini_forensics.ipynb #cbdf2a5d
 def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     "Least-squares similarity (Umeyama) mapping points `src` (K, 2) onto `dst` (K, 2), as a (2, 3) matrix."
     ms, md = src.mean(0), dst.mean(0); s0, d0 = src - ms, dst - md
@@ -207,12 +219,18 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     scale = np.trace(np.diag(S) @ D) / s0.var(0).sum()
     return np.hstack([scale * R, (md - scale * R @ ms)[:, None]])
 
+# %% ../nbs/00a_mini_forensics.ipynb #b005bc8d
+def _warp_to(img, M, shape):
+    return cv2.warpAffine(img, M, (shape[1], shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+
+# %% ../nbs/00a_mini_forensics.ipynb #e5993140
 def _face_frame(lm):
     eye_c, mouth_c = lm[:2].mean(0), lm[3:].mean(0)
     u = (lm[1] - lm[0]) / np.linalg.norm(lm[1] - lm[0]); v = np.array([-u[1], u[0]])
     if (mouth_c - eye_c) @ v < 0: v = -v                                   # v points to the mouth
     return eye_c, mouth_c, u, v, np.linalg.norm(lm[1] - lm[0]), (mouth_c - eye_c) @ v
 
+# %% ../nbs/00a_mini_forensics.ipynb #9153f766
 def ellipse_mask(shape, center, u, v, a: float, b: float, rng: np.random.Generator | None = None,
                  deform: float = 0.0) -> np.ndarray:
     "Binary (H, W) uint8 ellipse with semi-axes a (along u), b (along v); `deform` adds a smooth random radius wobble."
@@ -226,18 +244,21 @@ def ellipse_mask(shape, center, u, v, a: float, b: float, rng: np.random.Generat
     m[:2] = 0; m[-2:] = 0; m[:, :2] = 0; m[:, -2:] = 0                     # seamlessClone needs a margin
     return m
 
+# %% ../nbs/00a_mini_forensics.ipynb #0b341155
 def face_mask(lm: np.ndarray, shape, rng=None, scale=(1.0, 1.0), deform: float = 0.0) -> np.ndarray:
     "Inner-face ellipse (brows to below the mouth, cheek to cheek) from 5 landmarks, binary (H, W) uint8."
     eye_c, _, u, v, e, d = _face_frame(lm)
     b = (0.5 * d + 0.45 * e) * scale[1]
     return ellipse_mask(shape, eye_c + v * (d + 0.35 * e - b), u, v, 0.95 * e * scale[0], b, rng, deform)
 
+# %% ../nbs/00a_mini_forensics.ipynb #ea9f47fe
 def soft(mask: np.ndarray, sigma: float) -> np.ndarray:
     "Soft weight inside a binary mask: erode by ~2 sigma, then Gaussian blur -> (H, W) float32 in [0, 1]."
     k = max(1, int(round(2 * sigma)))
     inner = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     return cv2.GaussianBlur(inner.astype(np.float32), (0, 0), max(sigma, 0.5))
 
+# %% ../nbs/00a_mini_forensics.ipynb #cee8000a
 def color_transfer(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
     "Reinhard colour transfer in LAB: match `src`'s mean/std over `mask` to `ref`'s (float32 RGB 0..255)."
     ls = cv2.cvtColor(np.clip(src, 0, 255).astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
@@ -249,6 +270,7 @@ def color_transfer(src: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.nda
     out = cv2.cvtColor(((ls - ms) / ss * sr + mr).astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(out * 255, 0, 255).astype(np.float32)
 
+# %% ../nbs/00a_mini_forensics.ipynb #606d0fbe
 def poisson_blend(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndarray:
     "cv2.seamlessClone of `src` into `dst` inside binary `mask`, aligned pixel to pixel (float32 in/out)."
     x, y, w, h = cv2.boundingRect(mask)
@@ -256,9 +278,7 @@ def poisson_blend(src: np.ndarray, dst: np.ndarray, mask: np.ndarray) -> np.ndar
                             mask * 255, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
     return out.astype(np.float32)
 
-def _warp_to(img, M, shape):
-    return cv2.warpAffine(img, M, (shape[1], shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-
+# %% ../nbs/00a_mini_forensics.ipynb #c87bef2b
 def face_swap_blend(tgt: Scene, src: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
     "Face swap: src face aligned on landmarks, colour-transferred, Poisson-blended, soft face mask."
     T = tgt.image
@@ -270,6 +290,7 @@ def face_swap_blend(tgt: Scene, src: Scene, rng: np.random.Generator) -> tuple[n
     fake = T * (1 - alpha[..., None]) + poisson_blend(S, T, hard) * alpha[..., None]
     return fake, alpha, {}
 
+# %% ../nbs/00a_mini_forensics.ipynb #38dbad53
 def self_blended(tgt: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
     "Self-blended image (Shiohara & Yamasaki 2022): perturbed copy of the face blended into itself."
     T = tgt.image
@@ -293,6 +314,7 @@ def self_blended(tgt: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     alpha = soft(hard, sigma=rng.uniform(0.02, 0.06) * e) * ratio
     return T * (1 - alpha[..., None]) + S * alpha[..., None], alpha, {"blend_ratio": ratio}
 
+# %% ../nbs/00a_mini_forensics.ipynb #96a8b017
 def mouth_eyes_edit(tgt: Scene, src: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
     "Local edit: the source's mouth and/or eyes, aligned, colour-matched, soft-blended into the target."
     T = tgt.image
@@ -344,7 +366,7 @@ def plan_mini_forensics(sources: list[FaceSource], seed: int = 0, n_pairs=(12, 3
     return {"clips": sorted(clips, key=lambda c: c["id"]), "pairs": pairs, "identity_disjoint": disjoint,
             "identities": {s: sorted(set(groups[s])) for s in MINI_SPLITS}}
 
-# %% ../nbs/00a_mini_forensics.ipynb #2dbcce78
+# %% ../nbs/00a_mini_forensics.ipynb #d02a0fac
 def write_video_atomic(path, frames: np.ndarray, fps: float = 25.0) -> Path:
     "Write RGB uint8 frames (T, H, W, 3) as mp4 ('mp4v') atomically, after checking it decodes back."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,20 +384,24 @@ def write_video_atomic(path, frames: np.ndarray, fps: float = 25.0) -> Path:
         Path(tmp).unlink(missing_ok=True); raise
     return path
 
+# %% ../nbs/00a_mini_forensics.ipynb #1329d59c
 def _compress(frames: np.ndarray, compression: str) -> np.ndarray:
     q = MINI_COMPRESSIONS[compression]
     return frames if q is None else np.stack([jpeg_compress(f, q) for f in frames])
 
+# %% ../nbs/00a_mini_forensics.ipynb #07970094
 def video_path(root, method: str, video: str, compression: str = "c23") -> Path:
     "FF++ path of a video: reals (`method` `ORIGINAL` or 'original_youtube') and fakes `<target>_<source>`."
     root = Path(root)
     if method in (ORIGINAL, MINI_REAL_METHOD): return root / "original_sequences" / "youtube" / compression / "videos" / f"{video}.mp4"
     return root / "manipulated_sequences" / method / compression / "videos" / f"{video}.mp4"
 
+# %% ../nbs/00a_mini_forensics.ipynb #d56f2be1
 def mask_dir(root, method: str, video: str) -> Path:
     "Folder of a fake's per-frame masks: <root>/manipulated_sequences/<method>/masks/videos/<video>/"
     return Path(root) / "manipulated_sequences" / method / "masks" / "videos" / video
 
+# %% ../nbs/00a_mini_forensics.ipynb #14c44946
 def write_masks(root, method: str, video: str, masks: np.ndarray) -> Path:
     "Write bool masks (T, H, W) as <frame:04d>.png (0/255, single channel) atomically; the folder is returned."
     d = mask_dir(root, method, video)
@@ -385,6 +411,7 @@ def write_masks(root, method: str, video: str, masks: np.ndarray) -> Path:
         write_bytes_atomic(d / f"{i:04d}.png", buf.tobytes())
     return d
 
+# %% ../nbs/00a_mini_forensics.ipynb #b9c1d5de
 def read_masks(root, method: str, video: str) -> np.ndarray:
     "A fake's ground-truth masks (T, H, W) bool, in frame order; `FileNotFoundError` naming the folder if absent."
     d = mask_dir(root, method, video)
@@ -393,17 +420,14 @@ def read_masks(root, method: str, video: str) -> np.ndarray:
     if [int(p.stem) for p in files] != list(range(len(files))): raise ValueError(f"{d}: mask frames are not 0..{len(files) - 1}")
     return np.stack([read_image_rgb(p)[..., 0] > 127 for p in files])
 
-# %% ../nbs/00a_mini_forensics.ipynb #b58f288a
-LABEL_COLUMNS = ["path", "label", "method", "compression", "original", "original_present", "ffpp_official_split",
-                 "width", "height", "fps", "frame_count_meta", "size_bytes"]  # as ../shared/data/ffpp/labels.csv
-_OWNED = ("original_sequences", "manipulated_sequences", "splits", "labels.csv", "manifest.json", ".mini_forensics.partial.json")
-
+# %% ../nbs/00a_mini_forensics.ipynb #9985521b
 def _sha256_file(p) -> str:
     h = hashlib.sha256()
     with open(p, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/00a_mini_forensics.ipynb #591db48f
 def dataset_digest(root) -> str:
     "sha256 over every data file of a mini-forensics root (videos, masks, splits, labels.csv; not the manifest)."
     root = Path(root); h = hashlib.sha256()
@@ -413,11 +437,15 @@ def dataset_digest(root) -> str:
         h.update(p.relative_to(root).as_posix().encode()); h.update(_sha256_file(p).encode())
     return h.hexdigest()
 
+# %% ../nbs/00a_mini_forensics.ipynb #94f702b5
 def _folder_key(folder) -> list:
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"{folder}: extra_faces folder not found")
     return [[p.relative_to(folder).as_posix(), p.stat().st_size] for p in sorted(folder.rglob("*"))
             if p.is_file() and p.suffix.lower() in IMAGE_EXTS + VIDEO_EXTS]
+
+# %% ../nbs/00a_mini_forensics.ipynb #a657fa80
+_OWNED = ("original_sequences", "manipulated_sequences", "splits", "labels.csv", "manifest.json", ".mini_forensics.partial.json")
 
 def _clear(root: Path):
     for name in _OWNED:
@@ -425,6 +453,7 @@ def _clear(root: Path):
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
 
+# %% ../nbs/00a_mini_forensics.ipynb #2de82fbe
 def _complete(root: Path, manifest: dict) -> bool:
     "Every video of a finished set still on disk, every fake with all its masks (a cheap check: no hashing)."
     n = manifest["params"]["n_frames"]
@@ -435,25 +464,22 @@ def _complete(root: Path, manifest: dict) -> bool:
             and all((root / r["path"]).is_file() for r in rows)
             and all(len(list(mask_dir(root, f["method"], f["video"]).glob("*.png"))) == n for f in manifest["fakes"]))
 
-_MANIPULATE = {"FaceSwapBlend": lambda t, s, rng: face_swap_blend(t, s, rng),
-               "SelfBlended": lambda t, s, rng: self_blended(t, rng),
-               "MouthEyesEdit": lambda t, s, rng: mouth_eyes_edit(t, s, rng)}
-
-def make_mini_forensics(root, seed: int = 0, n_frames: int = 16, size: int = 160, extra_faces=None,
-                        n_pairs=(12, 3, 4), compression: str = "c23", fps: float = 25.0, mask_thresh: int = 12,
-                        methods=None, include_builtin: bool = True, overwrite: bool = False,
-                        progress: bool = True) -> dict:
-    "Generate (or return the finished) mini-forensics set under `root`; returns its manifest."
-    t0 = time.perf_counter()
-    root = Path(root)
+# %% ../nbs/00a_mini_forensics.ipynb #4478c672
+def _mini_params(seed, n_frames, size, extra_faces, n_pairs, compression, fps, mask_thresh, methods,
+                 include_builtin) -> dict:
+    "Check the generator's arguments; its parameter record (`params` of `manifest.json`)."
     methods = list(MINI_METHODS if methods is None else methods)
     if unknown := [m for m in methods if m not in MINI_METHODS]: raise ValueError(f"unknown methods {unknown}; known: {MINI_METHODS}")
     if compression not in MINI_COMPRESSIONS: raise ValueError(f"compression={compression!r}; known: {list(MINI_COMPRESSIONS)}")
     if n_frames < 2 or size < 64: raise ValueError(f"n_frames={n_frames}, size={size}: need n_frames >= 2 and size >= 64")
-    params = {"version": MINI_VERSION, "seed": int(seed), "n_frames": int(n_frames), "size": int(size),
-              "n_pairs": [int(n) for n in n_pairs], "compression": compression, "fps": float(fps),
-              "mask_thresh": int(mask_thresh), "methods": methods, "include_builtin": bool(include_builtin),
-              "extra_faces": None if extra_faces is None else _folder_key(extra_faces)}
+    return {"version": MINI_VERSION, "seed": int(seed), "n_frames": int(n_frames), "size": int(size),
+            "n_pairs": [int(n) for n in n_pairs], "compression": compression, "fps": float(fps),
+            "mask_thresh": int(mask_thresh), "methods": methods, "include_builtin": bool(include_builtin),
+            "extra_faces": None if extra_faces is None else _folder_key(extra_faces)}
+
+# %% ../nbs/00a_mini_forensics.ipynb #d6b24c8e
+def _finished_or_ready(root: Path, params: dict, overwrite: bool) -> dict | None:
+    "The manifest of a complete set with `params` under `root`; else None, with `root` ready to be (re)written."
     mf_path, partial = root / "manifest.json", root / ".mini_forensics.partial.json"
     if root.is_dir() and any(root.iterdir()) and not (mf_path.exists() or partial.exists()):
         raise FileExistsError(f"{root}: not empty and not a mini-forensics set (no manifest.json); refusing to write into it")
@@ -471,24 +497,63 @@ def make_mini_forensics(root, seed: int = 0, n_frames: int = 16, size: int = 160
                 raise FileExistsError(f"{root}: holds a mini-forensics set with other parameters ({', '.join(diff)}); "
                                       "pass overwrite=True or use another root")
             _clear(root)
-    write_json_atomic(partial, params)
+    return None
 
+# %% ../nbs/00a_mini_forensics.ipynb #a4bb2886
+def _mini_sources(extra_faces, include_builtin: bool) -> tuple[list[FaceSource], list[dict]]:
+    "The face sources of a set and the skipped files of `extra_faces`."
     sources, skipped = (builtin_faces() if include_builtin else []), []
     if extra_faces is not None:
         extra, skipped = load_face_folder(extra_faces); sources += extra
-    by_name = {s.name: s for s in sources}
-    plan = plan_mini_forensics(sources, seed, n_pairs)
-    clips = {c["id"]: c for c in plan["clips"]}
-    scene_size = int(round(1.25 * size))
+    return sources, skipped
 
-    cache = {}
+# %% ../nbs/00a_mini_forensics.ipynb #036f9308
+def _film_clip(src: FaceSource, clip: dict, seed: int, n_frames: int, size: int) -> tuple[Scene, np.ndarray, list, np.ndarray]:
+    "(scene, camera path, lighting, uncompressed frames (T, size, size, 3)) of the real clip `clip`."
+    rng = np.random.default_rng([seed, 1, int(clip["id"])])
+    scene_size = int(round(1.25 * size))
+    sc = make_scene(src, scene_size, rng, flip=clip["flip"])
+    path, light = camera_path(n_frames, size, scene_size, rng), lighting(n_frames, size, rng)
+    return sc, path, light, film(sc.image, path, light)
+
+# %% ../nbs/00a_mini_forensics.ipynb #864db60d
+_MANIPULATE = {"FaceSwapBlend": lambda t, s, rng: face_swap_blend(t, s, rng),
+               "SelfBlended": lambda t, s, rng: self_blended(t, rng),
+               "MouthEyesEdit": lambda t, s, rng: mouth_eyes_edit(t, s, rng)}
+
+def _make_fake(method: str, target: tuple, source_scene: Scene, t: str, s: str, seed: int,
+               mask_thresh: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    "The fake `<t>_<s>` of `method` from the filmed target clip `target` (`_film_clip`): (frames, masks (T, H, W) bool, info)."
+    sc_t, path, light, orig = target
+    rng = np.random.default_rng([seed, 2, int(t), int(s), MINI_METHODS.index(method)])
+    fake_scene, alpha, info = _MANIPULATE[method](sc_t, source_scene, rng)
+    frames = film(fake_scene, path, light)
+    masks = np.abs(frames.astype(np.int16) - orig).max(-1) > mask_thresh     # (T, H, W)
+    return frames, masks, info
+
+# %% ../nbs/00a_mini_forensics.ipynb #18736754
+def _write_real(root, clip_id: str, frames: np.ndarray, compression: str, fps: float) -> Path:
+    "Write the real clip `clip_id` unless it is on disk; its path."
+    p = video_path(root, ORIGINAL, clip_id, compression)
+    if not p.exists(): write_video_atomic(p, _compress(frames, compression), fps)
+    return p
+
+# %% ../nbs/00a_mini_forensics.ipynb #f9b6ea7c
+def _write_fake(root, method: str, video: str, frames: np.ndarray, masks: np.ndarray, compression: str, fps: float) -> Path:
+    "Write a fake's masks and video unless both are complete on disk; its video path."
+    p = video_path(root, method, video, compression)
+    if not (p.exists() and len(list(mask_dir(root, method, video).glob("*.png"))) == len(masks)):
+        write_masks(root, method, video, masks)
+        write_video_atomic(p, _compress(frames, compression), fps)
+    return p
+
+# %% ../nbs/00a_mini_forensics.ipynb #e8edd5f3
+def _make_pairs(root: Path, plan: dict, sources: list[FaceSource], methods: list, seed, n_frames, size, compression,
+                fps, mask_thresh, progress: bool) -> tuple[list[dict], list[dict]]:
+    "Film and write every pair of `plan`; (labels.csv rows, manifest `fakes`)."
+    by_name, clips, cache = {s.name: s for s in sources}, {c["id"]: c for c in plan["clips"]}, {}
     def clip(i):  # -> (scene, path, light, uncompressed original frames)
-        if i not in cache:
-            rng = np.random.default_rng([seed, 1, int(i)])
-            c = clips[i]
-            sc = make_scene(by_name[c["source"]], scene_size, rng, flip=c["flip"])
-            path, light = camera_path(n_frames, size, scene_size, rng), lighting(n_frames, size, rng)
-            cache[i] = (sc, path, light, film(sc.image, path, light))
+        if i not in cache: cache[i] = _film_clip(by_name[clips[i]["source"]], clips[i], seed, n_frames, size)
         return cache[i]
 
     rows, fakes = [], []
@@ -498,40 +563,62 @@ def make_mini_forensics(root, seed: int = 0, n_frames: int = 16, size: int = 160
                      "width": size, "height": size, "fps": fps, "frame_count_meta": n_frames, "size_bytes": p.stat().st_size})
 
     jobs = [(s, a, b) for s in MINI_SPLITS for a, b in plan["pairs"][s]]
-    from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
     for split, a, b in tqdm(jobs, desc="mini-forensics pairs", disable=not progress):
-        for i in (a, b):
-            p = video_path(root, ORIGINAL, i, compression)
-            if not p.exists(): write_video_atomic(p, _compress(clip(i)[3], compression), fps)
-            add_row(p, "REAL", MINI_REAL_METHOD, "", split)
+        for i in (a, b): add_row(_write_real(root, i, clip(i)[3], compression, fps), "REAL", MINI_REAL_METHOD, "", split)
         for t, s in ((a, b), (b, a)):
-            sc_t, path, light, orig = clip(t)
             for m in methods:
-                rng = np.random.default_rng([seed, 2, int(t), int(s), MINI_METHODS.index(m)])
-                fake_scene, alpha, info = _MANIPULATE[m](sc_t, clip(s)[0], rng)
-                frames = film(fake_scene, path, light)
-                masks = np.abs(frames.astype(np.int16) - orig).max(-1) > mask_thresh     # (T, H, W)
-                video = f"{t}_{s}"; p = video_path(root, m, video, compression)
-                if not (p.exists() and len(list(mask_dir(root, m, video).glob("*.png"))) == n_frames):
-                    write_masks(root, m, video, masks)
-                    write_video_atomic(p, _compress(frames, compression), fps)
+                frames, masks, info = _make_fake(m, clip(t), clip(s)[0], t, s, seed, mask_thresh)
+                video = f"{t}_{s}"
+                p = _write_fake(root, m, video, frames, masks, compression, fps)
                 add_row(p, "FAKE", m, video_path(root, ORIGINAL, t, compression).relative_to(root).as_posix(), split)
                 fakes.append({"video": video, "method": m, "target": t, "source": s, "split": split,
                               "mask_fraction": round(float(masks.mean()), 4),
                               "min_frame_mask_fraction": round(float(masks.mean((1, 2)).min()), 4), **info})
         for i in (a, b): cache.pop(i, None)   # each clip belongs to exactly one pair
+    return rows, fakes
 
+# %% ../nbs/00a_mini_forensics.ipynb #56a61dd5
+LABEL_COLUMNS = ["path", "label", "method", "compression", "original", "original_present", "ffpp_official_split",
+                 "width", "height", "fps", "frame_count_meta", "size_bytes"]  # as ../shared/data/ffpp/labels.csv
+
+def _write_labels_and_splits(root: Path, rows: list[dict], pairs: dict):
+    "Write labels.csv (rows sorted by path) and splits/<split>.json atomically."
     rows.sort(key=lambda r: r["path"])
     with atomic_write(root / "labels.csv", "w") as f:
         w = csv.DictWriter(f, fieldnames=LABEL_COLUMNS, lineterminator="\n"); w.writeheader(); w.writerows(rows)
-    for s in MINI_SPLITS: write_json_atomic(root / "splits" / f"{s}.json", plan["pairs"][s])
-    manifest = {"params": params, "dataset": "mini-forensics", "layout": "FaceForensics++",
-                "digest": dataset_digest(root), "seconds": round(time.perf_counter() - t0, 2),
-                "counts": {"real": len(clips), "fake": len(fakes), "frames": n_frames * (len(clips) + len(fakes))},
-                "identity_disjoint": plan["identity_disjoint"], "identities": plan["identities"],
-                "sources": [{"name": s.name, "identity": s.identity, "digest": s.digest()} for s in sources],
-                "skipped": skipped, "clips": plan["clips"], "fakes": fakes}
-    write_json_atomic(mf_path, manifest)
+    for s in MINI_SPLITS: write_json_atomic(root / "splits" / f"{s}.json", pairs[s])
+
+# %% ../nbs/00a_mini_forensics.ipynb #2c6ceb22
+def _mini_manifest(root: Path, params: dict, plan: dict, sources: list[FaceSource], skipped: list, fakes: list,
+                   n_frames: int, t0: float) -> dict:
+    "The manifest of a finished set (`seconds` counted from `t0`, digest included)."
+    n_real = len(plan["clips"])
+    return {"params": params, "dataset": "mini-forensics", "layout": "FaceForensics++",
+            "digest": dataset_digest(root), "seconds": round(time.perf_counter() - t0, 2),
+            "counts": {"real": n_real, "fake": len(fakes), "frames": n_frames * (n_real + len(fakes))},
+            "identity_disjoint": plan["identity_disjoint"], "identities": plan["identities"],
+            "sources": [{"name": s.name, "identity": s.identity, "digest": s.digest()} for s in sources],
+            "skipped": skipped, "clips": plan["clips"], "fakes": fakes}
+
+# %% ../nbs/00a_mini_forensics.ipynb #0e8a694e
+def make_mini_forensics(root, seed: int = 0, n_frames: int = 16, size: int = 160, extra_faces=None,
+                        n_pairs=(12, 3, 4), compression: str = "c23", fps: float = 25.0, mask_thresh: int = 12,
+                        methods=None, include_builtin: bool = True, overwrite: bool = False,
+                        progress: bool = True) -> dict:
+    "Generate (or return the finished) mini-forensics set under `root`; returns its manifest."
+    t0 = time.perf_counter()
+    root = Path(root)
+    params = _mini_params(seed, n_frames, size, extra_faces, n_pairs, compression, fps, mask_thresh, methods, include_builtin)
+    if (done := _finished_or_ready(root, params, overwrite)) is not None: return done
+    partial = root / ".mini_forensics.partial.json"
+    write_json_atomic(partial, params)
+    sources, skipped = _mini_sources(extra_faces, include_builtin)
+    plan = plan_mini_forensics(sources, seed, n_pairs)
+    rows, fakes = _make_pairs(root, plan, sources, params["methods"], seed, n_frames, size, compression, fps,
+                              mask_thresh, progress)
+    _write_labels_and_splits(root, rows, plan["pairs"])
+    manifest = _mini_manifest(root, params, plan, sources, skipped, fakes, n_frames, t0)
+    write_json_atomic(root / "manifest.json", manifest)
     partial.unlink(missing_ok=True)
     return manifest
 
