@@ -4,28 +4,31 @@
 
 # %% ../nbs/01_preprocess.ipynb #71fe25b8
 from __future__ import annotations
-import contextlib, csv, io, json, math, sys, time, zlib
+import contextlib, csv, io, json, math, os, shutil, subprocess, sys, time, zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from fastcore.script import call_parse
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 from .core import UsageError, cli_errors
-from .data import atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path, resolve_device
+from .data import (atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path, resolve_device,
+                                   index_crops, index_videos, study_video_index)
 
 # %% auto #0
 __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadError', 'open_video', 'downscale', 'read_frames',
            'brighten', 'FaceDetector', 'box_iou', 'track_faces', 'boxes_path', 'write_boxes', 'read_boxes',
            'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
            'parse_shard', 'in_shard', 'rank_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps',
-           'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command', 'run_torchrun', 'VideoFrames',
-           'video_loader', 'torch_threads', 'detect_dataset', 'crop_video', 'crop_dataset', 'detect_cli', 'crops_cli',
-           'preprocess_stage']
+           'DistInfo', 'setup_distributed', 'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command',
+           'run_torchrun', 'VideoFrames', 'video_loader', 'torch_threads', 'detect_dataset', 'crop_video',
+           'crop_dataset', 'detect_cli', 'crops_cli', 'preprocess_stage']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -37,7 +40,7 @@ def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) ->
     if frames_per_video and frames_per_video > 0: return [int(i) for i in equidistant(n_total, frames_per_video)]
     return list(range(0, n_total, every_n))
 
-# %% ../nbs/01_preprocess.ipynb #4b7ef4b0
+# %% ../nbs/01_preprocess.ipynb #b446f0a1
 class VideoReadError(ValueError):
     "A video that cannot be opened or decoded (the message names the file and the problem)."
 
@@ -54,12 +57,14 @@ def open_video(path) -> tuple[cv2.VideoCapture, dict]:
                 width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     return cap, info
 
+# %% ../nbs/01_preprocess.ipynb #42a6804b
 def downscale(frame: np.ndarray, scale: float) -> np.ndarray:
     "Resize an image by 1/`scale` (area interpolation; `scale=1`: unchanged)."
     if scale == 1: return frame
     h, w = frame.shape[:2]
     return cv2.resize(frame, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
 
+# %% ../nbs/01_preprocess.ipynb #64bcb589
 def _grab(cap, path, wanted, stop: int | None, scale: float, size: list | None = None) -> tuple[dict, int]:
     """Grab frames 0.. in order (until `stop` or the end); retrieve (RGB, downscaled) those `wanted(i)`.
     Returns ({i: frame}, frames grabbed); `size` receives the full (H, W) of the first retrieved frame."""
@@ -74,6 +79,32 @@ def _grab(cap, path, wanted, stop: int | None, scale: float, size: list | None =
         i += 1
     return got, i
 
+# %% ../nbs/01_preprocess.ipynb #7794c789
+def _read_indices(cap, path, indices, scale: float, size: list) -> tuple[dict, int]:
+    "Exactly the frames `indices` ({i: frame}, frames grabbed); a `VideoReadError` names the first one missing."
+    want = sorted({int(i) for i in indices})
+    got, n = _grab(cap, path, set(want).__contains__, (want[-1] + 1) if want else 0, scale, size)
+    missing = [i for i in want if i not in got]
+    if missing: raise VideoReadError(f"{path}: frame {missing[0]} not decodable (only {n} frames could be read)")
+    return got, n
+
+# %% ../nbs/01_preprocess.ipynb #fbfee4a8
+def _read_sample(cap, path, n_meta: int, frames_per_video: int, scale: float, size: list) -> tuple[dict, int]:
+    "The `frames_per_video` equidistant frames of a video whose header claims `n_meta` frames: ({i: frame}, true frame count)."
+    want = set(sample_indices(n_meta, frames_per_video))
+    got, n = _grab(cap, path, want.__contains__, n_meta + 1, scale, size)  # one past the count: does it lie low?
+    if n == n_meta + 1 or n_meta == 0: n += _grab(cap, path, lambda i: False, None, scale)[1]
+    if n != n_meta:  # the header was wrong: sample over the real count, fetch what is missing
+        want = sample_indices(n, frames_per_video)
+        got = {i: got[i] for i in want if i in got}
+        missing = [i for i in want if i not in got]
+        if missing:
+            cap.release(); cap, _ = open_video(path)
+            try: got.update(_grab(cap, path, set(missing).__contains__, missing[-1] + 1, scale, size)[0])
+            finally: cap.release()
+    return got, n
+
+# %% ../nbs/01_preprocess.ipynb #e65ca6ea
 def read_frames(path, indices=None, frames_per_video: int = 0, every_n: int = 1, scale: float = 1,
                 min_decodable: float = 0.9, with_size: bool = False) -> tuple:
     """Decode only the needed frames of a video: (indices, RGB uint8 frames (H/scale, W/scale, 3)), plus the
@@ -83,35 +114,18 @@ def read_frames(path, indices=None, frames_per_video: int = 0, every_n: int = 1,
     cap, info = open_video(path)
     n_meta, size = info["frames"], []
     try:
-        if indices is not None:
-            want = sorted({int(i) for i in indices})
-            got, n = _grab(cap, path, set(want).__contains__, (want[-1] + 1) if want else 0, scale, size)
-            missing = [i for i in want if i not in got]
-            if missing: raise VideoReadError(f"{path}: frame {missing[0]} not decodable (only {n} frames could be read)")
-            return (want, [got[i] for i in want]) + ((tuple(size),) if with_size else ())
-        if not frames_per_video or frames_per_video <= 0:  # every_n / all frames: stream to the end, no count needed
+        if indices is not None: got, n = _read_indices(cap, path, indices, scale, size)
+        elif not frames_per_video or frames_per_video <= 0:  # every_n / all frames: stream to the end, no count needed
             got, n = _grab(cap, path, lambda i: i % every_n == 0, None, scale, size)
-        else:
-            want = set(sample_indices(n_meta, frames_per_video))
-            got, n = _grab(cap, path, want.__contains__, n_meta + 1, scale, size)  # one past the count: does it lie low?
-            if n == n_meta + 1 or n_meta == 0: n += _grab(cap, path, lambda i: False, None, scale)[1]
-            if n != n_meta:  # the header was wrong: sample over the real count, fetch what is missing
-                want = sample_indices(n, frames_per_video)
-                got = {i: got[i] for i in want if i in got}
-                missing = [i for i in want if i not in got]
-                if missing:
-                    cap.release(); cap, _ = open_video(path)
-                    got.update(_grab(cap, path, set(missing).__contains__, missing[-1] + 1, scale, size)[0])
+        else: got, n = _read_sample(cap, path, n_meta, frames_per_video, scale, size)
     finally: cap.release()
-    if n == 0: raise VideoReadError(f"{path}: no decodable frame")
-    if n_meta and n < min_decodable * n_meta:
+    if indices is None and n == 0: raise VideoReadError(f"{path}: no decodable frame")
+    if indices is None and n_meta and n < min_decodable * n_meta:
         raise VideoReadError(f"{path}: only {n} of {n_meta} frames decodable (truncated or corrupt)")
     idx = sorted(got)
     return (idx, [got[i] for i in idx]) + ((tuple(size),) if with_size else ())
 
-# %% ../nbs/01_preprocess.ipynb #fdbbc4bb
-REFERENCE_THRESHOLDS = (0.85, 0.95, 0.95)
-
+# %% ../nbs/01_preprocess.ipynb #7c413767
 def brighten(frame: np.ndarray, target: float = 0.5) -> np.ndarray:
     "Gamma-correct an RGB uint8 frame so that its mean brightness becomes about `target` (0..1)."
     m = float(frame.mean()) / 255
@@ -119,6 +133,26 @@ def brighten(frame: np.ndarray, target: float = 0.5) -> np.ndarray:
     gamma = float(np.clip(math.log(target) / math.log(m), 0.2, 5))
     lut = np.round((np.arange(256) / 255) ** gamma * 255).astype(np.uint8)
     return lut[frame]
+
+# %% ../nbs/01_preprocess.ipynb #69d7a771
+def _mtcnn_rows(boxes, probs, points) -> np.ndarray | None:
+    "One frame's MTCNN output as rows (K, 15) of x0, y0, x1, y1, prob, lx1, ly1, ..., lx5, ly5; None without a face."
+    if boxes is None or len(boxes) == 0: return None
+    b, p, l = (np.asarray(x, dtype=np.float64) for x in (boxes, probs, points))  # facenet may hand back object arrays
+    return np.concatenate([b.reshape(-1, 4), p.reshape(-1, 1), l.reshape(-1, 10)], 1)
+
+# %% ../nbs/01_preprocess.ipynb #21d78927
+def _to_full_res(d: np.ndarray | None, fx: float, fy: float, landmarks: bool = False) -> np.ndarray | None:
+    "Rows (K, 15) in full-resolution pixels, largest face first: (K, 15) with `landmarks`, else (K, 5); None stays None."
+    if d is None: return None
+    d = d.copy()
+    d[:, [0, 2, 5, 7, 9, 11, 13]] *= fx
+    d[:, [1, 3, 6, 8, 10, 12, 14]] *= fy
+    d = d[np.argsort(-(d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]), kind="stable")]  # largest face first
+    return d if landmarks else d[:, :5]
+
+# %% ../nbs/01_preprocess.ipynb #e4277df7
+REFERENCE_THRESHOLDS = (0.85, 0.95, 0.95)
 
 class FaceDetector:
     "Batched MTCNN face detection; `detect` returns per frame an array (K, 5) of x0, y0, x1, y1, prob (+10 landmark coords) or None."
@@ -138,10 +172,7 @@ class FaceDetector:
         for s in range(0, len(frames), self.batch_size):
             chunk = torch.as_tensor(np.ascontiguousarray(frames[s:s + self.batch_size]))
             with torch.inference_mode(): boxes, probs, points = self.mtcnn.detect(chunk, landmarks=True)
-            for b, p, l in zip(boxes, probs, points):
-                if b is None or len(b) == 0: out.append(None); continue
-                b, p, l = (np.asarray(x, dtype=np.float64) for x in (b, p, l))  # facenet may hand back object arrays
-                out.append(np.concatenate([b.reshape(-1, 4), p.reshape(-1, 1), l.reshape(-1, 10)], 1))
+            out += [_mtcnn_rows(b, p, l) for b, p, l in zip(boxes, probs, points)]
         return out
 
     def detect(self, frames, full_size=None, landmarks: bool = False) -> list:
@@ -155,21 +186,12 @@ class FaceDetector:
             if self.scale != 1: frames = np.stack([downscale(f, self.scale) for f in frames])
         fy, fx = full_size[0] / frames.shape[1], full_size[1] / frames.shape[2]
         dets = self._mtcnn(frames)
-        if self.dark_level:
-            dark = [i for i, d in enumerate(dets) if d is None and frames[i].mean() / 255 < self.dark_level]
-            if dark:
-                for i, d in zip(dark, self._mtcnn(np.stack([brighten(frames[i]) for i in dark]))): dets[i] = d
-        out = []
-        for d in dets:
-            if d is None: out.append(None); continue
-            d = d.copy()
-            d[:, [0, 2, 5, 7, 9, 11, 13]] *= fx
-            d[:, [1, 3, 6, 8, 10, 12, 14]] *= fy
-            d = d[np.argsort(-(d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]), kind="stable")]  # largest face first
-            out.append(d if landmarks else d[:, :5])
-        return out
+        dark = [i for i, d in enumerate(dets) if d is None and frames[i].mean() / 255 < self.dark_level] if self.dark_level else []
+        if dark:
+            for i, d in zip(dark, self._mtcnn(np.stack([brighten(frames[i]) for i in dark]))): dets[i] = d
+        return [_to_full_res(d, fx, fy, landmarks) for d in dets]
 
-# %% ../nbs/01_preprocess.ipynb #16e9567c
+# %% ../nbs/01_preprocess.ipynb #fa7bc473
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "IoU matrix (len(a), len(b)) of boxes x0, y0, x1, y1."
     a, b = np.asarray(a, float)[:, None, :4], np.asarray(b, float)[None, :, :4]
@@ -179,6 +201,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
+# %% ../nbs/01_preprocess.ipynb #b25b0609
 def _centre_closeness(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "1 - centre distance / (half the larger box side), clipped at 0: (len(a), len(b))."
     a, b = np.asarray(a, float)[:, None, :4], np.asarray(b, float)[None, :, :4]
@@ -186,11 +209,21 @@ def _centre_closeness(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     side = np.maximum((a[..., 2:4] - a[..., :2]).max(-1), (b[..., 2:4] - b[..., :2]).max(-1))
     return np.clip(1 - np.linalg.norm(ca - cb, axis=-1) / np.maximum(side / 2, 1e-9), 0, None)
 
+# %% ../nbs/01_preprocess.ipynb #4e4874d5
 def _greedy(score: np.ndarray, ok: np.ndarray, ids: list, taken: set):
     "Assign detection -> track pairs by decreasing `score` where `ok`, each detection and track once."
     for di, ti in sorted(np.ndindex(score.shape), key=lambda p: -score[p]):
         if ok[di, ti] and ids[di] < 0 and ti not in taken: ids[di] = ti; taken.add(ti)
 
+# %% ../nbs/01_preprocess.ipynb #8d4e4574
+def _track_row(d: np.ndarray, ids: list) -> list:
+    "Detections `d` (K, C) at their track indices `ids`: [row | None per track], coordinates to 2 decimals, prob to 4."
+    row = [None] * (max(ids) + 1)
+    for di, ti in enumerate(ids): row[ti] = [round(float(v), 2) for v in d[di, :4]] + [round(float(d[di, 4]), 4)] + \
+                                            [round(float(v), 2) for v in d[di, 5:]]
+    return row
+
+# %% ../nbs/01_preprocess.ipynb #cf2c7919
 def track_faces(dets: dict, iou_threshold: float = 0.2) -> dict:
     "{frame: (K, C) array | None} -> {frame: [row | None per track] | None}, tracks matched to their last box."
     last, out = [], {}  # last box of every track
@@ -207,10 +240,7 @@ def track_faces(dets: dict, iou_threshold: float = 0.2) -> dict:
         for di in range(len(d)):
             if ids[di] < 0: ids[di] = len(last); last.append(None)
             last[ids[di]] = d[di, :4]
-        row = [None] * (max(ids) + 1)
-        for di, ti in enumerate(ids): row[ti] = [round(float(v), 2) for v in d[di, :4]] + [round(float(d[di, 4]), 4)] + \
-                                                [round(float(v), 2) for v in d[di, 5:]]
-        out[f] = row
+        out[f] = _track_row(d, ids)
     return out
 
 # %% ../nbs/01_preprocess.ipynb #ad1b38b3
@@ -301,7 +331,7 @@ def detect_and_crop_video(path, detector: FaceDetector | None = None, frames_per
     if boxes_json is not None: write_boxes(boxes_json, boxes)
     return dict(boxes=boxes, crops=crops, **({"frames": dict(zip(idx, frames))} if with_frames else {}))
 
-# %% ../nbs/01_preprocess.ipynb #e124133d
+# %% ../nbs/01_preprocess.ipynb #e88864c0
 def parse_shard(shard) -> tuple[int, int]:
     "`'k/N'` or `(k, N)` (0 <= k < N) -> (k, N); None or '' -> (0, 1)."
     if shard is None or shard == "": return 0, 1
@@ -310,11 +340,13 @@ def parse_shard(shard) -> tuple[int, int]:
     if not 0 <= k < n: raise ValueError(f"shard {shard!r}: expected 0 <= k < N")
     return k, n
 
+# %% ../nbs/01_preprocess.ipynb #56830e56
 def in_shard(keys, shard=None) -> np.ndarray:
     "Which `keys` (strings) belong to shard k/N: `crc32(key) % N == k`. The one sharding rule of every stage (bool (len(keys),))."
     k, n = parse_shard(shard)
     return np.array([n == 1 or zlib.crc32(str(key).encode()) % n == k for key in keys], dtype=bool)
 
+# %% ../nbs/01_preprocess.ipynb #94a62736
 def rank_shard(shard=None, rank: int = 0, world: int = 1) -> tuple[int, int]:
     """The shard of rank `rank` of a `world`-process (torchrun) job run on shard k/N: (k + N*rank, N*world).
     The ranks' shards split k/N exactly (crc % N*world = k + N*rank implies crc % N = k); world 1 gives k/N itself."""
@@ -322,16 +354,19 @@ def rank_shard(shard=None, rank: int = 0, world: int = 1) -> tuple[int, int]:
     if not 0 <= rank < world: raise ValueError(f"rank {rank} of a {world}-process job: expected 0 <= rank < world")
     return k + n * rank, n * world
 
+# %% ../nbs/01_preprocess.ipynb #8fe48231
 def shard_videos(videos: pd.DataFrame, shard=None) -> pd.DataFrame:
     "The rows of a video index that belong to shard `k/N` (`in_shard` of `<method>/<video>`)."
     if parse_shard(shard)[1] == 1: return videos
     return videos[in_shard([f"{m}/{v}" for m, v in zip(videos["method"], videos["video"])], shard)]
 
+# %% ../nbs/01_preprocess.ipynb #beeb9e1c
 def failures_path(root, shard=None) -> Path:
     "`<root>/failures.csv`, or `<root>/failures_<k>of<N>.csv` for a shard (shards never write the same file)."
     k, n = parse_shard(shard)
     return Path(root) / ("failures.csv" if n == 1 else f"failures_{k}of{n}.csv")
 
+# %% ../nbs/01_preprocess.ipynb #3b6cd2ea
 class FailureLog:
     "The videos a stage skipped: a CSV (path, stage, error), rewritten atomically after every change."
     COLUMNS = ["path", "stage", "error"]
@@ -351,6 +386,7 @@ class FailureLog:
         if self.rows.pop(str(path), None) is not None: self._save()
     def __len__(self): return len(self.rows)
 
+# %% ../nbs/01_preprocess.ipynb #77a917d4
 def remove_stale_temps(folder, names=None) -> int:
     """Remove the temp files (`.<name>.<random>.tmp`, from `atomic_write`) that a killed run left in `folder`:
     all of them, or only those of the files `names` (one directory scan, however many names)."""
@@ -361,17 +397,45 @@ def remove_stale_temps(folder, names=None) -> int:
             with contextlib.suppress(FileNotFoundError): p.unlink(); n += 1
     return n
 
-# %% ../nbs/01_preprocess.ipynb #7c1d2e41
+# %% ../nbs/01_preprocess.ipynb #b5de9a63
+@dataclass
+class DistInfo:
+    "This process's place in a (possibly one-process) torchrun job: preprocessing, training, testing."
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False   # True when `setup_distributed` created the process group
+
+    @property
+    def enabled(self) -> bool: return self.world > 1
+    @property
+    def is_main(self) -> bool: return self.rank == 0
+
+# %% ../nbs/01_preprocess.ipynb #d0bd2675
+def setup_distributed(device=None) -> tuple[DistInfo, torch.device]:
+    "Join the torchrun process group (when WORLD_SIZE > 1) and pick this rank's device."
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_available() and dist.is_initialized():
+        info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+        return info, resolve_device(device, local_rank)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    dev = resolve_device(device, local_rank)
+    if world <= 1: return DistInfo(), dev
+    if dev.type == "cuda": torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True), dev
+
+# %% ../nbs/01_preprocess.ipynb #b2053e97
 @contextlib.contextmanager
 def torchrun_group(device="auto"):
-    """(`train.DistInfo`, this rank's device) inside the block: under torchrun (WORLD_SIZE > 1) the process group is
+    """(`DistInfo`, this rank's device) inside the block: under torchrun (WORLD_SIZE > 1) the process group is
     joined (gloo on CPU, NCCL on CUDA, `cuda` meaning cuda:LOCAL_RANK) and left afterwards; else one process."""
-    from deepfake_explain.train import setup_distributed
     info, dev = setup_distributed(device)
     try: yield info, dev
     finally:
         if info.owns_group: torch.distributed.destroy_process_group()
 
+# %% ../nbs/01_preprocess.ipynb #2ffb3cc4
 def gather_rows(info, rows: list) -> list:
     "Every rank's `rows` (picklable records), concatenated in rank order, on every rank (a one-process `info`: `rows`)."
     if info is None or not info.enabled: return list(rows)
@@ -379,6 +443,7 @@ def gather_rows(info, rows: list) -> list:
     torch.distributed.all_gather_object(parts, list(rows))
     return [r for p in parts for r in p]
 
+# %% ../nbs/01_preprocess.ipynb #48ce7699
 def merge_failure_logs(main, parts, redone=()) -> Path:
     """Rank 0 at the end of a torchrun stage: the ranks' failure logs `parts` folded into the log `main`. Records of
     the videos `redone` in this run are replaced by what the ranks logged for them; the part files are removed."""
@@ -391,8 +456,9 @@ def merge_failure_logs(main, parts, redone=()) -> Path:
         if part != log.path: part.unlink(missing_ok=True)
     return log.path
 
-# %% ../nbs/01_preprocess.ipynb #7c1d2e44
+# %% ../nbs/01_preprocess.ipynb #69c839a2
 def _flags(flags) -> list[str]:
+    "Command-line arguments from a list, or from a dict `{name: value}` (`--name value`; True: bare `--name`; None/False: left out)."
     if isinstance(flags, dict):
         out = []
         for k, v in flags.items():
@@ -401,12 +467,12 @@ def _flags(flags) -> list[str]:
         return out
     return [str(a) for a in flags]
 
+# %% ../nbs/01_preprocess.ipynb #605bac98
 def torchrun_command(script: str, flags=(), nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None) -> list[str]:
     """The command line running console script `script` (e.g. `deepfake-explain-detect`) with `flags` (a list, or a dict
     `{name: value}`: `--name value`, True a bare `--name`, None/False left out): under torchrun, `nproc` processes per
     node, when `nproc` or `nnodes` > 1, else the plain command. Several nodes: the same command on each, `rdzv_endpoint`
     (`host:port` on the first) tells them where to meet."""
-    import shutil
     if nproc < 1 or nnodes < 1: raise ValueError(f"nproc ({nproc}) and nnodes ({nnodes}) must be >= 1")
     exe = shutil.which(script, path=str(Path(sys.executable).parent)) or shutil.which(script)
     if exe is None: raise FileNotFoundError(f"{script}: console script not found beside {sys.executable} nor on PATH (pip install -e .)")
@@ -417,10 +483,10 @@ def torchrun_command(script: str, flags=(), nproc: int = 1, nnodes: int = 1, rdz
     else: launch += ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", rdzv_endpoint]
     return launch + [exe, *_flags(flags)]
 
+# %% ../nbs/01_preprocess.ipynb #ab7adbcc
 def run_torchrun(script: str, flags=(), nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None, **kwargs) -> int:
     """Run `torchrun_command(...)`, its output passed through as it comes (`kwargs` go to `subprocess.Popen`); a non-zero
     exit status raises `RuntimeError` naming the command, its status and the last lines of its error output."""
-    import subprocess
     cmd = torchrun_command(script, flags, nproc, nnodes, rdzv_endpoint)
     p, tail = subprocess.Popen(cmd, stderr=subprocess.PIPE, **kwargs), b""
     for chunk in iter(lambda: p.stderr.read1(4096), b""):
@@ -464,10 +530,20 @@ def torch_threads(n: int | None):
     try: yield
     finally: torch.set_num_threads(old)
 
-# %% ../nbs/01_preprocess.ipynb #6b639889
+# %% ../nbs/01_preprocess.ipynb #0cb06439
 def _boxes_file(row, boxes_root, dataset: str) -> Path:
+    "The boxes JSON of video-index row `row` (`boxes_path`; no method folder for DFDC)."
     return boxes_path(boxes_root, row.video, None if str(dataset).upper() == "DFDC" else row.method)
 
+# %% ../nbs/01_preprocess.ipynb #397f6fb3
+def _rank_videos(videos: pd.DataFrame, shard, info) -> tuple[pd.DataFrame, object]:
+    """This process's videos of shard `shard` (its `rank_shard` share when `info` is an enabled `DistInfo`), indexed by
+    their place in the shard, and the shard its failure log is named after."""
+    videos = shard_videos(videos, shard).reset_index(drop=True)
+    mine = shard_videos(videos, rank_shard(shard, info.rank, info.world)) if info is not None and info.enabled else videos
+    return mine, (rank_shard(shard, info.rank, info.world) if info else shard)
+
+# %% ../nbs/01_preprocess.ipynb #56689057
 def _merge_ranks(info, rows: list, log_root, shard) -> list:
     "The whole shard's summary rows (in index order) on every rank; rank 0 folds the ranks' failure logs into the shard's."
     if info is None or not info.enabled: return rows
@@ -478,6 +554,33 @@ def _merge_ranks(info, rows: list, log_root, shard) -> list:
     torch.distributed.barrier()  # the merged log is there before any rank reads it
     return rows
 
+# %% ../nbs/01_preprocess.ipynb #13256d56
+def _detect_rows(mine: pd.DataFrame, boxes_root, dataset: str) -> list[dict]:
+    "One summary record (status `skipped`) per video of `mine`; temp files of their boxes files are removed."
+    rows, targets = [], {}
+    for r in mine.itertuples():
+        out = _boxes_file(r, boxes_root, dataset)
+        targets.setdefault(out.parent, set()).add(out.name)
+        rows.append(dict(video=r.video, method=r.method, path=r.path, boxes=str(out), status="skipped", faces_in=None, frames=None,
+                         seconds=0.0, _i=r.Index))
+    for folder, names in targets.items(): remove_stale_temps(folder, names)  # left by a killed run of this shard
+    return rows
+
+# %% ../nbs/01_preprocess.ipynb #bf05184d
+def _detect_item(detector, item: dict, rec: dict, log: FailureLog, landmarks: bool = False, iou_threshold: float = 0.2):
+    "Detect and track the faces of one `VideoFrames` item, write its boxes to `rec['boxes']`; status, frames, faces_in into `rec`."
+    if item["error"]:
+        rec["status"] = "failed"; log.add(rec["path"], "decode", item["error"]); return
+    try:
+        boxes = _detect_frames(detector, item["indices"], item["frames"].numpy(), item["size"], landmarks, iou_threshold)
+        write_boxes(rec["boxes"], boxes)
+        rec.update(frames=len(boxes), faces_in=sum(v is not None for v in boxes.values()), status="done")
+        if rec["faces_in"]: log.clear(rec["path"])
+        else: log.add(rec["path"], "detect", f"no face found in any of {rec['frames']} sampled frames")
+    except Exception as e:
+        rec["status"] = "failed"; log.add(rec["path"], "detect", f"{type(e).__name__}: {e}")
+
+# %% ../nbs/01_preprocess.ipynb #041d5423
 def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSICS", frames_per_video: int = 30,
                    every_n: int = 1, landmarks: bool = False, detector: FaceDetector | None = None, device="auto",
                    batch_size: int = 32, num_workers: int = 2, threads: int | None = None, shard=None,
@@ -485,45 +588,27 @@ def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSI
     """Detect faces on the sampled frames of every video of `videos` (a video index) into
     `<boxes_root>/boxes/...json`; finished videos are skipped, failures go to `<boxes_root>/boxes/failures*.csv`.
     Returns one row per video of the shard: video, method, path, boxes, status (done|skipped|failed), faces_in, frames, seconds.
-    Under torchrun (`dist_info`: `train.DistInfo`, world > 1) each rank detects its share (`rank_shard`); every rank
+    Under torchrun (`dist_info`: `DistInfo`, world > 1) each rank detects its share (`rank_shard`); every rank
     returns the whole shard's summary, rank 0 merges the failure logs."""
     info = dist_info
-    videos = shard_videos(videos, shard).reset_index(drop=True)
-    mine = shard_videos(videos, rank_shard(shard, info.rank, info.world)) if info is not None and info.enabled else videos
+    mine, log_shard = _rank_videos(videos, shard, info)
     detector = detector or FaceDetector(device=device, batch_size=batch_size)
-    log = FailureLog(failures_path(Path(boxes_root) / "boxes", rank_shard(shard, info.rank, info.world) if info else shard))
-    rows, todo, targets = [], [], {}
-    for r in mine.itertuples():
-        out = _boxes_file(r, boxes_root, dataset)
-        targets.setdefault(out.parent, set()).add(out.name)
-        rec = dict(video=r.video, method=r.method, path=r.path, boxes=str(out), status="skipped", faces_in=None, frames=None,
-                   seconds=0.0, _i=r.Index)
-        rows.append(rec)
-        if not out.exists(): todo.append(rec)
-    for folder, names in targets.items(): remove_stale_temps(folder, names)  # left by a killed run of this shard
+    log = FailureLog(failures_path(Path(boxes_root) / "boxes", log_shard))
+    rows = _detect_rows(mine, boxes_root, dataset)
+    todo = [rec for rec in rows if not Path(rec["boxes"]).exists()]
     if threads is None and detector.device.type == "cpu": threads = max(1, (torch.get_num_threads()) - num_workers)
     ds = VideoFrames([r["path"] for r in todo], frames_per_video, every_n, detector.scale)
     t0 = time.time()
     with torch_threads(threads if detector.device.type == "cpu" else None):
         for item in tqdm(video_loader(ds, num_workers), total=len(ds), desc="detect", unit="video", disable=not progress):
             rec = todo[item["i"]]
-            if item["error"]:
-                rec["status"] = "failed"; log.add(rec["path"], "decode", item["error"])
-            else:
-                try:
-                    boxes = _detect_frames(detector, item["indices"], item["frames"].numpy(), item["size"], landmarks, iou_threshold)
-                    write_boxes(rec["boxes"], boxes)
-                    rec.update(frames=len(boxes), faces_in=sum(v is not None for v in boxes.values()), status="done")
-                    if rec["faces_in"]: log.clear(rec["path"])
-                    else: log.add(rec["path"], "detect", f"no face found in any of {rec['frames']} sampled frames")
-                except Exception as e:
-                    rec["status"] = "failed"; log.add(rec["path"], "detect", f"{type(e).__name__}: {e}")
+            _detect_item(detector, item, rec, log, landmarks, iou_threshold)
             rec["seconds"] = round(time.time() - t0, 3); t0 = time.time()
     rows = _merge_ranks(info, rows, Path(boxes_root) / "boxes", shard)
     return pd.DataFrame(rows, columns=["video", "method", "path", "boxes", "status", "faces_in", "frames", "seconds"]
                         ).astype({"faces_in": "Int64", "frames": "Int64"})
 
-# %% ../nbs/01_preprocess.ipynb #7067df24
+# %% ../nbs/01_preprocess.ipynb #7e2ddcfb
 DONE_MARKER = ".done.json"
 
 def crop_video(row, boxes_file, crops_root, margin: float = 0.0) -> int:
@@ -545,6 +630,7 @@ def crop_video(row, boxes_file, crops_root, margin: float = 0.0) -> int:
     write_json_atomic(folder / DONE_MARKER, dict(crops=len(crops), frames=len(faces), margin=margin, boxes=str(boxes_file)))
     return len(crops)
 
+# %% ../nbs/01_preprocess.ipynb #7f00cfb2
 class _CropJobs(Dataset):
     "Crop whole videos in DataLoader workers; each item reports (i, number of crops | None, error | None)."
     def __init__(self, rows, boxes_files, crops_root, margin): self.rows, self.boxes, self.root, self.margin = rows, boxes_files, crops_root, margin
@@ -553,15 +639,15 @@ class _CropJobs(Dataset):
         try: return dict(i=i, n=crop_video(self.rows[i], self.boxes[i], self.root, self.margin), error=None)
         except Exception as e: return dict(i=i, n=None, error=f"{type(e).__name__}: {e}")
 
+# %% ../nbs/01_preprocess.ipynb #048bfbf8
 def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "FACEFORENSICS", margin: float = 0.0,
                  num_workers: int = 2, shard=None, progress: bool = True, dist_info=None) -> pd.DataFrame:
     """Square face crops of every video of `videos` from its boxes into `<crops_root>/<split>_set/<method>/<video>/`;
     finished videos are skipped, failures go to `<crops_root>/failures*.csv`. Returns one row per video: video, method,
     path, status (done|skipped|failed), crops. Under torchrun (`dist_info`) each rank crops its share, as `detect_dataset`."""
     info = dist_info
-    videos = shard_videos(videos, shard).reset_index(drop=True)
-    mine = shard_videos(videos, rank_shard(shard, info.rank, info.world)) if info is not None and info.enabled else videos
-    log = FailureLog(failures_path(crops_root, rank_shard(shard, info.rank, info.world) if info else shard))
+    mine, log_shard = _rank_videos(videos, shard, info)
+    log = FailureLog(failures_path(crops_root, log_shard))
     rows, todo, boxes = [], [], []
     for r in mine.itertuples():
         rec = dict(video=r.video, method=r.method, path=r.path, status="skipped", crops=None, _i=r.Index)
@@ -579,18 +665,34 @@ def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "F
     rows = _merge_ranks(info, rows, crops_root, shard)
     return pd.DataFrame(rows, columns=["video", "method", "path", "status", "crops"]).astype({"crops": "Int64"})
 
-# %% ../nbs/01_preprocess.ipynb #0d98f5b2
+# %% ../nbs/01_preprocess.ipynb #17e3dee2
 def _index(data_path, dataset, compression):
-    from deepfake_explain.data import index_videos
+    "The video index of a dataset folder (`data.index_videos`; DFDC has no compression folder)."
     kw = {} if str(dataset).upper() == "DFDC" else dict(compression=compression)
     return index_videos(data_path, dataset, **kw)
 
+# %% ../nbs/01_preprocess.ipynb #02d985f6
+def _check_shard(shard):
+    "A `UsageError` naming `--shard` when `shard` is not k/N."
+    try: parse_shard(shard)
+    except ValueError as e: raise UsageError(f"--shard: {e}") from None
+
+# %% ../nbs/01_preprocess.ipynb #809bf8f8
 def _finish(name, summary, log_file, strict, report: bool = True) -> int:
+    "Print `name: n done, n already done, n failed` (when `report`); the exit status (1: `strict` and a failure)."
     n = summary.status.value_counts().to_dict()
     if report: print(f"{name}: {n.get('done', 0)} done, {n.get('skipped', 0)} already done, {n.get('failed', 0)} failed"
           + (f" (see {log_file})" if Path(log_file).exists() else ""), file=sys.stderr)
     return 1 if strict and (n.get("failed", 0) or (log_file.exists() and len(FailureLog(log_file)))) else 0
 
+# %% ../nbs/01_preprocess.ipynb #195cac15
+def _log_index_skips(videos: pd.DataFrame, boxes_dir, shard):
+    "The files the index refused (`videos.attrs['skipped']`) that exist and belong to `shard`, logged at stage `index`."
+    log = FailureLog(failures_path(boxes_dir, shard))
+    for sk in videos.attrs.get("skipped", []):  # files the index refused (empty, unreadable, unknown name, ...)
+        if Path(sk["path"]).is_file() and in_shard(["/" + str(sk["path"])], shard)[0]: log.add(sk["path"], "index", sk["reason"])
+
+# %% ../nbs/01_preprocess.ipynb #bd212d82
 @call_parse
 def detect_cli(
     data_path: str = None,           # dataset folder (FaceForensics++ / mini-forensics layout, or DFDC)
@@ -611,20 +713,17 @@ def detect_cli(
     Under `torchrun --nproc_per_node N` each process (one per GPU) detects its share of the videos."""
     with cli_errors("deepfake-explain-detect"):
         if not data_path: raise UsageError("--data_path is required")
-        try: parse_shard(shard)
-        except ValueError as e: raise UsageError(f"--shard: {e}") from None
+        _check_shard(shard)
         videos = _index(data_path, dataset, compression)
         root = output_path or data_path
         with torchrun_group(device) as (info, dev):
-            if info.is_main:
-                log = FailureLog(failures_path(Path(root) / "boxes", shard))
-                for sk in videos.attrs.get("skipped", []):  # files the index refused (empty, unreadable, unknown name, ...)
-                    if Path(sk["path"]).is_file() and in_shard(["/" + str(sk["path"])], shard)[0]: log.add(sk["path"], "index", sk["reason"])
+            if info.is_main: _log_index_skips(videos, Path(root) / "boxes", shard)
             s = detect_dataset(videos, root, dataset, frames_per_video, every_n, landmarks, device=dev, batch_size=batch_size,
                                num_workers=workers, threads=threads or None, shard=shard, progress=info.is_main, dist_info=info)
         code = _finish("deepfake-explain-detect", s, failures_path(Path(root) / "boxes", shard), strict, info.is_main)
         if code: sys.exit(code)
 
+# %% ../nbs/01_preprocess.ipynb #62e2eb46
 @call_parse
 def crops_cli(
     data_path: str = None,           # dataset folder (as for deepfake-explain-detect)
@@ -641,8 +740,7 @@ def crops_cli(
     Under `torchrun --nproc_per_node N` each process crops its share of the videos."""
     with cli_errors("deepfake-explain-crops"):
         if not data_path or not output_path: raise UsageError("--data_path and --output_path are required")
-        try: parse_shard(shard)
-        except ValueError as e: raise UsageError(f"--shard: {e}") from None
+        _check_shard(shard)
         videos = _index(data_path, dataset, compression)
         with torchrun_group("cpu") as (info, _):  # cropping decodes and writes PNGs: CPU work, the ranks meet over gloo
             s = crop_dataset(videos, boxes_path or data_path, output_path, dataset, margin, num_workers=workers, shard=shard,
@@ -657,7 +755,6 @@ def preprocess_stage(output_root, dataset: str = "mini", data_root=None, compres
     (`data.study_video_index`) into `<output_root>/boxes` and `<output_root>/crops`; finished videos are skipped (a
     study with `nproc` > 1 has run `deepfake-explain-detect`/`-crops` under torchrun first: then every video is).
     Returns the crop index, with the detect and crop summaries' status counts in `attrs`."""
-    from deepfake_explain.data import index_crops, study_video_index
     videos = study_video_index(output_root, dataset, data_root, compression)
     det = detect_dataset(videos, output_root, dataset, frames_per_video, device=device, num_workers=num_workers)
     crp = crop_dataset(videos, output_root, Path(output_root) / "crops", dataset, num_workers=num_workers)

@@ -20,6 +20,7 @@ import pandas as pd
 import deepfake_explain
 from .core import ORIGINAL, atomic_write, cli_errors, diff_message, state_dict_diff, write_bytes_atomic
 from .metrics import binary_metrics
+from .preprocess import DistInfo, setup_distributed  # the first stage run under torchrun defines them
 from .mini_forensics import MINI_METHODS
 from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config,
                                     resolve_backbone_weights, unwrap_state_dict)
@@ -31,11 +32,10 @@ __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT
            'DEFAULT_WORKERS', 'load_train_config', 'training_config', 'set_bn_momentum', 'model_config',
            'make_optimizer', 'make_scheduler', 'bce_pos_weight', 'epoch_metrics', 'EarlyStopping', 'CheckpointError',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'read_checkpoint', 'is_training_checkpoint',
-           'CheckpointMismatchError', 'load_weights', 'read_metrics', 'append_metrics', 'plot_curves', 'DistInfo',
-           'setup_distributed', 'gather_arrays', 'precision_dtype', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch',
-           'epoch_seed', 'seed_everything', 'make_loader', 'start_epoch', 'select_method', 'limit_videos',
-           'make_datasets', 'dataset_names', 'git_commit', 'provenance', 'config_changes', 'library_versions', 'train',
-           'train_cli', 'resume_point']
+           'CheckpointMismatchError', 'load_weights', 'read_metrics', 'append_metrics', 'plot_curves', 'gather_arrays',
+           'precision_dtype', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'epoch_seed', 'seed_everything',
+           'make_loader', 'start_epoch', 'select_method', 'limit_videos', 'make_datasets', 'dataset_names',
+           'git_commit', 'provenance', 'config_changes', 'library_versions', 'train', 'train_cli', 'resume_point']
 
 # %% ../nbs/03_train.ipynb #a2eeaf27
 OPTIMIZERS = ("sgd", "adamw")
@@ -254,34 +254,6 @@ def plot_curves(rows: list[dict], path) -> Path:
     fig.tight_layout()
     buf = io.BytesIO(); fig.savefig(buf, format="png")
     return write_bytes_atomic(path, buf.getvalue())
-
-# %% ../nbs/03_train.ipynb #a93cc025
-@dataclass
-class DistInfo:
-    "This process's place in a (possibly one-process) training job."
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False   # True when `setup_distributed` created the process group
-
-    @property
-    def enabled(self) -> bool: return self.world > 1
-    @property
-    def is_main(self) -> bool: return self.rank == 0
-
-# %% ../nbs/03_train.ipynb #866f6547
-def setup_distributed(device=None) -> tuple[DistInfo, torch.device]:
-    "Join the torchrun process group (when WORLD_SIZE > 1) and pick this rank's device."
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if dist.is_available() and dist.is_initialized():
-        info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
-        return info, resolve_device(device, local_rank)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    dev = resolve_device(device, local_rank)
-    if world <= 1: return DistInfo(), dev
-    if dev.type == "cuda": torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True), dev
 
 # %% ../nbs/03_train.ipynb #ea51bb1b
 def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:
