@@ -4,31 +4,44 @@
 
 # %% ../nbs/04_evaluate.ipynb #8965d193
 from __future__ import annotations
-import io, json, math, warnings
+import hashlib, io, json, math, os, sys, time, warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.distributed as dist
+from einops import rearrange
+from fastcore.script import call_parse
 from scipy.special import expit
 from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score,
                              confusion_matrix, f1_score, roc_auc_score, roc_curve)
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .data import atomic_write, write_bytes_atomic, write_json_atomic
 from .core import UsageError, cli_errors, write_csv_atomic
+from .data import (
+    FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, atomic_write, equidistant, index_crops, resolve_device,
+    write_bytes_atomic, write_json_atomic)
 from .metrics import binary_metrics, equal_error_rate, one_class_reason
+from .model import ConfigError, build_model
+from .preprocess import FaceDetector, detect_and_crop_video, gather_rows, in_shard, shard_videos, torchrun_group
+from .train import (
+    is_training_checkpoint, load_train_config, load_weights, model_config, read_checkpoint, select_method, setup_distributed)
 
 # %% auto #0
 __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SAMPLE_COLUMNS', 'REPORT_FILES',
-           'DEMO_DATA_WARNING', 'RANDOM_BACKBONE_WARNING', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICT_STATUSES',
-           'PREDICTION_FRAME_COLUMNS', 'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores',
+           'DEMO_DATA_WARNING', 'RANDOM_BACKBONE_WARNING', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS',
+           'PREDICTION_FRAME_COLUMNS', 'PREDICT_STATUSES', 'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores',
            'synthetic_frame_scores', 'track_scores', 'video_score', 'aggregate_videos', 'strict_operating_points',
            'calibrate_threshold', 'choose_threshold', 'auc_rows', 'bootstrap_ci', 'video_metrics', 'per_method_table',
            'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure', 'score_hist_figure',
            'write_test_report', 'sample_track_frames', 'frame_probabilities', 'score_frames', 'file_sha256',
-           'check_checkpoint_path', 'detector_config', 'load_detector', 'empty_video_folders', 'cached_frame_scores',
-           'test_checkpoint', 'provenance_of', 'checkpoint_provenance', 'provenance_line', 'provenance_warning',
+           'check_checkpoint_path', 'detector_config', 'load_detector', 'provenance_of', 'checkpoint_provenance',
+           'provenance_line', 'provenance_warning', 'empty_video_folders', 'cached_frame_scores', 'test_checkpoint',
            'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops', 'verdict_from_frames',
            'predict_video', 'list_videos', 'read_predictions', 'merge_predictions', 'predict_videos', 'report_verdicts',
            'predict_cli']
@@ -58,6 +71,7 @@ def check_frame_scores(frames: pd.DataFrame, name: str = "frame scores") -> pd.D
     df["score"], df["label"], df["face"] = s, df["label"].astype(int), df["face"].astype(int)
     return df
 
+# %% ../nbs/04_evaluate.ipynb #0b29a1e4
 def synthetic_frame_scores(n_videos: int = 12, methods: Sequence[str] = ("Deepfakes", "Face2Face"),
                            frames_per_track: int = 5, two_faces_every: int = 4, separation: float = 0.5,
                            seed: int = 0, root: str = "/crops/test_set") -> pd.DataFrame:
@@ -246,6 +260,7 @@ def roc_figure(videos: pd.DataFrame):
     if ax.get_legend_handles_labels()[0]: ax.legend(loc="lower right", fontsize=8)
     return fig
 
+# %% ../nbs/04_evaluate.ipynb #12685e1f
 def confusion_figure(videos: pd.DataFrame, threshold: float):
     "Confusion matrix of `video_score > threshold` (rows: true class)."
     import seaborn as sns
@@ -256,6 +271,7 @@ def confusion_figure(videos: pd.DataFrame, threshold: float):
     ax.set(xlabel="predicted", ylabel="true", title=f"Videos, threshold {threshold:.3g}")
     return fig
 
+# %% ../nbs/04_evaluate.ipynb #e624e312
 def score_hist_figure(videos: pd.DataFrame, frames: pd.DataFrame | None, threshold: float):
     "Histograms of video (and frame) scores per class, threshold marked."
     import seaborn as sns
@@ -272,13 +288,6 @@ def score_hist_figure(videos: pd.DataFrame, frames: pd.DataFrame | None, thresho
 # %% ../nbs/04_evaluate.ipynb #84854c2a
 REPORT_FILES = dict(metrics="metrics.json", per_method="per_method.csv", videos="videos.csv", labels="labels.txt",
                     samples="samples.csv", roc="roc.png", confusion="confusion_matrix.png", histograms="score_histograms.png")
-
-def _jsonable(x):
-    if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)): return int(x)
-    if isinstance(x, (float, np.floating)): return None if not math.isfinite(float(x)) else float(x)
-    return x
 
 def write_test_report(frames: pd.DataFrame, output, rule: str = "reference", threshold: float = DEFAULT_THRESHOLD,
                       calibrate: str | None = None, val_frames: pd.DataFrame | None = None, n_boot: int = 1000,
@@ -308,19 +317,16 @@ def write_test_report(frames: pd.DataFrame, output, rule: str = "reference", thr
     write_json_atomic(out / REPORT_FILES["metrics"], _jsonable(metrics))  # last: its presence marks a complete report
     return _jsonable(metrics)
 
-# %% ../nbs/04_evaluate.ipynb #d1d0c6a4
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
+# %% ../nbs/04_evaluate.ipynb #e985c80f
+def _jsonable(x):
+    "`x` with plain JSON types only: numpy numbers as int/float, non-finite floats as None, dict keys as str."
+    if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)): return int(x)
+    if isinstance(x, (float, np.floating)): return None if not math.isfinite(float(x)) else float(x)
+    return x
 
-import torch.distributed as dist
-from .data import FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, equidistant, index_crops, resolve_device
-from .model import ConfigError, build_model
-from .train import (is_training_checkpoint, load_train_config, load_weights, model_config, read_checkpoint,
-                                    select_method, setup_distributed)
-
-# %% ../nbs/04_evaluate.ipynb #dd7df9c7
+# %% ../nbs/04_evaluate.ipynb #206ae945
 def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, split: str | None = "test",
                         methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Rows of `crop_index` to score: of `split` (None: all), of `methods` and the reals (None: all), and per
@@ -337,6 +343,14 @@ def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = FRAMES
     out.attrs["skipped"] = list(crop_index.attrs.get("skipped", []))
     return out
 
+# %% ../nbs/04_evaluate.ipynb #0c8f9279
+def frame_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    "Sigmoid of one logit per image: `logits` (B,) or (B, 1) -> (B,)."
+    if logits.ndim == 2 and logits.shape[1] == 1: logits = logits[:, 0]
+    if logits.ndim != 1: raise ValueError(f"expected one logit per image, (B,) or (B, 1), got shape {tuple(logits.shape)}")
+    return torch.sigmoid(logits.float())
+
+# %% ../nbs/04_evaluate.ipynb #44a00bff
 class _SkippingCrops(Dataset):
     "Items `(image or None, row, error or None)`: an unreadable crop becomes a recorded skip, not a crash."
     def __init__(self, ds: FaceCropDataset): self.ds = ds
@@ -350,12 +364,25 @@ def _collate_skipping(batch):
     x = torch.stack([b[0] for b in ok]) if ok else None  # (B, 3, H, W)
     return x, [b[1] for b in ok], [(b[1], b[2]) for b in batch if b[0] is None]
 
-def frame_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    "Sigmoid of one logit per image: `logits` (B,) or (B, 1) -> (B,)."
-    if logits.ndim == 2 and logits.shape[1] == 1: logits = logits[:, 0]
-    if logits.ndim != 1: raise ValueError(f"expected one logit per image, (B,) or (B, 1), got shape {tuple(logits.shape)}")
-    return torch.sigmoid(logits.float())
+# %% ../nbs/04_evaluate.ipynb #47893838
+@torch.inference_mode()
+def _score_rows(model: nn.Module, sel: pd.DataFrame, transform, batch_size: int, device: torch.device, workers: int = 0,
+                progress: bool = True) -> tuple[np.ndarray, list[dict]]:
+    "Fake probabilities (len(sel),) of the crops of `sel` (nan where unreadable) and a skip record per unreadable crop."
+    loader = DataLoader(_SkippingCrops(FaceCropDataset(sel, transform)), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_collate_skipping, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval().to(device)
+    scores, skipped = np.full(len(sel), np.nan), []
+    try:
+        for x, rows, errors in tqdm(loader, desc="scoring crops", unit="batch", disable=not progress):
+            skipped += [dict(path=sel.at[i, "path"], reason=msg) for i, msg in errors]
+            if x is None: continue
+            scores[rows] = frame_probabilities(model(x.to(device, non_blocking=True))).cpu().numpy()  # (B,)
+    finally: model.train(was_training)
+    return scores, skipped
 
+# %% ../nbs/04_evaluate.ipynb #8166ab13
 @torch.inference_mode()
 def score_frames(model: nn.Module, crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32,
                  device="cpu", image_size: int | None = None, workers: int = 0, split: str | None = "test",
@@ -364,38 +391,28 @@ def score_frames(model: nn.Module, crop_index: pd.DataFrame, frames_per_video: i
     """Frame-score table (`FRAME_COLUMNS` + split) of `model` on `frames_per_video` equidistant crops per face track
     of `split`, streamed in batches; unreadable crops are skipped and listed in `attrs['skipped']`.
     Crops go through `transform`, by default the validation transform at `image_size` (default: `model.image_size`).
-    `shard=(rank, world)` scores every `world`-th video only (one process of a distributed run)."""
+    `shard=(rank, world)` scores the videos of shard rank/world only (`preprocess.shard_videos`; one process of a distributed run)."""
     if transform is None:
         image_size = image_size or getattr(model, "image_size", None)
         if image_size is None: raise ValueError("score_frames needs `image_size` (the model's input size) or a `transform`")
         transform = ValTransform(image_size)
     sel = sample_track_frames(crop_index, frames_per_video, split, methods)
     if shard is not None:
-        rank, world = shard
-        skipped = sel.attrs["skipped"] if rank == 0 else []  # the index's skips reported once
-        sel = sel[sel.groupby(["method", "video"], sort=False).ngroup() % world == rank].reset_index(drop=True)
+        skipped = sel.attrs["skipped"] if shard[0] == 0 else []  # the index's skips reported once
+        sel = shard_videos(sel, shard).reset_index(drop=True)
         sel.attrs["skipped"] = list(skipped)
     device = resolve_device(device)  # 'cpu', 'cuda', 'cuda:N', 'auto'
-    if len(sel) == 0: return pd.DataFrame(columns=FRAME_COLUMNS + ["split"]).astype({"label": int, "face": int, "frame": int, "score": float})
-    loader = DataLoader(_SkippingCrops(FaceCropDataset(sel, transform)), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate_skipping, pin_memory=device.type == "cuda")
-    was_training = model.training
-    model.eval().to(device)
-    scores, skipped = np.full(len(sel), np.nan), list(sel.attrs["skipped"])
-    try:
-        for x, rows, errors in tqdm(loader, desc="scoring crops", unit="batch", disable=not progress):
-            skipped += [dict(path=sel.at[i, "path"], reason=msg) for i, msg in errors]
-            if x is None: continue
-            scores[rows] = frame_probabilities(model(x.to(device, non_blocking=True))).cpu().numpy()  # (B,)
-    finally: model.train(was_training)
+    if len(sel) == 0:
+        out = pd.DataFrame(columns=FRAME_COLUMNS + ["split"]).astype({"label": int, "face": int, "frame": int, "score": float})
+        out.attrs["skipped"] = list(sel.attrs["skipped"])
+        return out
+    scores, skipped = _score_rows(model, sel, transform, batch_size, device, workers, progress)
     out = sel.assign(score=scores)[~np.isnan(scores)].reset_index(drop=True)
     out = out[FRAME_COLUMNS + [c for c in out.columns if c not in FRAME_COLUMNS]]
-    out.attrs["skipped"] = skipped
+    out.attrs["skipped"] = list(sel.attrs["skipped"]) + skipped
     return out
 
-# %% ../nbs/04_evaluate.ipynb #856b0a29
-import hashlib
-
+# %% ../nbs/04_evaluate.ipynb #3d92de18
 def file_sha256(path, chunk: int = 1 << 20) -> str:
     "SHA-256 of a file, read in chunks."
     h = hashlib.sha256()
@@ -403,6 +420,7 @@ def file_sha256(path, chunk: int = 1 << 20) -> str:
         for b in iter(lambda: f.read(chunk), b""): h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/04_evaluate.ipynb #1a88d266
 def check_checkpoint_path(path) -> Path:
     "`path` as a `Path` when it is a file; a directory or a missing path raises, naming it as what it is."
     p = Path(path)
@@ -410,6 +428,7 @@ def check_checkpoint_path(path) -> Path:
     if not p.is_file(): raise FileNotFoundError(f"{p}: checkpoint file not found")
     return p
 
+# %% ../nbs/04_evaluate.ipynb #9d24e1cf
 def detector_config(model_path, config=None) -> dict:
     """The validated config of a detector: `config` (YAML path or dict, read as training reads it:
     `train.load_train_config`), or without it the config stored in a training checkpoint."""
@@ -429,119 +448,6 @@ def load_detector(model_path, config=None, device="cpu") -> tuple[nn.Module, dic
     model = build_model(model_config(cfg))
     report = load_weights(model, str(model_path), strict=True)
     return model.to(device).eval(), cfg, report
-
-def empty_video_folders(crops_root, split: str, crops: pd.DataFrame) -> list[dict]:
-    "Skip records for the video folders of `<crops_root>/<split>_set` (methods present in `crops`) that hold no crops."
-    root, have = Path(crops_root) / f"{split}_set", set(zip(crops["method"], crops["video"]))
-    out = []
-    for m in sorted(set(crops["method"])):
-        if not (root / m).is_dir(): continue
-        out += [dict(path=str(v.resolve()), reason="video folder with no face crops (no face detected?)")
-                for v in sorted((root / m).iterdir()) if v.is_dir() and not v.name.startswith(".") and (m, v.name) not in have]
-    return out
-
-def _method_selection(dataset: str | None) -> str:
-    return "All" if dataset is None or str(dataset).upper() in ("ALL", "FACEFORENSICS", "FFPP", "MINI") else str(dataset)
-
-def _read_scores(csv_path, json_path, key: dict) -> pd.DataFrame | None:
-    "The frame scores saved with `key`, or None (absent, or saved for other inputs)."
-    if not (csv_path.is_file() and json_path.is_file()): return None
-    saved = json.loads(json_path.read_text())
-    if saved.get("key") != _jsonable(key): return None
-    df = pd.read_csv(csv_path, dtype={"video": str, "method": str, "path": str, "split": str})
-    df.attrs["skipped"] = saved.get("skipped", [])
-    return df
-
-def _save_scores(csv_path, json_path, key: dict, df: pd.DataFrame):
-    write_csv_atomic(csv_path, df)
-    write_json_atomic(json_path, _jsonable({"key": key, "skipped": df.attrs["skipped"]}))
-
-def _gather_frames(df: pd.DataFrame, world: int) -> pd.DataFrame:
-    "Concatenate every rank's frame table (and skip lists) on every rank."
-    parts = [None] * world
-    dist.all_gather_object(parts, (df.to_dict("list"), df.attrs["skipped"]))
-    out = pd.concat([pd.DataFrame(d, columns=df.columns) for d, _ in parts], ignore_index=True)
-    out = out.astype(df.dtypes.to_dict()).sort_values(["method", "video", "face", "frame"], kind="stable").reset_index(drop=True)
-    out.attrs["skipped"] = [x for _, sk in parts for x in sk]
-    return out
-
-def cached_frame_scores(get_model, crops: pd.DataFrame, split: str, frames_per_video: int, out, key: dict,
-                        chunk: int = 4096, dist_info=None, **score_kwargs) -> tuple[pd.DataFrame, bool]:
-    """(frame scores of `split`, reused?): read from `out/frame_scores_<split>.csv` when its key (`key` + split, frames
-    per video, the selected crop paths) matches, else scored with `get_model()` (`score_frames`) `chunk` crops at a
-    time; finished chunks are kept in `frame_scores_<split>.partial.csv`, so an interrupted run resumes after them.
-    In a distributed run (`dist_info`: `train.DistInfo` with world > 1) each rank scores its shard of the videos,
-    every rank gets the whole table and rank 0 saves it."""
-    out = Path(out)
-    final = out / f"frame_scores_{split}.csv", out / f"frame_scores_{split}.json"
-    partial = out / f"frame_scores_{split}.partial.csv", out / f"frame_scores_{split}.partial.json"
-    sel = sample_track_frames(crops, frames_per_video, split)
-    key = dict(key, split=split, frames_per_video=frames_per_video,
-               crops=hashlib.sha256("\n".join(sel["path"]).encode()).hexdigest())
-    df = _read_scores(*final, key)
-    if df is not None: return df, True
-    if dist_info is not None and dist_info.enabled:
-        local = score_frames(get_model(), crops, frames_per_video, split=split, shard=(dist_info.rank, dist_info.world), **score_kwargs)
-        df = _gather_frames(local[FRAME_COLUMNS + ["split"]], dist_info.world)
-        if len(df) == 0: raise ValueError(f"{split} split: none of the {len(sel)} selected crops could be read")
-        if dist_info.is_main: _save_scores(*final, key, df)
-        return df, False
-    done = _read_scores(*partial, key)
-    parts, skipped = ([done] if done is not None else []), (list(done.attrs["skipped"]) if done is not None else list(sel.attrs["skipped"]))
-    todo = sel[~sel["path"].isin(done["path"])] if done is not None else sel
-    for start in range(0, len(todo), chunk):
-        part = score_frames(get_model(), todo.iloc[start:start + chunk], frames_per_video=0, split=None, **score_kwargs)
-        parts.append(part)
-        skipped += [d for d in part.attrs["skipped"] if d not in skipped]
-        df = pd.concat(parts, ignore_index=True); df.attrs["skipped"] = skipped
-        _save_scores(*partial, key, df)
-    df = pd.concat(parts, ignore_index=True).sort_values(["method", "video", "face", "frame"], kind="stable").reset_index(drop=True)
-    df.attrs["skipped"] = skipped
-    if len(df) == 0: raise ValueError(f"{split} split: none of the {len(sel)} selected crops could be read (e.g. {skipped[-1]['reason'] if skipped else '-'})")
-    _save_scores(*final, key, df)
-    for p in partial: p.unlink(missing_ok=True)
-    return df, False
-
-def test_checkpoint(model_path, config=None, data_root=None, output="results", dataset: str = "All", split: str = "test",
-                    frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32, workers: int = 0, device="auto",
-                    rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, calibrate: str | None = None,
-                    n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
-    """Score `split` of the crops under `data_root` with a checkpoint and write the test report to `<output>/test/`.
-    Under `torchrun` the videos are shared out over the processes; rank 0 writes the report (other ranks return None)."""
-    if data_root is None: raise ValueError("data_root is required: the face-crop folder (<data_root>/<split>_set/<method>/<video>/...)")
-    if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
-    check_checkpoint_path(model_path)
-    methods = _method_selection(dataset)
-    crops = select_method(index_crops(data_root), methods, str(data_root))  # cheap checks first, the model last
-    dist_info, dev = setup_distributed(device)  # one process (world 1) unless run by torchrun
-    try: return _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size,
-                                 workers, dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress)
-    finally:
-        if dist_info.owns_group:
-            dist.destroy_process_group()
-
-def _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size, workers,
-                     dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress) -> dict | None:
-    cfg = detector_config(model_path, config)
-    loaded = {}
-    def get_model():  # built and loaded only when some split has to be scored
-        if not loaded: loaded["model"], _, loaded["weights"] = load_detector(model_path, cfg, dev)
-        return loaded["model"]
-    out = Path(output) / "test"
-    key = dict(model_sha256=file_sha256(model_path), config=cfg, dataset=methods)
-    kw = dict(batch_size=batch_size, device=dev, image_size=cfg["model"]["image-size"], workers=workers,
-              progress=progress and dist_info.is_main, dist_info=dist_info)
-    frames, reused = cached_frame_scores(get_model, crops, split, frames_per_video, out, key, **kw)
-    frames.attrs["skipped"] = list(frames.attrs["skipped"]) + empty_video_folders(data_root, split, crops)
-    val = None
-    if calibrate not in (None, "", "none"): val, _ = cached_frame_scores(get_model, crops, "val", frames_per_video, out, key, **kw)
-    info = dict(model_path=str(model_path), model_sha256=key["model_sha256"], config=str(config) if config is not None else "from checkpoint",
-                data_root=str(data_root), dataset=methods, split=split, frames_per_video=frames_per_video, device=str(dev),
-                frame_scores="reused (same checkpoint, config and crops)" if reused else "scored",
-                processes=dist_info.world, model=getattr(loaded.get("model"), "meta", {}), weights=loaded.get("weights", {}),
-                provenance=(prov := checkpoint_provenance(model_path)), warning=provenance_warning(prov))
-    if not dist_info.is_main: return None
-    return write_test_report(frames, output, rule, threshold, calibrate, val, n_boot, seed, info=info)
 
 # %% ../nbs/04_evaluate.ipynb #46d37680
 DEMO_DATA_WARNING = "trained on generated demo data (mini-forensics): verdicts on real videos are not meaningful"
@@ -571,9 +477,136 @@ def provenance_warning(p: dict) -> str | None:
     w = ([DEMO_DATA_WARNING] if p.get("generated_data") else []) + ([RANDOM_BACKBONE_WARNING] if p.get("backbone_init") == "random" else [])
     return "; ".join(w) or None
 
-# %% ../nbs/04_evaluate.ipynb #ecf213f8
-from fastcore.script import call_parse
+# %% ../nbs/04_evaluate.ipynb #2bb084f4
+def empty_video_folders(crops_root, split: str, crops: pd.DataFrame) -> list[dict]:
+    "Skip records for the video folders of `<crops_root>/<split>_set` (methods present in `crops`) that hold no crops."
+    root, have = Path(crops_root) / f"{split}_set", set(zip(crops["method"], crops["video"]))
+    out = []
+    for m in sorted(set(crops["method"])):
+        if not (root / m).is_dir(): continue
+        out += [dict(path=str(v.resolve()), reason="video folder with no face crops (no face detected?)")
+                for v in sorted((root / m).iterdir()) if v.is_dir() and not v.name.startswith(".") and (m, v.name) not in have]
+    return out
 
+# %% ../nbs/04_evaluate.ipynb #225da2de
+def _read_scores(csv_path, json_path, key: dict) -> pd.DataFrame | None:
+    "The frame scores saved with `key`, or None (absent, or saved for other inputs)."
+    if not (csv_path.is_file() and json_path.is_file()): return None
+    saved = json.loads(json_path.read_text())
+    if saved.get("key") != _jsonable(key): return None
+    df = pd.read_csv(csv_path, dtype={"video": str, "method": str, "path": str, "split": str})
+    df.attrs["skipped"] = saved.get("skipped", [])
+    return df
+
+def _save_scores(csv_path, json_path, key: dict, df: pd.DataFrame):
+    write_csv_atomic(csv_path, df)
+    write_json_atomic(json_path, _jsonable({"key": key, "skipped": df.attrs["skipped"]}))
+
+# %% ../nbs/04_evaluate.ipynb #57e1fa15
+def _gather_frames(df: pd.DataFrame, info=None) -> pd.DataFrame:
+    "Every rank's frame table (and skip lists) on every rank (`preprocess.gather_rows`; `info` None: this process's), sorted."
+    parts = gather_rows(info, [(df.to_dict("list"), df.attrs["skipped"])])  # one (table, skips) per rank, in rank order
+    out = pd.concat([pd.DataFrame(d, columns=df.columns) for d, _ in parts], ignore_index=True)
+    out = out.astype(df.dtypes.to_dict()).sort_values(["method", "video", "face", "frame"], kind="stable").reset_index(drop=True)
+    out.attrs["skipped"] = [x for _, sk in parts for x in sk]
+    return out
+
+# %% ../nbs/04_evaluate.ipynb #8dc03faa
+def _score_on_all_ranks(get_model, crops: pd.DataFrame, split: str, frames_per_video: int, n_selected: int, dist_info,
+                        final: tuple[Path, Path], key: dict, **score_kwargs) -> pd.DataFrame:
+    "Each rank scores its shard of the videos (`score_frames(shard=...)`), every rank gets the whole table, rank 0 saves it to `final`."
+    local = score_frames(get_model(), crops, frames_per_video, split=split, shard=(dist_info.rank, dist_info.world), **score_kwargs)
+    df = _gather_frames(local[FRAME_COLUMNS + ["split"]], dist_info)
+    if len(df) == 0: raise ValueError(f"{split} split: none of the {n_selected} selected crops could be read")
+    if dist_info.is_main: _save_scores(*final, key, df)
+    return df
+
+def _score_in_chunks(get_model, sel: pd.DataFrame, split: str, chunk: int, final: tuple[Path, Path], partial: tuple[Path, Path],
+                     key: dict, **score_kwargs) -> pd.DataFrame:
+    "The rows `sel` scored `chunk` crops at a time after those saved in `partial` (each chunk saved there); the table saved to `final`."
+    done = _read_scores(*partial, key)
+    parts, skipped = ([done] if done is not None else []), (list(done.attrs["skipped"]) if done is not None else list(sel.attrs["skipped"]))
+    todo = sel[~sel["path"].isin(done["path"])] if done is not None else sel
+    for start in range(0, len(todo), chunk):
+        part = score_frames(get_model(), todo.iloc[start:start + chunk], frames_per_video=0, split=None, **score_kwargs)
+        parts.append(part)
+        skipped += [d for d in part.attrs["skipped"] if d not in skipped]
+        df = pd.concat(parts, ignore_index=True); df.attrs["skipped"] = skipped
+        _save_scores(*partial, key, df)
+    df = pd.concat(parts, ignore_index=True).sort_values(["method", "video", "face", "frame"], kind="stable").reset_index(drop=True)
+    df.attrs["skipped"] = skipped
+    if len(df) == 0: raise ValueError(f"{split} split: none of the {len(sel)} selected crops could be read (e.g. {skipped[-1]['reason'] if skipped else '-'})")
+    _save_scores(*final, key, df)
+    for p in partial: p.unlink(missing_ok=True)
+    return df
+
+# %% ../nbs/04_evaluate.ipynb #dd7e053a
+def cached_frame_scores(get_model, crops: pd.DataFrame, split: str, frames_per_video: int, out, key: dict,
+                        chunk: int = 4096, dist_info=None, **score_kwargs) -> tuple[pd.DataFrame, bool]:
+    """(frame scores of `split`, reused?): read from `out/frame_scores_<split>.csv` when its key (`key` + split, frames
+    per video, the selected crop paths) matches, else scored with `get_model()` (`score_frames`) `chunk` crops at a
+    time; finished chunks are kept in `frame_scores_<split>.partial.csv`, so an interrupted run resumes after them.
+    In a distributed run (`dist_info`: `train.DistInfo` with world > 1) each rank scores its shard of the videos,
+    every rank gets the whole table and rank 0 saves it."""
+    out = Path(out)
+    final = out / f"frame_scores_{split}.csv", out / f"frame_scores_{split}.json"
+    partial = out / f"frame_scores_{split}.partial.csv", out / f"frame_scores_{split}.partial.json"
+    sel = sample_track_frames(crops, frames_per_video, split)
+    key = dict(key, split=split, frames_per_video=frames_per_video,
+               crops=hashlib.sha256("\n".join(sel["path"]).encode()).hexdigest())
+    df = _read_scores(*final, key)
+    if df is not None: return df, True
+    if dist_info is not None and dist_info.enabled:
+        return _score_on_all_ranks(get_model, crops, split, frames_per_video, len(sel), dist_info, final, key, **score_kwargs), False
+    return _score_in_chunks(get_model, sel, split, chunk, final, partial, key, **score_kwargs), False
+
+# %% ../nbs/04_evaluate.ipynb #25dc2809
+def _method_selection(dataset: str | None) -> str:
+    return "All" if dataset is None or str(dataset).upper() in ("ALL", "FACEFORENSICS", "FFPP", "MINI") else str(dataset)
+
+def test_checkpoint(model_path, config=None, data_root=None, output="results", dataset: str = "All", split: str = "test",
+                    frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32, workers: int = 0, device="auto",
+                    rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, calibrate: str | None = None,
+                    n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """Score `split` of the crops under `data_root` with a checkpoint and write the test report to `<output>/test/`.
+    Under `torchrun` the videos are shared out over the processes; rank 0 writes the report (other ranks return None)."""
+    if data_root is None: raise ValueError("data_root is required: the face-crop folder (<data_root>/<split>_set/<method>/<video>/...)")
+    if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
+    check_checkpoint_path(model_path)
+    methods = _method_selection(dataset)
+    crops = select_method(index_crops(data_root), methods, str(data_root))  # cheap checks first, the model last
+    dist_info, dev = setup_distributed(device)  # one process (world 1) unless run by torchrun
+    try: return _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size,
+                                 workers, dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress)
+    finally:
+        if dist_info.owns_group:
+            dist.destroy_process_group()
+
+# %% ../nbs/04_evaluate.ipynb #226e1f4e
+def _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size, workers,
+                     dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress) -> dict | None:
+    cfg = detector_config(model_path, config)
+    loaded = {}
+    def get_model():  # built and loaded only when some split has to be scored
+        if not loaded: loaded["model"], _, loaded["weights"] = load_detector(model_path, cfg, dev)
+        return loaded["model"]
+    out = Path(output) / "test"
+    key = dict(model_sha256=file_sha256(model_path), config=cfg, dataset=methods)
+    kw = dict(batch_size=batch_size, device=dev, image_size=cfg["model"]["image-size"], workers=workers,
+              progress=progress and dist_info.is_main, dist_info=dist_info)
+    frames, reused = cached_frame_scores(get_model, crops, split, frames_per_video, out, key, **kw)
+    frames.attrs["skipped"] = list(frames.attrs["skipped"]) + empty_video_folders(data_root, split, crops)
+    val = None
+    if calibrate not in (None, "", "none"): val, _ = cached_frame_scores(get_model, crops, "val", frames_per_video, out, key, **kw)
+    info = dict(model_path=str(model_path), model_sha256=key["model_sha256"], config=str(config) if config is not None else "from checkpoint",
+                data_root=str(data_root), dataset=methods, split=split, frames_per_video=frames_per_video, device=str(dev),
+                frame_scores="reused (same checkpoint, config and crops)" if reused else "scored",
+                processes=dist_info.world, model=getattr(loaded.get("model"), "meta", {}), weights=loaded.get("weights", {}),
+                provenance=(prov := checkpoint_provenance(model_path)), warning=provenance_warning(prov))
+    if not dist_info.is_main: return None
+    return write_test_report(frames, output, rule, threshold, calibrate, val, n_boot, seed, info=info)
+
+# %% ../nbs/04_evaluate.ipynb #ecf213f8
 @call_parse
 def test_cli(model_path: str = None,             # checkpoint (train's best.pt/last.pt, or a plain state dict)
              config: str = None,                 # model YAML config (default: the one stored in a training checkpoint)
@@ -645,13 +678,7 @@ def deciding_tracks(faces, scores, rule: str = "reference", threshold: float = D
         return over[:1] if over else faces
     return [faces[int(np.argmax(scores))]] if rule == "max" else faces
 
-# %% ../nbs/04_evaluate.ipynb #e40734fb
-import os, sys, time
-from einops import rearrange
-
-PREDICT_STATUSES = ("ok", "no_face", "failed")
-PREDICTION_FRAME_COLUMNS = ["frame", "face", "x0", "y0", "x1", "y1", "det_prob", "score"]  # per-frame CSV of a verdict
-
+# %% ../nbs/04_evaluate.ipynb #93949630
 @torch.inference_mode()
 def score_crops(model: nn.Module, images: Sequence[np.ndarray], batch_size: int = 32, image_size: int | None = None) -> np.ndarray:
     """Fake probabilities (N,) of RGB uint8 face crops (each (S, S, 3), any S): validation transform at `image_size`
@@ -669,6 +696,9 @@ def score_crops(model: nn.Module, images: Sequence[np.ndarray], batch_size: int 
             out.append(frame_probabilities(model(x)).cpu().numpy())                       # (B,)
     finally: model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)
+
+# %% ../nbs/04_evaluate.ipynb #37272a8c
+PREDICTION_FRAME_COLUMNS = ["frame", "face", "x0", "y0", "x1", "y1", "det_prob", "score"]  # per-frame CSV of a verdict
 
 def verdict_from_frames(frames: pd.DataFrame, rule: str = "reference", threshold: float = DEFAULT_THRESHOLD,
                         n_sampled: int | None = None, voting: str = "main", main_ratio: float = MAIN_RATIO) -> dict:
@@ -691,6 +721,23 @@ def verdict_from_frames(frames: pd.DataFrame, rule: str = "reference", threshold
                 n_background=int((~tracks["main"]).sum()), decided_by=deciding_tracks(v.faces, v.track_scores, rule, threshold),
                 tracks=track_records(tracks))
 
+# %% ../nbs/04_evaluate.ipynb #ee0e5ed8
+def _verdict_record(path: Path, rule: str, threshold: float, voting: str, frames_per_video: int, margin: float,
+                    min_face: float) -> dict:
+    "`predict_video`'s record of the video `path` before anything is known about it: status ok, no face, no score."
+    return dict(video=path.stem, path=os.path.abspath(path), status="ok", reason=None, verdict=None, prediction=None, video_score=None,
+                n_tracks=0, faces=[], track_scores=[], voting=voting, voting_faces=[], main_face=None, n_background=0, decided_by=[],
+                tracks=[], n_frames=0, sampled_frames=[], frames_without_face=[], frames_with_face=0, n_crops=0, frames=[], rule=rule,
+                threshold=float(threshold), frames_per_video=frames_per_video, margin=margin, min_face=min_face, small_faces=0)
+
+def _frame_rows(crops: list[dict], scores) -> pd.DataFrame:
+    "Per-crop rows (`PREDICTION_FRAME_COLUMNS`) of `preprocess.detect_and_crop_video` crops and their scores."
+    return pd.DataFrame([dict(frame=c["frame"], face=c["face"], x0=c["box"][0], y0=c["box"][1], x1=c["box"][2], y1=c["box"][3],
+                              det_prob=c["box"][4], score=float(s)) for c, s in zip(crops, scores)], columns=PREDICTION_FRAME_COLUMNS)
+
+# %% ../nbs/04_evaluate.ipynb #a9889b19
+PREDICT_STATUSES = ("ok", "no_face", "failed")
+
 def predict_video(path, detector_model: nn.Module, face_detector=None, frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32,
                   rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, margin: float = 0.0,
                   image_size: int | None = None, min_face: float = 0, voting: str = "main", scorer=None,
@@ -705,14 +752,10 @@ def predict_video(path, detector_model: nn.Module, face_detector=None, frames_pe
     (05_explain's scorer keeps relevancy maps of the same pass); `keep_images` adds the sampled frames ({index: RGB}) and the crops
     under the private keys `_frames` and `_crops` (never written). A bad video does not raise: status `failed` (reason names the
     file) or `no_face`."""
-    from deepfake_explain.preprocess import FaceDetector, detect_and_crop_video
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
     path, t0 = Path(path), time.time()
-    rec = dict(video=path.stem, path=os.path.abspath(path), status="ok", reason=None, verdict=None, prediction=None, video_score=None,
-               n_tracks=0, faces=[], track_scores=[], voting=voting, voting_faces=[], main_face=None, n_background=0, decided_by=[],
-               tracks=[], n_frames=0, sampled_frames=[], frames_without_face=[], frames_with_face=0, n_crops=0, frames=[], rule=rule,
-               threshold=float(threshold), frames_per_video=frames_per_video, margin=margin, min_face=min_face, small_faces=0)
+    rec = _verdict_record(path, rule, threshold, voting, frames_per_video, margin, min_face)
     done = lambda **kw: dict(rec, **kw, seconds=round(time.time() - t0, 3))
     try: det = detect_and_crop_video(path, face_detector or FaceDetector(), frames_per_video=frames_per_video, margin=margin,
                                      with_frames=keep_images)
@@ -729,15 +772,11 @@ def predict_video(path, detector_model: nn.Module, face_detector=None, frames_pe
         why = f"all {n_found} faces found are smaller than min_face={min_face:g} px" if n_found else "no face found"
         return done(status="no_face", reason=f"{path}: {why} in any of the {len(boxes)} sampled frames")
     scores = (scorer or score_crops)(detector_model, [c["image"] for c in crops], batch_size, image_size)  # (n_crops,)
-    frames = pd.DataFrame([dict(frame=c["frame"], face=c["face"], x0=c["box"][0], y0=c["box"][1], x1=c["box"][2], y1=c["box"][3],
-                                det_prob=c["box"][4], score=float(s)) for c, s in zip(crops, scores)], columns=PREDICTION_FRAME_COLUMNS)
+    frames = _frame_rows(crops, scores)
     return done(**verdict_from_frames(frames, rule, threshold, len(boxes), voting), frames=frames.to_dict("records"))
 
-# %% ../nbs/04_evaluate.ipynb #945a31f2
+# %% ../nbs/04_evaluate.ipynb #d14ac01d
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-VERDICT_COLUMNS = ["name", "video", "path", "status", "reason", "verdict", "prediction", "video_score", "rule", "threshold", "voting",
-                   "n_tracks", "track_scores", "main_face", "decided_by", "n_background", "n_crops", "small_faces", "n_frames",
-                   "frames_with_face", "warning", "reused", "seconds", "json", "csv", "html"]
 
 def list_videos(paths_or_folder) -> list[tuple[Path, str]]:
     """(absolute path, output name) of every input video: files as given (any suffix), folders' files with a `VIDEO_SUFFIXES`
@@ -760,8 +799,14 @@ def list_videos(paths_or_folder) -> list[tuple[Path, str]]:
     dup = {n for n in names if names.count(n) > 1}
     return [(f, f.relative_to(base).as_posix() if n in dup else n) for f, n in zip(files, names)]
 
+# %% ../nbs/04_evaluate.ipynb #4de1b3a4
 def _verdict_files(output, name: str) -> tuple[Path, Path]:
     return Path(output) / "videos" / f"{name}.json", Path(output) / "videos" / f"{name}.csv"
+def _video_key(path: Path, model_sha256: str, cfg: dict, frames_per_video: int, margin: float, min_face: float) -> dict:
+    "The key a saved verdict is reused under: checkpoint, config, face settings, and the video file's size and modification time."
+    st = path.stat()
+    return dict(model_sha256=model_sha256, config=cfg, frames_per_video=frames_per_video, margin=margin,
+                min_face=min_face, video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
 
 def _reusable(json_path: Path, key: dict, rule: str, threshold: float, voting: str = "main") -> dict | None:
     "The saved verdict of `json_path` if it was made with `key` (and did not fail), re-aggregated for `rule`/`threshold`/`voting`."
@@ -773,15 +818,16 @@ def _reusable(json_path: Path, key: dict, rule: str, threshold: float, voting: s
         rec.update(verdict_from_frames(pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS), rule, threshold, rec.get("n_frames"), voting))
     return rec
 
+# %% ../nbs/04_evaluate.ipynb #c18275c7
 class _LazyFaceDetector:
     "A `preprocess.FaceDetector(**kwargs)` made on first use: MTCNN is not loaded when every video is reused or unreadable."
     def __init__(self, **kwargs): self.kwargs, self.fd = kwargs, None
     def __getattr__(self, name):
         if self.fd is None:
-            from deepfake_explain.preprocess import FaceDetector
             self.fd = FaceDetector(**self.kwargs)
         return getattr(self.fd, name)
 
+# %% ../nbs/04_evaluate.ipynb #b246be9c
 def read_predictions(path) -> pd.DataFrame | None:
     "An earlier run's summary `predictions.csv` (None when absent); a file that is not one raises, naming it."
     path = Path(path)
@@ -792,15 +838,69 @@ def read_predictions(path) -> pd.DataFrame | None:
     if "path" not in df.columns: raise ValueError(f"{path}: not a predictions table (no 'path' column); move it away or choose another output")
     return df
 
+# %% ../nbs/04_evaluate.ipynb #3095a225
 def merge_predictions(earlier: pd.DataFrame | None, now: pd.DataFrame) -> pd.DataFrame:
     "The summary of a run written into an output used before: earlier rows of other videos (by path) kept, then this run's rows."
     if earlier is None or not len(earlier): return now.reset_index(drop=True)
     keep = earlier[~earlier["path"].isin(set(now["path"]))].reindex(columns=now.columns)
     return pd.concat([keep.astype(object), now.astype(object)], ignore_index=True) if len(keep) else now.reset_index(drop=True)
 
+# %% ../nbs/04_evaluate.ipynb #7be4796f
+def _write_verdict(rec: dict, output, js: Path, cs: Path, explainer=None) -> dict:
+    "Write a verdict: `explainer`'s outputs (if any), the per-frame CSV `cs` and the JSON `js`; returns the record as written (no images)."
+    if explainer is not None: rec.update(explainer.write(rec, output))
+    rec = {k: v for k, v in rec.items() if not k.startswith("_")}  # the images stay in memory only
+    write_csv_atomic(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
+    write_json_atomic(js, _jsonable(rec))
+    return rec
+
+# %% ../nbs/04_evaluate.ipynb #d0dc8f52
+VERDICT_COLUMNS = ["name", "video", "path", "status", "reason", "verdict", "prediction", "video_score", "rule", "threshold", "voting",
+                   "n_tracks", "track_scores", "main_face", "decided_by", "n_background", "n_crops", "small_faces", "n_frames",
+                   "frames_with_face", "warning", "reused", "seconds", "json", "csv", "html"]
+
 def _summary_csv(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(track_scores=df["track_scores"].map(json.dumps), decided_by=df["decided_by"].map(json.dumps))
 
+def _write_summary(df: pd.DataFrame, output, earlier: pd.DataFrame | None, explainer, info):
+    "Rank 0 writes `<output>/predictions.csv` (`df` merged into `earlier`) and the explainer's index page; every rank waits for it."
+    if info.is_main:  # one summary (and index page), written by rank 0
+        merged = merge_predictions(earlier, _summary_csv(df))
+        write_csv_atomic(Path(output) / "predictions.csv", merged)
+        if explainer is not None: explainer.index(merged, output)
+    if info.enabled: torch.distributed.barrier()
+
+# %% ../nbs/04_evaluate.ipynb #bb2aa3c3
+def _predict_videos(videos, model_path, config, output, frames_per_video, batch_size, dev, rule, threshold, margin,
+                    face_detector, resume, progress, min_face, voting, explainer, earlier, info) -> pd.DataFrame:
+    "`predict_videos` in one process or one torchrun rank (`info`): this rank's share of `videos`, every rank's verdicts gathered."
+    model, cfg, _ = load_detector(model_path, config, dev)
+    prov = checkpoint_provenance(model_path)
+    warning = provenance_warning(prov)
+    model_info = dict(path=os.path.abspath(model_path), sha256=file_sha256(model_path), config=str(config) if config is not None else "from checkpoint")
+    face_detector = face_detector or _LazyFaceDetector(device=dev)
+    mine = in_shard([name for _, name in videos], (info.rank, info.world))  # this rank's share of the videos
+    rows = []
+    bar = tqdm([(i, v) for i, v in enumerate(videos) if mine[i]], desc="explain" if explainer else "predict", unit="video", disable=not progress)
+    for i, (path, name) in bar:
+        js, cs = _verdict_files(output, name)
+        key = _video_key(path, model_info["sha256"], cfg, frames_per_video, margin, min_face)
+        rec = _reusable(js, key, rule, threshold, voting) if resume and explainer is None else None
+        reused = rec is not None
+        if not reused:
+            rec = predict_video(path, model, face_detector, frames_per_video, batch_size, rule, threshold, margin, cfg["model"]["image-size"],
+                                min_face, voting, scorer=explainer.score if explainer else None, keep_images=explainer is not None)
+        rec.update(name=name, key=key, model=model_info, provenance=prov, warning=warning, html=None)
+        rec = _write_verdict(rec, output, js, cs, explainer)
+        rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i))
+        bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
+    rows = sorted(gather_rows(info, rows), key=lambda r: r["_i"])  # every rank's verdicts, in input order
+    df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    _write_summary(df, output, earlier, explainer, info)
+    df.attrs.update(provenance=prov, warning=warning, rank=info.rank, processes=info.world)
+    return df
+
+# %% ../nbs/04_evaluate.ipynb #3ef773ad
 def predict_videos(paths_or_folder, model_path, config=None, output="predictions", frames_per_video: int = FRAMES_PER_VIDEO,
                    batch_size: int = 32, device="auto", rule: str = "reference", threshold: float = DEFAULT_THRESHOLD,
                    margin: float = 0.0, face_detector=None, resume: bool = True, progress: bool = True,
@@ -813,7 +913,6 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
     and writes each video's explained outputs and `<output>/index.html`; explained videos are never reused.
     Under torchrun each rank (one per GPU) does its share of the videos (`preprocess.in_shard` of their names), every
     rank returns the whole run's summary (`attrs['rank']`: this one's) and rank 0 writes `predictions.csv`."""
-    from deepfake_explain.preprocess import torchrun_group
     if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
     if not math.isfinite(threshold): raise ValueError(f"threshold must be a finite number, got {threshold!r}")
@@ -826,44 +925,7 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
         return _predict_videos(videos, model_path, config, output, frames_per_video, batch_size, dev, rule, threshold, margin,
                                face_detector, resume, progress and info.is_main, min_face, voting, explainer, earlier, info)
 
-def _predict_videos(videos, model_path, config, output, frames_per_video, batch_size, dev, rule, threshold, margin,
-                    face_detector, resume, progress, min_face, voting, explainer, earlier, info) -> pd.DataFrame:
-    from deepfake_explain.preprocess import gather_rows, in_shard
-    model, cfg, _ = load_detector(model_path, config, dev)
-    prov = checkpoint_provenance(model_path)
-    warning = provenance_warning(prov)
-    model_info = dict(path=os.path.abspath(model_path), sha256=file_sha256(model_path), config=str(config) if config is not None else "from checkpoint")
-    face_detector = face_detector or _LazyFaceDetector(device=dev)
-    mine = in_shard([name for _, name in videos], (info.rank, info.world))  # this rank's share of the videos
-    rows = []
-    bar = tqdm([(i, v) for i, v in enumerate(videos) if mine[i]], desc="explain" if explainer else "predict", unit="video", disable=not progress)
-    for i, (path, name) in bar:
-        js, cs = _verdict_files(output, name)
-        st = path.stat()
-        key = dict(model_sha256=model_info["sha256"], config=cfg, frames_per_video=frames_per_video, margin=margin,
-                   min_face=min_face, video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
-        rec = _reusable(js, key, rule, threshold, voting) if resume and explainer is None else None
-        reused = rec is not None
-        if not reused:
-            rec = predict_video(path, model, face_detector, frames_per_video, batch_size, rule, threshold, margin, cfg["model"]["image-size"],
-                                min_face, voting, scorer=explainer.score if explainer else None, keep_images=explainer is not None)
-        rec.update(name=name, key=key, model=model_info, provenance=prov, warning=warning, html=None)
-        if explainer is not None: rec.update(explainer.write(rec, output))
-        rec = {k: v for k, v in rec.items() if not k.startswith("_")}  # the images stay in memory only
-        write_csv_atomic(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
-        write_json_atomic(js, _jsonable(rec))
-        rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i))
-        bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
-    rows = sorted(gather_rows(info, rows), key=lambda r: r["_i"])  # every rank's verdicts, in input order
-    df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-    if info.is_main:  # one summary (and index page), written by rank 0
-        merged = merge_predictions(earlier, _summary_csv(df))
-        write_csv_atomic(Path(output) / "predictions.csv", merged)
-        if explainer is not None: explainer.index(merged, output)
-    if info.enabled: torch.distributed.barrier()
-    df.attrs.update(provenance=prov, warning=warning, rank=info.rank, processes=info.world)
-    return df
-
+# %% ../nbs/04_evaluate.ipynb #0938b802
 def report_verdicts(df: pd.DataFrame, prog: str, output) -> int:
     """Print the detector's provenance (and warning) once, one line per verdict (with the warning), and the run's summary,
     ending with `N of M videos failed` when some got no verdict (unreadable or without a face); returns N."""

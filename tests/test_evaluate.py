@@ -12,6 +12,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              roc_auc_score, roc_curve)
 
 from deepfake_explain import evaluate as ev
+from deepfake_explain.preprocess import in_shard
 from conftest import TINY  # the small detector shared by the tests
 
 
@@ -268,6 +269,8 @@ def test_real_face_crops(shared_data, tmp_path):
 def test_torchrun_shares_videos_out(tmp_path):
     "Two CPU processes (gloo) under torchrun: same frame scores and report as one process, written once by rank 0."
     root = make_crops(tmp_path / "crops", splits=("test",))
+    keys = {f"{p.parent.name}/{p.name}" for p in root.glob("test_set/*/*")}  # <method>/<video>, the sharding key
+    assert all(in_shard(sorted(keys), (r, 2)).any() for r in range(2)), "both ranks must get videos"
     save_tiny_checkpoint(tmp_path / "tiny.pt")
     kw = dict(frames_per_video=3, batch_size=4, device="cpu", n_boot=30, progress=False)
     one = ev.test_checkpoint(tmp_path / "tiny.pt", None, root, tmp_path / "one", **kw)
