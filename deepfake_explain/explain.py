@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_explain.ipynb #8d852476
 from __future__ import annotations
-import base64, contextlib, copy, html, io, json, math, os, sys, textwrap, time, warnings
+import base64, contextlib, copy, hashlib, html, io, json, math, os, shutil, sys, textwrap, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from fastcore.script import call_parse
 from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
 
 from .data import ORIGINAL, ImageReadError, ValTransform, atomic_write, index_crops, read_image_rgb, resolve_device
 from .data import mask_source, read_mask_frames, write_bytes_atomic, write_json_atomic
@@ -24,7 +25,8 @@ from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, REPORT_FILES, RULES,
                                        provenance_line, provenance_warning, report_verdicts, video_score)
 from .core import UsageError, cli_errors, write_csv_atomic
 from .model import record_attention
-from .preprocess import VideoReadError, boxes_path, crop_face, open_video, read_boxes, read_frames, square_box
+from .preprocess import (VideoReadError, boxes_path, crop_face, gather_rows, open_video, read_boxes, read_frames,
+                                         square_box, torchrun_group)
 
 # %% auto #0
 __all__ = ['TARGETS', 'METHODS', 'FRACTIONS', 'LOCALISATION_COLUMNS', 'PER_IMAGE_COLUMNS', 'QUALITY_COLUMNS', 'HIGHER_IS_BETTER',
@@ -33,17 +35,18 @@ __all__ = ['TARGETS', 'METHODS', 'FRACTIONS', 'LOCALISATION_COLUMNS', 'PER_IMAGE
            'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'normalize_maps', 'scores_to_maps',
            'gradcam', 'input_saliency', 'fused_map', 'random_scores', 'token_scores', 'explain_batch', 'explain',
            'relevancy', 'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'pointing_game',
-           'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'per_image_aucs',
-           'explanation_quality', 'paired_differences', 'pixel_order', 'top_pixels', 'restoration_curves', 'curve_aucs',
-           'noisy_linear_impute', 'road_curves', 'randomisation_steps', 'reinitialise_', 'cascading_randomisation',
-           'rank_correlation', 'sanity_check', 'original_video_path', 'original_crops', 'overlay_jet', 'classification',
-           'figure_title', 'figure_png', 'explained_figure', 'gallery_figure', 'faces_to_batch', 'rank_batches',
-           'explain_faces', 'explain_samples', 'explain_folder', 'explain_video', 'predict_faces', 'VideoExplainer',
-           'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'data_uri',
-           'video_page_html', 'index_html', 'write_explained_video', 'explain_cli', 'crop_mask', 'masks_for_crops',
-           'quality_batch', 'quality_table', 'quality_images', 'files_digest', 'model_fingerprint',
+           'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'per_image_aucs', 'quality_batch',
+           'quality_table', 'explanation_quality', 'paired_differences', 'pixel_order', 'top_pixels',
+           'restoration_curves', 'curve_aucs', 'noisy_linear_impute', 'road_curves', 'randomisation_steps',
+           'reinitialise_', 'cascading_randomisation', 'rank_correlation', 'sanity_check', 'original_video_path',
+           'original_crops', 'overlay_jet', 'classification', 'figure_title', 'figure_png', 'explained_figure',
+           'gallery_figure', 'faces_to_batch', 'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder',
+           'explain_video', 'predict_faces', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri',
+           'evidence_crops', 'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video',
+           'explain_cli', 'crop_mask', 'masks_for_crops', 'quality_images', 'files_digest', 'model_fingerprint',
            'perturbation_figure', 'study_quality', 'sanity_summary', 'identity_note', 'restoration_informative',
-           'validity_figure', 'sanity_figure', 'study_validity', 'explain_stage']
+           'validity_figure', 'sanity_figure', 'validity_inputs', 'restoration_test', 'evenly', 'validity_per_image',
+           'study_validity', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #9dd1c4ce
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -369,18 +372,49 @@ def per_image_aucs(curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"pos_auc_prob": aucs["positive"], "neg_auc_prob": aucs["negative"]}).rename_axis("image").reset_index()
 
 # %% ../nbs/05_explain.ipynb #9e891e43
-def _method_summary(method: str, n: int, curves: list, loc: list) -> tuple:
-    "(table row, curves with a `method` column, per-image rows) of `method` from its per-batch curves and localisation frames."
-    c = pd.concat(curves, ignore_index=True).assign(method=method)
-    l = pd.concat(loc, ignore_index=True) if loc else pd.DataFrame(columns=LOCALISATION_COLUMNS + ["image"])
-    row = dict(method=method, n_images=n, **perturbation_summary(c), n_masks=len(l),
+def _method_summary(method: str, c: pd.DataFrame, l: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    "(table row, per-image rows) of `method` from its curves `c` and localisation rows `l` (the images with a mask)."
+    row = dict(method=method, n_images=c["image"].nunique(), **perturbation_summary(c), n_masks=len(l),
                **{k: float(pd.to_numeric(l[k]).mean()) if len(l) else float("nan") for k in LOCALISATION_COLUMNS})
-    return row, c, per_image_aucs(c).merge(l, on="image", how="left").assign(method=method)
+    return row, per_image_aucs(c).merge(l.astype({"image": int}), on="image", how="left").assign(method=method)
 
-# %% ../nbs/05_explain.ipynb #4259c037
+# %% ../nbs/05_explain.ipynb #6d74a4a0
 QUALITY_COLUMNS = ["method", "n_images", "pos_auc_prob", "neg_auc_prob", "pos_auc_acc", "neg_auc_acc", "n_masks",
                    "pointing_game", "mass_in_mask", "mask_fraction", "pixel_auroc"]
 
+# %% ../nbs/05_explain.ipynb #31df3b3f
+def quality_batch(model, x, labels=None, masks=None, methods=METHODS, target="fake", fractions=FRACTIONS, replace="zero",
+                  threshold=DEFAULT_THRESHOLD, seed=0, size=None, images=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One batch of the quality table: images `x` (b, 3, H, W), `labels` (b,) or None, `masks` (per image an array or
+    None) or None -> (perturbation curves, localisation rows of the images with a mask), both with `image` (numbered
+    `images`, default 0..b-1) and `method` columns. The backbone runs once for every method."""
+    images = np.arange(len(x)) if images is None else np.asarray(images)
+    cache = backbone_cache(model, x)
+    keep = [] if masks is None else [i for i, m in enumerate(masks) if m is not None]
+    curves, loc = [], []
+    for method in methods:
+        sc, maps, _ = explain_batch(model, x, method, target, size=size, seed=seed, cache=cache)
+        curves.append(perturbation_curves(model, x, sc, labels, fractions, replace, threshold, tokens=cache["tokens"])
+                      .assign(image=lambda d: images[d["image"]], method=method))
+        if keep: loc.append(localisation_metrics(maps[keep], [masks[i] for i in keep]).assign(image=images[keep], method=method))
+    loc = pd.concat(loc, ignore_index=True) if loc else pd.DataFrame(columns=[*LOCALISATION_COLUMNS, "image", "method"])
+    return pd.concat(curves, ignore_index=True), loc
+
+# %% ../nbs/05_explain.ipynb #d3cd25c9
+def quality_table(parts, methods=METHODS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison table (one row per method, `QUALITY_COLUMNS`; per-image AUCs and localisation in `attrs["per_image"]`)
+    and the curves, from every batch's `(curves, localisation)` (`quality_batch`), in batch order."""
+    rows, all_curves, per_image = [], [], []
+    for method in methods:
+        c = pd.concat([cv[cv["method"] == method] for cv, _ in parts], ignore_index=True)
+        l = pd.concat([lc[lc["method"] == method] for _, lc in parts], ignore_index=True).drop(columns="method")
+        row, pi = _method_summary(method, c, l)
+        rows.append(row); all_curves.append(c); per_image.append(pi)
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    table.attrs["per_image"] = pd.concat(per_image, ignore_index=True)[PER_IMAGE_COLUMNS]
+    return table, pd.concat(all_curves, ignore_index=True)
+
+# %% ../nbs/05_explain.ipynb #da642a80
 def explanation_quality(model, x, labels=None, masks=None, methods=METHODS, target="fake", fractions=FRACTIONS,
                         replace="zero", threshold=DEFAULT_THRESHOLD, seed=0, batch_size=16, size=None):
     """Compare `methods` on images `x` (B, 3, H, W) RGB 0..255 with `labels` (B,) (default: the model's own
@@ -391,24 +425,10 @@ def explanation_quality(model, x, labels=None, masks=None, methods=METHODS, targ
     if masks is not None and len(masks) != n: raise ValueError(f"{len(masks)} masks for {n} images")
     for m in methods: _check_call(x[:1], m)
     labels = None if labels is None else torch.as_tensor(np.asarray(labels)).reshape(-1)
-    curves, loc = {m: [] for m in methods}, {m: [] for m in methods}
-    for s in range(0, n, batch_size):
-        xb = x[s:s + batch_size]
-        cache = backbone_cache(model, xb)  # the backbone once per batch
-        yb = None if labels is None else labels[s:s + batch_size]
-        keep = [] if masks is None else [i for i, m in enumerate(masks[s:s + batch_size]) if m is not None]
-        for method in methods:
-            sc, maps, _ = explain_batch(model, xb, method, target, size=size, seed=seed + s, cache=cache)
-            curves[method].append(perturbation_curves(model, xb, sc, yb, fractions, replace, threshold, tokens=cache["tokens"])
-                                  .assign(image=lambda d: d["image"] + s))
-            if keep: loc[method].append(localisation_metrics(maps[keep], [masks[s + i] for i in keep]).assign(image=[s + i for i in keep]))
-    rows, all_curves, per_image = [], [], []
-    for method in methods:
-        row, c, pi = _method_summary(method, n, curves[method], loc[method])
-        rows.append(row); all_curves.append(c); per_image.append(pi)
-    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
-    table.attrs["per_image"] = pd.concat(per_image, ignore_index=True)[PER_IMAGE_COLUMNS]
-    return table, pd.concat(all_curves, ignore_index=True)
+    parts = [quality_batch(model, x[s:s + batch_size], None if labels is None else labels[s:s + batch_size],
+                           None if masks is None else masks[s:s + batch_size], methods, target, fractions, replace, threshold,
+                           seed + s, size, range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    return quality_table(parts, methods)
 
 # %% ../nbs/05_explain.ipynb #4e706df7
 HIGHER_IS_BETTER = {"pos_auc_prob": False, "neg_auc_prob": True, "pointing_game": True, "mass_in_mask": True, "pixel_auroc": True,
@@ -709,12 +729,6 @@ def gallery_figure(faces, heats, captions, ncols: int = 4, title: str = ""):
     if title: fig.suptitle(title, fontsize=9)
     return fig
 
-# %% ../nbs/05_explain.ipynb #7c0f8156
-import hashlib, shutil
-from tqdm import tqdm
-from .data import index_crops, resolve_device
-from .preprocess import gather_rows, torchrun_group
-
 # %% ../nbs/05_explain.ipynb #0f7312d3
 EXPLANATION_COLUMNS = ["name", "path", "label", "manipulation", "video_prob", "frame_prob", "classification",
                        "method", "layout", "figure", "map", "warning"]
@@ -803,7 +817,7 @@ def explain_faces(model, faces, names, output, methods=("relevancy",), labels=No
         write_csv_atomic(index, table)
     return table
 
-# %% ../nbs/05_explain.ipynb #9f4a6454
+# %% ../nbs/05_explain.ipynb #57844755
 def _threshold_near(csv_path) -> float:
     "The evaluation threshold from `metrics.json` beside the samples CSV, else `DEFAULT_THRESHOLD`."
     m = Path(csv_path).parent / "metrics.json"
@@ -836,6 +850,7 @@ def explain_samples(samples_csv, model, output, methods=("relevancy",), images_d
     table["path"] = table["name"].map(dict(zip(names, map(str, [paths[i] for i in keep])))).fillna(table["path"])  # earlier rows keep theirs
     return _finish_explained(output, table, skipped, dist_info)
 
+# %% ../nbs/05_explain.ipynb #4ca632a0
 def _finish_explained(output, table, skipped, dist_info=None) -> pd.DataFrame:
     "The table with its paths and the skipped images written (by rank 0), `attrs[\"skipped\"]` set."
     if dist_info is None or dist_info.is_main:
@@ -1185,7 +1200,7 @@ def _methods_arg(methods: str) -> tuple:
     if bad or not ms: raise ValueError(f"--methods: unknown {bad or methods!r}; choose from {', '.join(METHODS)} (comma-separated)")
     return ms
 
-# %% ../nbs/05_explain.ipynb #59c068bc
+# %% ../nbs/05_explain.ipynb #0745f062
 def _explain_videos(video, model_path, config, output, ms, target, batch_size, dev, frames_per_video, rule, voting, evidence, thr, prog) -> int:
     "--video: explained videos through `predict_videos` (shared out under torchrun); the exit status."
     ex = VideoExplainer(k=evidence, method=ms[0], target=target, explain_batch=batch_size or 8)
@@ -1196,6 +1211,7 @@ def _explain_videos(video, model_path, config, output, ms, target, batch_size, d
         print(f"explained {len(df) - bad} of {len(df)} videos -> {Path(output) / 'index.html'}")
     return int(bad == len(df))
 
+# %% ../nbs/05_explain.ipynb #c74d3aa6
 def _quality_cli(model, crops, data_root, boxes, output, ms, split, max_images, batch_size, seed, dev, info) -> str | None:
     "--crops: the quality table (`study_quality`); the line rank 0 prints."
     table, _ = study_quality(model, crops, data_root, boxes or Path(crops).parent, output, ms, split, max_images,
@@ -1208,6 +1224,40 @@ def _quality_cli(model, crops, data_root, boxes, output, ms, split, max_images, 
     return (f"quality table: {int(table['n_images'].max())} fake crops of {split} x {len(ms)} method(s), {how} -> "
             f"{Path(output) / 'explanation' / 'quality.csv'}" + (f"; {len(sk)} unreadable crops skipped" if sk else ""))
 
+# %% ../nbs/05_explain.ipynb #7c64a676
+def _check_explain_args(samples, images, video, crops, model_path, target, rule, voting, frames_per_video, evidence,
+                        batch_size, max_images, methods) -> tuple:
+    "The command line's checks (`UsageError`: exit status 2); the methods asked for."
+    if sum(a is not None for a in (samples, images, video, crops)) != 1: raise UsageError("give exactly one of --samples, --images, --video, --crops")
+    if target not in TARGETS: raise UsageError(f"--target must be one of {TARGETS}, got {target!r}")
+    if not model_path: raise UsageError("--model_path is required (a training checkpoint, or a state dict with --config)")
+    if rule not in RULES or voting not in VOTING: raise UsageError(f"--rule must be one of {RULES} and --voting one of {VOTING}")
+    if frames_per_video < 1 or evidence < 0 or (batch_size is not None and batch_size < 1) or (max_images is not None and max_images < 1):
+        raise UsageError("--frames_per_video, --batch_size and --max_images must be >= 1, --evidence >= 0")
+    try: return _methods_arg(methods)
+    except ValueError as e: raise UsageError(str(e)) from None
+
+# %% ../nbs/05_explain.ipynb #6ca5294b
+def _explain_faces_cli(samples, images, crops, model_path, config, output, ms, target, threshold, images_dir, batch_size,
+                       device, split, data_root, boxes, max_images, seed) -> int:
+    "--samples, --images or --crops, under torchrun when launched so (`torchrun_group`); rank 0 prints what was done."
+    with torchrun_group(device) as (info, dev):
+        model, _, _ = load_detector(model_path, config, dev)
+        prov = checkpoint_provenance(model_path)
+        warn = provenance_warning(prov)
+        if info.is_main: print(provenance_line(prov) + (f"\nWARNING: {warn}" if warn else ""))
+        if crops: line = _quality_cli(model, crops, data_root, boxes, output, ms, split, max_images, batch_size, seed, dev, info)
+        else:
+            kw = dict(methods=ms, target=target, batch_size=batch_size or 8, device=dev, warning=warn, dist_info=info)
+            if samples: table = explain_samples(samples, model, output, images_dir=images_dir, threshold=threshold, **kw)
+            else: table = explain_folder(images, model, output, threshold=DEFAULT_THRESHOLD if threshold is None else threshold, **kw)
+            sk = table.attrs.get("skipped", [])
+            line = (f"explained {len(table.attrs.get('names', []))} images x {len(ms)} method(s) -> {Path(output) / 'explanation'}"
+                    + (f"; {len(sk)} skipped (see skipped.json)" if sk else ""))
+    if info.is_main and line: print(line)
+    return 0
+
+# %% ../nbs/05_explain.ipynb #57a28c10
 @call_parse
 def explain_cli(
     samples: str = None,        # evaluation samples CSV (04_evaluate's test/samples.csv)
@@ -1233,57 +1283,32 @@ def explain_cli(
     max_images: int = None,     # with --crops: at most this many fake crops, evenly spread (default: all)
     seed: int = 0,              # seed of the random baseline
 ):
-    """Relevancy maps and explained figures for evaluation samples, a folder of faces or explained videos; or the
-    explanation-quality table of a crop tree (--crops). Counts are this run's. Exit status: 0 done, 1 failed (a bad
-    input or checkpoint; --video: every video failed), 2 bad command line. Under `torchrun --nproc_per_node N` every mode
-    shares its work out over the processes (--video: the videos, as deepfake-explain-predict; the others: batches of
-    faces), and rank 0 writes the tables and reports; an interrupted --crops run resumes after its finished batches."""
+    """Explained figures of evaluation samples or a folder of faces, explained videos, or the explanation-quality table of a
+    crop tree. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line.
+    Under `torchrun --nproc_per_node N` the work is shared out (videos, or batches of faces) and rank 0 writes and reports."""
     prog = "deepfake-explain-explain"
     with cli_errors(prog):
-        if sum(a is not None for a in (samples, images, video, crops)) != 1: raise UsageError("give exactly one of --samples, --images, --video, --crops")
-        if target not in TARGETS: raise UsageError(f"--target must be one of {TARGETS}, got {target!r}")
-        if not model_path: raise UsageError("--model_path is required (a training checkpoint, or a state dict with --config)")
-        if rule not in RULES or voting not in VOTING: raise UsageError(f"--rule must be one of {RULES} and --voting one of {VOTING}")
-        if frames_per_video < 1 or evidence < 0 or (batch_size is not None and batch_size < 1) or (max_images is not None and max_images < 1):
-            raise UsageError("--frames_per_video, --batch_size and --max_images must be >= 1, --evidence >= 0")
-        try: ms = _methods_arg(methods)
-        except ValueError as e: raise UsageError(str(e)) from None
+        ms = _check_explain_args(samples, images, video, crops, model_path, target, rule, voting, frames_per_video, evidence,
+                                 batch_size, max_images, methods)
         thr = DEFAULT_THRESHOLD if threshold is None else threshold
         if video: code = _explain_videos(video, model_path, config, output, ms, target, batch_size, resolve_device(device),
                                          frames_per_video, rule, voting, evidence, thr, prog)
-        else:
-            with torchrun_group(device) as (info, dev):
-                model, _, _ = load_detector(model_path, config, dev)
-                prov = checkpoint_provenance(model_path)
-                warn = provenance_warning(prov)
-                if info.is_main: print(provenance_line(prov) + (f"\nWARNING: {warn}" if warn else ""))
-                if crops: line = _quality_cli(model, crops, data_root, boxes, output, ms, split, max_images, batch_size, seed, dev, info)
-                else:
-                    kw = dict(methods=ms, target=target, batch_size=batch_size or 8, device=dev, warning=warn, dist_info=info)
-                    if samples: table = explain_samples(samples, model, output, images_dir=images_dir, threshold=threshold, **kw)
-                    else: table = explain_folder(images, model, output, threshold=thr, **kw)
-                    sk = table.attrs.get("skipped", [])
-                    line = (f"explained {len(table.attrs.get('names', []))} images x {len(ms)} method(s) -> {Path(output) / 'explanation'}"
-                            + (f"; {len(sk)} skipped (see skipped.json)" if sk else "")) if info.is_main else None
-            code = 0
-            if line: print(line)
+        else: code = _explain_faces_cli(samples, images, crops, model_path, config, output, ms, target, threshold, images_dir,
+                                        batch_size, device, split, data_root, boxes, max_images, seed)
     if code: sys.exit(code)
 
-# %% ../nbs/05_explain.ipynb #0c2afd62
+# %% ../nbs/05_explain.ipynb #ee33b947
 def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:
     "The mask (size, size) bool of the face crop cut at `box` from a frame whose mask is `mask_frame` (H, W)."
-    from deepfake_explain.preprocess import crop_face
     m = crop_face(np.asarray(mask_frame), box, margin)  # (S, S)
     m3 = np.repeat((m > 127).astype(np.uint8)[..., None] * 255, 3, axis=2)
     return ValTransform(size)(m3)[..., 0] > 127
 
+# %% ../nbs/05_explain.ipynb #48f35883
 def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float = 0.0) -> list:
     """Per crop `<...>/<method>/<video>/<frame>_<face>.png`: its ground-truth mask (size, size) bool, or None where the
     dataset has none (reals, methods without masks), the box is missing, or the mask is unreadable (a warning names it).
     Masks are read by `data.read_mask_frames`: mini-forensics' per-frame PNGs or FF++'s own mask videos."""
-    import warnings
-    from deepfake_explain.data import mask_source, read_mask_frames
-    from deepfake_explain.preprocess import boxes_path, read_boxes
     out, jobs = [None] * len(crop_paths), {}
     for i, p in enumerate(map(Path, crop_paths)):
         frame, face = (int(v) for v in p.stem.split("_")[:2])
@@ -1298,39 +1323,6 @@ def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float 
         except ValueError as e: warnings.warn(f"no masks for {method}/{video}: {e}"); continue
         for i, f, box in need: out[i] = crop_mask(frames[f].astype(np.uint8) * 255, box, size, margin)
     return out
-
-# %% ../nbs/05_explain.ipynb #52811782
-def quality_batch(model, x, labels=None, masks=None, methods=METHODS, target="fake", fractions=FRACTIONS, replace="zero",
-                  threshold=DEFAULT_THRESHOLD, seed=0, size=None, images=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One batch of the quality table: images `x` (b, 3, H, W), `labels` (b,) or None, `masks` (per image an array or
-    None) or None -> (perturbation curves, localisation rows of the images with a mask), both with `image` (numbered
-    `images`, default 0..b-1) and `method` columns. The backbone runs once for every method."""
-    images = np.arange(len(x)) if images is None else np.asarray(images)
-    cache = backbone_cache(model, x)
-    keep = [] if masks is None else [i for i, m in enumerate(masks) if m is not None]
-    curves, loc = [], []
-    for method in methods:
-        sc, maps, _ = explain_batch(model, x, method, target, size=size, seed=seed, cache=cache)
-        curves.append(perturbation_curves(model, x, sc, labels, fractions, replace, threshold, tokens=cache["tokens"])
-                      .assign(image=lambda d: images[d["image"]], method=method))
-        if keep: loc.append(localisation_metrics(maps[keep], [masks[i] for i in keep]).assign(image=images[keep], method=method))
-    loc = pd.concat(loc, ignore_index=True) if loc else pd.DataFrame(columns=[*LOCALISATION_COLUMNS, "image", "method"])
-    return pd.concat(curves, ignore_index=True), loc
-
-def quality_table(parts, methods=METHODS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The comparison table (one row per method, `QUALITY_COLUMNS`; per-image AUCs and localisation in `attrs["per_image"]`)
-    and the curves, from every batch's `(curves, localisation)` (`quality_batch`), in batch order."""
-    rows, all_curves, per_image = [], [], []
-    for method in methods:
-        c = pd.concat([cv[cv["method"] == method] for cv, _ in parts], ignore_index=True)
-        l = pd.concat([lc[lc["method"] == method] for _, lc in parts], ignore_index=True).drop(columns="method")
-        rows.append(dict(method=method, n_images=c["image"].nunique(), **perturbation_summary(c), n_masks=len(l),
-                         **{k: float(pd.to_numeric(l[k]).mean()) if len(l) else float("nan") for k in LOCALISATION_COLUMNS}))
-        all_curves.append(c)
-        per_image.append(per_image_aucs(c).merge(l.astype({"image": int}), on="image", how="left").assign(method=method))
-    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
-    table.attrs["per_image"] = pd.concat(per_image, ignore_index=True)[PER_IMAGE_COLUMNS]
-    return table, pd.concat(all_curves, ignore_index=True)
 
 # %% ../nbs/05_explain.ipynb #20b287a9
 def quality_images(crops_root, split: str = "test", max_images: int | None = None) -> pd.DataFrame:
@@ -1373,7 +1365,7 @@ def perturbation_figure(curves: pd.DataFrame):
     axs[0].legend(fontsize=8)
     return fig
 
-# %% ../nbs/05_explain.ipynb #462d309b
+# %% ../nbs/05_explain.ipynb #56351d47
 QUALITY_PARTS = "quality_parts"  # <output>/explanation/quality_parts/: the finished batches of a pass under way
 
 def _part_files(parts_dir: Path, start: int) -> tuple[Path, Path, Path]:
@@ -1389,6 +1381,7 @@ def _load_part(parts_dir, start: int):
     read = lambda p: pd.read_csv(p) if p.stat().st_size > 1 else pd.DataFrame()  # a batch with no readable crop: empty
     return read(c), read(l), json.loads(s.read_text())
 
+# %% ../nbs/05_explain.ipynb #6b13c73f
 def _read_key(path):
     try: return json.loads(Path(path).read_text()).get("key")
     except (OSError, ValueError): return None
@@ -1402,6 +1395,7 @@ def _reuse_quality(out: Path, key: dict):
                        reused=True)
     return table, curves
 
+# %% ../nbs/05_explain.ipynb #c64ef362
 def _write_quality(out: Path, fakes: pd.DataFrame, key: dict, parts: list, methods, seed: int):
     "Rank 0 at the end of a pass: the table assembled from every batch's part and written with its key; the parts removed."
     skipped = [d for *_, sk in parts for d in sk]
@@ -1465,7 +1459,7 @@ def sanity_summary(sanity: pd.DataFrame) -> pd.DataFrame:
     t = sanity.groupby(["method", "step"], sort=False)["spearman"].mean().unstack()[steps]
     return t.reset_index().rename_axis(columns=None)
 
-# %% ../nbs/05_explain.ipynb #38103c71
+# %% ../nbs/05_explain.ipynb #c3985a4f
 def identity_note(data_root) -> dict:
     "Whether the dataset's test identities are held out from training (`manifest.json` of mini-forensics), with a plain statement."
     try: man = json.loads((Path(data_root) / "manifest.json").read_text())
@@ -1478,6 +1472,7 @@ def identity_note(data_root) -> dict:
                 statement=f"the test split shares identities with training ({', '.join(shared) or 'unknown'}): "
                           "these are within-identity figures, not evidence of generalisation to new people")
 
+# %% ../nbs/05_explain.ipynb #fc3b001d
 def restoration_informative(per_image: pd.DataFrame, min_gap: float = 0.05, seed: int = 0) -> dict:
     """Is the restoration test informative? The oracle (ground-truth mask restored first) must beat the random order by
     at least `min_gap` of AUC on average, with the paired bootstrap CI of (random - oracle) above 0."""
@@ -1491,6 +1486,7 @@ def restoration_informative(per_image: pd.DataFrame, min_gap: float = 0.05, seed
     return dict(informative=ok, n_images=len(d), oracle_auc=float(w["oracle"].mean()), random_auc=float(w["random"].mean()),
                 gap=float(d.mean()), gap_ci=[lo, hi], min_gap=min_gap)
 
+# %% ../nbs/05_explain.ipynb #c8093d34
 _REF_STYLE = {"oracle": dict(color="k", ls="--"), "random": dict(color="grey", ls=":")}  # the two reference orders
 
 def validity_figure(curves: pd.DataFrame, xlabel: str, title: str, panels=(None,)):
@@ -1521,18 +1517,11 @@ def sanity_figure(sanity: pd.DataFrame):
     ax.legend(fontsize=7); fig.tight_layout()
     return fig
 
-def study_validity(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=32,
-                   road_images=8, sanity_images=8, batch_size=16, seed=0, device="cpu", compression="c23") -> dict:
-    """The validity tests on `split`'s fake crops that have a frame-aligned original (at most `max_images`, evenly spread):
-    the restoration test (with the oracle and random orders), ROAD on `road_images` of them and the cascading
-    randomisation sanity check on `sanity_images` (both evenly spread over the crops, so over the methods too); writes
-    `restoration.csv`/`.png`, `road.csv`/`.png`, `sanity.csv`/`.png` (+ `sanity_summary.csv`), `validity_per_image.csv`, `validity_vs_baselines.csv`
-    and `validity.json` to `<output>/explanation/`. `ValueError` when no fake has an original (e.g. DFDC's layout)."""
-    from deepfake_explain.data import index_crops
-    crops = index_crops(crops_root)
-    fakes = crops[(crops["split"] == split) & (crops["label"] == 1)].reset_index(drop=True)
-    if not len(fakes): raise ValueError(f"{crops_root}: no fake crops in split {split!r}")
-    size, paths = _size_of(model), fakes["path"].tolist()
+# %% ../nbs/05_explain.ipynb #ba7d5b2b
+def validity_inputs(model, crops_root, data_root, boxes_root, split="test", max_images=32, compression="c23") -> dict:
+    """The validity tests' images: `split`'s fake crops that have a frame-aligned original (at most `max_images`, evenly
+    spread) -> dict(paths, faces, originals, masks, skipped). `ValueError` when no fake has an original (e.g. DFDC's layout)."""
+    size, paths = _size_of(model), quality_images(crops_root, split)["path"].tolist()
     origs = original_crops(paths, data_root, boxes_root, size, compression=compression)
     ok = [i for i, o in enumerate(origs) if o is not None]
     if not ok: raise ValueError(f"{crops_root}: no fake crop of split {split!r} has a frame-aligned original under {data_root}")
@@ -1541,15 +1530,13 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
     faces, keep = _read_faces([paths[i] for i in ok], size, skipped)
     ok = [ok[i] for i in keep]
     paths = [paths[i] for i in ok]
-    masks = masks_for_crops(paths, data_root, boxes_root, size)
-    model, tick, seconds = model.to(device).eval(), time.perf_counter(), {}
-    def lap(name):
-        nonlocal tick
-        seconds[name] = round(time.perf_counter() - tick, 1); tick = time.perf_counter()
-    x, xo = faces_to_batch(faces, device), faces_to_batch([origs[i] for i in ok], device)
-    maps = {m: torch.cat([explain_batch(model, x[s:s + batch_size], m, seed=seed + s)[1].cpu() for s in range(0, len(x), batch_size)])
-            for m in methods}
-    lap("maps")
+    return dict(paths=paths, faces=faces, originals=[origs[i] for i in ok], masks=masks_for_crops(paths, data_root, boxes_root, size),
+                skipped=skipped)
+
+# %% ../nbs/05_explain.ipynb #5f2a4695
+def restoration_test(model, x, xo, maps: dict, masks, seed: int = 0) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Restoration curves of fakes `x` towards their originals `xo` for each map in `maps` (name -> (B, H, W)) and the
+    oracle order (the images with a mask); with the fakes' fake probabilities (every order's start)."""
     p_fake, p_orig = _probs(model, x), _probs(model, xo)  # every order's ends
     rest = [restoration_curves(model, x, xo, mp, seed=seed, ends=(p_fake, p_orig)).assign(order=name) for name, mp in maps.items()]
     has = [i for i, m in enumerate(masks) if m is not None]  # the oracle restores the ground-truth mask first
@@ -1557,28 +1544,29 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
         oracle = torch.from_numpy(np.stack([masks[i] for i in has]).astype(np.float32))
         rest.append(restoration_curves(model, x[has], xo[has], oracle, seed=seed, ends=(p_fake[has], p_orig[has]))
                     .assign(order="oracle", image=lambda d: np.asarray(has)[d["image"]]))
-    rest = pd.concat(rest, ignore_index=True)
-    lap("restoration")
-    spread = lambda n: np.unique(np.linspace(0, len(x) - 1, min(n, len(x))).round().astype(int))  # evenly spread indices
-    ri = spread(road_images); nr = len(ri)
-    road = pd.concat([road_curves(model, x[ri], maps[m][ri], seed=seed, p0=p_fake[ri]).assign(method=m, image=lambda d: ri[d["image"]])
-                      for m in methods], ignore_index=True)
-    lap("road")
-    si = spread(sanity_images); ns = len(si)
-    sanity = sanity_check(model, x[si], methods, seed=seed).assign(image=lambda d: si[d["image"]])
-    lap("sanity")
+    return pd.concat(rest, ignore_index=True), p_fake
+
+def evenly(n_items: int, n: int) -> np.ndarray:
+    "At most `n` indices evenly spread over `n_items` items."
+    return np.unique(np.linspace(0, n_items - 1, min(n, n_items)).round().astype(int))
+
+# %% ../nbs/05_explain.ipynb #367fc43f
+def validity_per_image(rest: pd.DataFrame, road: pd.DataFrame, paths) -> pd.DataFrame:
+    "Per method and image: `restoration_auc`, `road_morf_auc`, `road_lerf_auc` and the crop's `path`."
     per_image = (curve_aucs(rest).rename(columns={"order": "method", "auc": "restoration_auc"})
                  .merge(curve_aucs(road, ("method", "order")).pivot_table(index=["method", "image"], columns="order", values="auc")
                         .rename(columns={"morf": "road_morf_auc", "lerf": "road_lerf_auc"}).reset_index(), on=["method", "image"], how="left"))
     per_image["path"] = [paths[i] for i in per_image["image"]]
-    out = Path(output) / "explanation"
+    return per_image
+
+def _write_validity(out: Path, rest, road, sanity, per_image, methods, seed: int):
+    "The validity tests' CSVs and figures in `out`."
     write_csv_atomic(out / "restoration.csv", rest)
     write_csv_atomic(out / "road.csv", road)
     write_csv_atomic(out / "sanity.csv", sanity)
     write_csv_atomic(out / "sanity_summary.csv", sanity_summary(sanity))
     write_csv_atomic(out / "validity_per_image.csv", per_image)
-    pm = per_image[per_image["method"].isin(methods)]
-    refs = [r for r in ("fused", "relevancy") if r in methods]
+    pm, refs = per_image[per_image["method"].isin(methods)], [r for r in ("fused", "relevancy") if r in methods]
     if refs: write_csv_atomic(out / "validity_vs_baselines.csv", pd.concat([paired_differences(pm, r, seed=seed) for r in refs], ignore_index=True))
     write_bytes_atomic(out / "restoration.png", figure_png(validity_figure(
         rest, "fraction of the fake crop restored from its original", "restoration (most relevant first)")))
@@ -1586,10 +1574,33 @@ def study_validity(model, crops_root, data_root, boxes_root, output, methods=MET
         road.rename(columns={"order": "panel", "method": "order"}), "fraction of pixels removed (ROAD imputation)", "ROAD",
         panels=("morf", "lerf"))))
     write_bytes_atomic(out / "sanity.png", figure_png(sanity_figure(sanity)))
-    summary = dict(n_images=len(x), n_road=nr, n_sanity=ns, restoration=restoration_informative(curve_aucs(rest), seed=seed),
+
+# %% ../nbs/05_explain.ipynb #269c5323
+def study_validity(model, crops_root, data_root, boxes_root, output, methods=METHODS, split="test", max_images=32,
+                   road_images=8, sanity_images=8, batch_size=16, seed=0, device="cpu", compression="c23") -> dict:
+    """The validity tests on `split`'s fake crops that have a frame-aligned original (`validity_inputs`): the restoration
+    test (with the oracle and random orders), ROAD on `road_images` and the cascading randomisation sanity check on
+    `sanity_images` of them (evenly spread); writes their tables and figures (`_write_validity`) and `validity.json` to
+    `<output>/explanation/`. `ValueError` when no fake has an original (e.g. DFDC's layout)."""
+    inp = validity_inputs(model, crops_root, data_root, boxes_root, split, max_images, compression)
+    model, seconds, tick = model.to(device).eval(), {}, [time.perf_counter()]
+    def lap(name): seconds[name], tick[0] = round(time.perf_counter() - tick[0], 1), time.perf_counter()
+    x, xo = faces_to_batch(inp["faces"], device), faces_to_batch(inp["originals"], device)
+    maps = {m: torch.cat([explain_batch(model, x[s:s + batch_size], m, seed=seed + s)[1].cpu() for s in range(0, len(x), batch_size)])
+            for m in methods}
+    lap("maps")
+    rest, p_fake = restoration_test(model, x, xo, maps, inp["masks"], seed); lap("restoration")
+    ri, si = evenly(len(x), road_images), evenly(len(x), sanity_images)
+    road = pd.concat([road_curves(model, x[ri], maps[m][ri], seed=seed, p0=p_fake[ri]).assign(method=m, image=lambda d: ri[d["image"]])
+                      for m in methods], ignore_index=True); lap("road")
+    sanity = sanity_check(model, x[si], methods, seed=seed).assign(image=lambda d: si[d["image"]]); lap("sanity")
+    per_image, out = validity_per_image(rest, road, inp["paths"]), Path(output) / "explanation"
+    _write_validity(out, rest, road, sanity, per_image, methods, seed)
+    pm = per_image[per_image["method"].isin(methods)]
+    summary = dict(n_images=len(x), n_road=len(ri), n_sanity=len(si), restoration=restoration_informative(curve_aucs(rest), seed=seed),
                    road={m: {k: round(float(v), 4) for k, v in r.items()} for m, r in  # mean AUCs: morf lower, lerf higher is better
                          pm.groupby("method")[["road_morf_auc", "road_lerf_auc"]].mean().iterrows()},
-                   identities=identity_note(data_root), skipped=skipped, seconds=seconds,
+                   identities=identity_note(data_root), skipped=inp["skipped"], seconds=seconds,
                    data_randomisation="not run: it needs a second training run on shuffled labels (minutes), beyond the quick study's budget")
     write_json_atomic(out / "validity.json", summary)
     return dict(restoration=rest, road=road, sanity=sanity, per_image=per_image, summary=summary)
@@ -1601,8 +1612,6 @@ def explain_stage(output_root, data_root=None, methods=METHODS, max_quality_imag
     (`<output_root>/test/samples.csv`), the quality table and the validity tests, all in `<output_root>/explanation/`.
     `data_root` holds the ground-truth masks (None: `<output_root>/mini_forensics`). Returns `samples` (explained),
     `quality`, `curves`, `validity` (None when not run, `validity_skipped` saying why) and `identities`."""
-    from deepfake_explain.data import resolve_device
-    from deepfake_explain.evaluate import REPORT_FILES
     root = Path(output_root)
     ckpt, samples = root / "train" / "best.pt", root / "test" / REPORT_FILES["samples"]
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
