@@ -43,8 +43,7 @@ __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'M
            'check_checkpoint_path', 'detector_config', 'load_detector', 'provenance_of', 'checkpoint_provenance',
            'provenance_line', 'provenance_warning', 'empty_video_folders', 'cached_frame_scores', 'test_checkpoint',
            'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops', 'verdict_from_frames',
-           'predict_video', 'list_videos', 'read_predictions', 'merge_predictions', 'predict_videos', 'report_verdicts',
-           'predict_cli']
+           'predict_video', 'list_videos', 'read_predictions', 'merge_predictions', 'predict_videos', 'report_verdicts']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
@@ -942,42 +941,3 @@ def report_verdicts(df: pd.DataFrame, prog: str, output) -> int:
           f"{n.get('no_face', 0)} without a face, {n.get('failed', 0)} unreadable -> {Path(output) / 'predictions.csv'}", file=sys.stderr)
     if bad: print(f"{prog}: {bad} of {len(df)} videos failed", file=sys.stderr)
     return bad
-
-# %% ../nbs/04_evaluate.ipynb #2ac73866
-@call_parse
-def predict_cli(path: str,                         # a video file or a folder of videos
-                model_path: str = None,            # checkpoint (train's best.pt/last.pt, or a plain state dict with --config)
-                config: str = None,                # model YAML config (default: the one stored in a training checkpoint)
-                output: str = "predictions",       # folder for videos/<name>.json|.csv and predictions.csv (a folder used before: merged by video path, earlier rows kept)
-                frames_per_video: int = FRAMES_PER_VIDEO,  # equidistant frames per video searched for faces
-                batch_size: int = 32,              # crops per batch
-                device: str = "auto",              # cpu | cuda | cuda:N | auto
-                rule: str = "reference",           # video score: reference | mean | max
-                threshold: float = DEFAULT_THRESHOLD,  # decision threshold: fake when the video score is above it
-                margin: float = 0.0,               # context around the face, as for deepfake-explain-crops (use the training crops' value)
-                min_face: float = 0,               # leave out faces smaller than this (box side, frame pixels), e.g. a crowd behind the subject
-                voting: str = "main",              # face tracks that decide: main (the main faces; background faces only reported) | all (the reference)
-                explain: bool = False,             # also explain: annotated MP4, timeline and HTML page per video, index.html
-                strict: bool = False):             # exit with status 1 if any video failed or showed no face
-    """Is it fake? Detect faces in raw videos, score them with a checkpoint, write a JSON + CSV verdict per video.
-    Writing into an output folder used before merges predictions.csv by video path: the rows of other videos are kept.
-    Exit status: 0 done (some videos may have failed: see the last line), 1 failed (a bad checkpoint, every video failed,
-    with --strict any video failed), 2 bad command line. Several GPUs: `torchrun --nproc_per_node N $(which deepfake-explain-predict) ...`."""
-    prog = "deepfake-explain-predict"
-    with cli_errors(prog):
-        if not model_path: raise UsageError("--model_path is required")
-        if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
-        if voting not in VOTING: raise UsageError(f"--voting must be one of {', '.join(VOTING)}, got {voting!r}")
-        if frames_per_video < 1 or batch_size < 1: raise UsageError("--frames_per_video and --batch_size must be >= 1")
-        if not math.isfinite(threshold): raise UsageError(f"--threshold must be a finite number, got {threshold!r}")
-        explainer = None
-        if explain:
-            from deepfake_explain.explain import VideoExplainer
-            explainer = VideoExplainer()
-        df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin,
-                            min_face=min_face, voting=voting, explainer=explainer)
-    if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
-    else:
-        bad = report_verdicts(df, prog, output)
-        if explainer is not None: print(f"explained videos: {Path(output) / 'index.html'}")
-    if bad == len(df) or (strict and bad): sys.exit(1)

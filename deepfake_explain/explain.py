@@ -43,10 +43,10 @@ __all__ = ['TARGETS', 'METHODS', 'FRACTIONS', 'LOCALISATION_COLUMNS', 'PER_IMAGE
            'gallery_figure', 'faces_to_batch', 'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder',
            'explain_video', 'predict_faces', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri',
            'evidence_crops', 'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video',
-           'explain_cli', 'crop_mask', 'masks_for_crops', 'quality_images', 'files_digest', 'model_fingerprint',
-           'perturbation_figure', 'study_quality', 'sanity_summary', 'identity_note', 'restoration_informative',
-           'validity_figure', 'sanity_figure', 'validity_inputs', 'restoration_test', 'evenly', 'validity_per_image',
-           'study_validity', 'explain_stage']
+           'predict_cli', 'explain_cli', 'crop_mask', 'masks_for_crops', 'quality_images', 'files_digest',
+           'model_fingerprint', 'perturbation_figure', 'study_quality', 'sanity_summary', 'identity_note',
+           'restoration_informative', 'validity_figure', 'sanity_figure', 'validity_inputs', 'restoration_test',
+           'evenly', 'validity_per_image', 'study_validity', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #9dd1c4ce
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -1192,6 +1192,42 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fp
     index_href = os.path.relpath(Path(output) / "index.html", page.parent)
     write_bytes_atomic(page, video_page_html(dict(rec, name=name), timeline, evidence, shown, mp4_href, Path(index_href).as_posix(), fps).encode())
     return res
+
+# %% ../nbs/05_explain.ipynb #765d9c2a
+@call_parse
+def predict_cli(path: str,                         # a video file or a folder of videos
+                model_path: str = None,            # checkpoint (train's best.pt/last.pt, or a plain state dict with --config)
+                config: str = None,                # model YAML config (default: the one stored in a training checkpoint)
+                output: str = "predictions",       # folder for videos/<name>.json|.csv and predictions.csv (a folder used before: merged by video path, earlier rows kept)
+                frames_per_video: int = FRAMES_PER_VIDEO,  # equidistant frames per video searched for faces
+                batch_size: int = 32,              # crops per batch
+                device: str = "auto",              # cpu | cuda | cuda:N | auto
+                rule: str = "reference",           # video score: reference | mean | max
+                threshold: float = DEFAULT_THRESHOLD,  # decision threshold: fake when the video score is above it
+                margin: float = 0.0,               # context around the face, as for deepfake-explain-crops (use the training crops' value)
+                min_face: float = 0,               # leave out faces smaller than this (box side, frame pixels), e.g. a crowd behind the subject
+                voting: str = "main",              # face tracks that decide: main (the main faces; background faces only reported) | all (the reference)
+                explain: bool = False,             # also explain: annotated MP4, timeline and HTML page per video, index.html
+                strict: bool = False):             # exit with status 1 if any video failed or showed no face
+    """Is it fake? Detect faces in raw videos, score them with a checkpoint, write a JSON + CSV verdict per video.
+    Writing into an output folder used before merges predictions.csv by video path: the rows of other videos are kept.
+    Exit status: 0 done (some videos may have failed: see the last line), 1 failed (a bad checkpoint, every video failed,
+    with --strict any video failed), 2 bad command line. Several GPUs: `torchrun --nproc_per_node N $(which deepfake-explain-predict) ...`."""
+    prog = "deepfake-explain-predict"
+    with cli_errors(prog):
+        if not model_path: raise UsageError("--model_path is required")
+        if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
+        if voting not in VOTING: raise UsageError(f"--voting must be one of {', '.join(VOTING)}, got {voting!r}")
+        if frames_per_video < 1 or batch_size < 1: raise UsageError("--frames_per_video and --batch_size must be >= 1")
+        if not math.isfinite(threshold): raise UsageError(f"--threshold must be a finite number, got {threshold!r}")
+        explainer = VideoExplainer() if explain else None
+        df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin,
+                            min_face=min_face, voting=voting, explainer=explainer)
+    if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
+    else:
+        bad = report_verdicts(df, prog, output)
+        if explainer is not None: print(f"explained videos: {Path(output) / 'index.html'}")
+    if bad == len(df) or (strict and bad): sys.exit(1)
 
 # %% ../nbs/05_explain.ipynb #367889ee
 def _methods_arg(methods: str) -> tuple:

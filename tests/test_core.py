@@ -3,9 +3,6 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "deepfake_explain"
-# a deliberate exception: predict_videos(explain=True) needs explain's VideoExplainer, and explain builds on evaluate;
-# the import is deferred to that call (04_evaluate), so neither module needs the other to load
-DEFERRED = {("evaluate", "explain")}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -27,4 +24,4 @@ def test_no_import_cycles():
             if nxt == start: cycles.add(tuple(sorted(path)))
             elif nxt not in path: walk(start, nxt, path + [nxt])
     for m in graph: walk(m, m, [m])
-    assert cycles <= DEFERRED, f"import cycles: {sorted(cycles - DEFERRED)}"
+    assert not cycles, f"import cycles: {sorted(cycles)}"

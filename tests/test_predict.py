@@ -1,4 +1,4 @@
-"""Integration tests of `deepfake-explain-predict` (deepfake_explain.evaluate.predict_videos / predict_cli) on raw videos.
+"""Integration tests of `deepfake-explain-predict` (deepfake_explain.evaluate.predict_videos / explain.predict_cli) on raw videos.
 
 Every video of ../shared/data/dfdc and ../shared/data/ffpp/*/c23 gets a verdict; bad files get a verdict row with the
 reason; the command line exits 0 (1 with --strict when a video failed, when every video failed or on a bad checkpoint, 2 on
@@ -175,7 +175,7 @@ def test_predict_arguments_refused(mixed_folder, checkpoint, tmp_path):
 def run_cli(tmp_path):
     "Run `predict_cli` the way the console script `deepfake-explain-predict` does (a generated file calling it)."
     script = tmp_path / "deepfake_explain_predict.py"
-    script.write_text("import sys\nfrom deepfake_explain.evaluate import predict_cli\nsys.exit(predict_cli())\n")
+    script.write_text("import sys\nfrom deepfake_explain.explain import predict_cli\nsys.exit(predict_cli())\n")
     return lambda *args: subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300)
 
 
