@@ -140,9 +140,15 @@ def test_rehearsal_spatial(spatial_run, torch_home):
         assert (spatial_run / "stages" / f"{stage}.json").exists(), f"stage {stage} did not complete"
     index = pd.read_csv(spatial_run / "index" / "videos.csv", dtype=str)
     assert len(index) == 7 and set(index["compression"]) == {"c23"}
-    # nproc: 2 -> detection and crops ran under torchrun before the notebook, whose stage then found every video done
+    # nproc: 2 -> the heavy parts ran under torchrun before their notebooks, whose stages then found the work done:
+    # every video detected and cropped, the test scores saved, the quality table saved (same key)
     assert (spatial_run / "logs" / "preprocess-torchrun.log").exists()
     assert "'done'" not in (spatial_run / "notebooks" / STAGES["preprocess"]).read_text().split("detect:")[-1][:200]
+    assert (spatial_run / "logs" / "evaluate-torchrun.log").exists()
+    m = json.loads((spatial_run / "test" / "metrics.json").read_text())
+    assert m["info"]["frame_scores"].startswith("reused"), m["info"]["frame_scores"]
+    assert "2 process(es)" in (spatial_run / "logs" / "explain-torchrun.log").read_text()
+    assert "quality table: reused" in (spatial_run / "notebooks" / STAGES["explain"]).read_text()
     _check_run(spatial_run, "spatial", 20, torch_home)
 
 
