@@ -20,11 +20,12 @@ $(STAMP): settings.ini setup.py constraints.txt
 study: $(STAMP)
 	$(BIN)/deepfake-explain-study --params $(PARAMS)
 
-## The test suite: library/notebook consistency, every notebook (quick defaults), integration tests.
+## The test suite: library/notebook consistency, every notebook (quick defaults), integration tests. pytest runs on two
+## processes, one test file each at a time, the long study runs first (tests/conftest.py orders them).
 test: $(STAMP)
 	$(PY) tools/consistency.py
 	$(BIN)/nbdev_test --n_workers 1 --timing
-	$(PY) -m pytest -q --durations=20 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 ## Offline docs site in _docs/ (nbdev_docs when Quarto is present).
 docs: $(STAMP)

@@ -18,6 +18,15 @@ TINY_TRAIN = {"model": {"image-size": 32, "trainable-blocks": 16, "dropout": 0.0
                            "frames-per-video": 4, "rebalancing_fake": 1}}
 
 
+SLOW_FIRST = ("test_study.py", "test_rehearsal.py")  # the study runs (minutes each) start first on the 2 xdist workers
+
+
+def pytest_collection_modifyitems(items):
+    "The modules of long study runs first (`make test` runs files on 2 processes in this order): the workers end together."
+    first = lambda item: next((i for i, name in enumerate(SLOW_FIRST) if item.path.name == name), len(SLOW_FIRST))
+    items.sort(key=first)  # stable: every other file keeps its place
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (restored after): on 2 shared cores, small models run faster on one thread than
