@@ -1,7 +1,12 @@
 "Shared fixtures: the real test data in ../shared/data (never copied into the repository), a small checkpoint."
+import os
 from pathlib import Path
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one compute thread each, and in the
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # kernels and processes they start (inherited)
 import torch
+if os.environ.get("PYTEST_XDIST_WORKER"): torch.set_num_threads(1)  # 2 threads each spin-wait on each other's cores
 
 from deepfake_explain.model import build_model, load_config
 from deepfake_explain.preprocess import torch_threads
