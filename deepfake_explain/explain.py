@@ -43,10 +43,10 @@ __all__ = ['TARGETS', 'METHODS', 'FRACTIONS', 'LOCALISATION_COLUMNS', 'PER_IMAGE
            'gallery_figure', 'faces_to_batch', 'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder',
            'explain_video', 'predict_faces', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri',
            'evidence_crops', 'timeline_figure', 'data_uri', 'video_page_html', 'index_html', 'write_explained_video',
-           'predict_cli', 'explain_cli', 'crop_mask', 'masks_for_crops', 'quality_images', 'files_digest',
+           'predict_cli', 'explain_cli', 'crop_mask', 'masks_for_crops', 'evenly', 'quality_images', 'files_digest',
            'model_fingerprint', 'perturbation_figure', 'study_quality', 'sanity_summary', 'identity_note',
            'restoration_informative', 'validity_figure', 'sanity_figure', 'validity_inputs', 'restoration_test',
-           'evenly', 'validity_per_image', 'study_validity', 'explain_stage']
+           'validity_per_image', 'study_validity', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #9dd1c4ce
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -1361,13 +1361,16 @@ def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float 
     return out
 
 # %% ../nbs/05_explain.ipynb #20b287a9
+def evenly(n_items: int, n: int) -> np.ndarray:
+    "At most `n` indices evenly spread over `n_items` items, the first and the last included (all of them when `n >= n_items`)."
+    return np.unique(np.linspace(0, n_items - 1, min(n, n_items)).round().astype(int))
+
 def quality_images(crops_root, split: str = "test", max_images: int | None = None) -> pd.DataFrame:
     "The fake crops of `split` under `crops_root` that the quality table is computed on: all, or `max_images` evenly spread."
     crops = index_crops(crops_root)
     fakes = crops[(crops["split"] == split) & (crops["label"] == 1)].reset_index(drop=True)
     if not len(fakes): raise ValueError(f"{crops_root}: no fake crops in split {split!r}")
-    if max_images and len(fakes) > max_images:
-        fakes = fakes.iloc[np.linspace(0, len(fakes) - 1, max_images).round().astype(int)].reset_index(drop=True)
+    if max_images: fakes = fakes.iloc[evenly(len(fakes), max_images)].reset_index(drop=True)
     return fakes
 
 def files_digest(paths) -> str:
@@ -1561,7 +1564,7 @@ def validity_inputs(model, crops_root, data_root, boxes_root, split="test", max_
     origs = original_crops(paths, data_root, boxes_root, size, compression=compression)
     ok = [i for i, o in enumerate(origs) if o is not None]
     if not ok: raise ValueError(f"{crops_root}: no fake crop of split {split!r} has a frame-aligned original under {data_root}")
-    if max_images and len(ok) > max_images: ok = [ok[i] for i in np.linspace(0, len(ok) - 1, max_images).round().astype(int)]
+    if max_images: ok = [ok[i] for i in evenly(len(ok), max_images)]
     skipped = []
     faces, keep = _read_faces([paths[i] for i in ok], size, skipped)
     ok = [ok[i] for i in keep]
@@ -1581,10 +1584,6 @@ def restoration_test(model, x, xo, maps: dict, masks, seed: int = 0) -> tuple[pd
         rest.append(restoration_curves(model, x[has], xo[has], oracle, seed=seed, ends=(p_fake[has], p_orig[has]))
                     .assign(order="oracle", image=lambda d: np.asarray(has)[d["image"]]))
     return pd.concat(rest, ignore_index=True), p_fake
-
-def evenly(n_items: int, n: int) -> np.ndarray:
-    "At most `n` indices evenly spread over `n_items` items."
-    return np.unique(np.linspace(0, n_items - 1, min(n, n_items)).round().astype(int))
 
 # %% ../nbs/05_explain.ipynb #367fc43f
 def validity_per_image(rest: pd.DataFrame, road: pd.DataFrame, paths) -> pd.DataFrame:
