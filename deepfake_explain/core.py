@@ -4,16 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #e03f6296
 from __future__ import annotations
-import contextlib, difflib, json, os, sys, tempfile
+import base64, contextlib, difflib, hashlib, io, json, os, sys, tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 # %% auto #0
-__all__ = ['ORIGINAL', 'UsageError', 'cli_errors', 'did_you_mean', 'short_list', 'state_dict_diff', 'diff_message',
-           'atomic_write', 'write_json_atomic', 'write_bytes_atomic', 'write_csv_atomic', 'ImageReadError',
-           'to_rgb_uint8', 'read_image_rgb', 'write_png_atomic', 'jpeg_compress']
+__all__ = ['PRECISIONS', 'MEMORY_FORMATS', 'ORIGINAL', 'UsageError', 'cli_errors', 'did_you_mean', 'short_list',
+           'state_dict_diff', 'diff_message', 'atomic_write', 'write_json_atomic', 'write_bytes_atomic',
+           'write_csv_atomic', 'ImageReadError', 'to_rgb_uint8', 'read_image_rgb', 'write_png_atomic', 'jpeg_compress',
+           'figure_png', 'data_uri', 'file_sha256', 'resolve_device', 'Runtime']
 
 # %% ../nbs/00_core.ipynb #eb9b619a
 class UsageError(ValueError):
@@ -128,6 +131,77 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok: raise ValueError("JPEG encoding failed")
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+
+# %% ../nbs/00_core.ipynb #54668470
+def figure_png(fig, dpi: int | str = 110, compress_level: int = 6, tight: bool = False) -> bytes:
+    "A matplotlib figure as PNG bytes (`compress_level` 1: larger, encoded several times faster; `tight`: cropped to its content)."
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": compress_level}, **({"bbox_inches": "tight"} if tight else {}))
+    return buf.getvalue()
+
+# %% ../nbs/00_core.ipynb #96236f68
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    "`data` as a `data:` URI (embedded in a page: nothing to fetch)."
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+# %% ../nbs/00_core.ipynb #0ac6cd72
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    "SHA-256 of a file, read in chunks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""): h.update(b)
+    return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #0e587963
+def resolve_device(device=None, local_rank: int = 0) -> torch.device:
+    "`device` ('cpu', 'cuda', 'cuda:1', None/'auto' = CUDA when available); with torchrun, 'cuda' means cuda:LOCAL_RANK."
+    if isinstance(device, torch.device): device = str(device)
+    if device in (None, "", "auto"): device = "cuda" if torch.cuda.is_available() else "cpu"
+    d = torch.device(device)
+    if d.type == "cuda":
+        if not torch.cuda.is_available(): raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        if d.index is None: d = torch.device("cuda", local_rank)
+    return d
+
+# %% ../nbs/00_core.ipynb #2def20b1
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+@dataclass(frozen=True)
+class Runtime:
+    "Where and how a model runs: device, CPU threads, forward-pass precision and image memory format."
+    device: str = "auto"                  # cpu | cuda | cuda:N | auto
+    threads: int | None = None            # torch CPU threads (None: torch's default)
+    precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast)
+    memory_format: str = "channels_last"  # channels_last | contiguous
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS: raise ValueError(f"precision {self.precision!r}: choose from {list(PRECISIONS)}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format {self.memory_format!r}: choose from {list(MEMORY_FORMATS)}")
+        if self.threads is not None and int(self.threads) < 1: raise ValueError(f"threads {self.threads!r}: at least 1")
+        object.__setattr__(self, "device", str(resolve_device(self.device, int(os.environ.get("LOCAL_RANK", 0)))))  # checked once: 'auto' -> cpu | cuda:N
+
+    @property
+    def torch_device(self) -> torch.device: return torch.device(self.device)
+
+    def start(self) -> "Runtime":
+        "Apply the process-wide settings (the thread count)."
+        if self.threads: torch.set_num_threads(int(self.threads))
+        return self
+
+    def model(self, m: torch.nn.Module) -> torch.nn.Module:
+        "The model on the device, in the memory format."
+        return m.to(self.torch_device).to(memory_format=MEMORY_FORMATS[self.memory_format])
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        "A batch of images (B, C, H, W) on the device, in the memory format."
+        return x.to(self.torch_device, non_blocking=True).contiguous(memory_format=MEMORY_FORMATS[self.memory_format])
+
+    def autocast(self):
+        "The forward pass's precision context (nothing for fp32)."
+        dt = PRECISIONS[self.precision]
+        return torch.autocast(self.torch_device.type, dtype=dt) if dt is not None else contextlib.nullcontext()
 
 # %% ../nbs/00_core.ipynb #f06075ec
 ORIGINAL = "Original"                # method of every real video

@@ -25,8 +25,7 @@ __all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS'
            'index_celebdf', 'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
            'select_training_frames', 'isotropic_resize', 'pad_to_square', 'gauss_noise', 'brightness_contrast',
            'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform', 'TrainTransform',
-           'FaceCropDataset', 'synthetic_crops', 'resolve_device', 'write_video_index', 'read_video_index',
-           'study_video_index']
+           'FaceCropDataset', 'synthetic_crops', 'write_video_index', 'read_video_index', 'study_video_index']
 
 # %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
@@ -538,16 +537,6 @@ def synthetic_crops(root, n_videos: int = 16, n_frames: int = 4, size: int = 32,
                 if method != ORIGINAL: img[size // 4: size // 2, size // 4: size // 2] = 250
                 write_png_atomic(crop_path(root, split, method, f"{split}{v:04d}", f * 10, 0), img)
     return Path(root)
-
-# %% ../nbs/00_data.ipynb #dba95128
-def resolve_device(device=None, local_rank: int = 0) -> torch.device:
-    "`device` ('cpu', 'cuda', 'cuda:1', None/'auto' = CUDA when available); with torchrun, 'cuda' means cuda:LOCAL_RANK."
-    if device in (None, "", "auto"): device = "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(device)
-    if d.type == "cuda":
-        if not torch.cuda.is_available(): raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-        if d.index is None: d = torch.device("cuda", local_rank)
-    return d
 
 # %% ../nbs/00_data.ipynb #f4f079f2
 def write_video_index(root, dataset: str, out_dir, **kwargs) -> pd.DataFrame:

@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import UsageError, cli_errors, write_csv_atomic
+from .core import UsageError, cli_errors, resolve_device, write_csv_atomic
 from .data import (
-    FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, atomic_write, equidistant, index_crops, resolve_device,
+    FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, atomic_write, equidistant, index_crops,
     write_bytes_atomic, write_json_atomic)
 from .metrics import binary_metrics, equal_error_rate, one_class_reason
 from .model import ConfigError, build_model

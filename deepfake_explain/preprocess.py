@@ -17,8 +17,8 @@ from fastcore.script import call_parse
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import UsageError, cli_errors
-from .data import (atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path, resolve_device,
+from .core import UsageError, cli_errors, resolve_device
+from .data import (atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path,
                                    index_crops, index_videos, study_video_index)
 
 # %% auto #0

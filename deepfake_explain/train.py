@@ -18,14 +18,14 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidget
 
 import pandas as pd
 import deepfake_explain
-from .core import ORIGINAL, atomic_write, cli_errors, diff_message, state_dict_diff, write_bytes_atomic
+from .core import ORIGINAL, atomic_write, resolve_device, cli_errors, diff_message, state_dict_diff, write_bytes_atomic
 from .metrics import binary_metrics
 from .preprocess import DistInfo, setup_distributed  # the first stage run under torchrun defines them
 from .mini_forensics import MINI_METHODS
 from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config,
                                     resolve_backbone_weights, unwrap_state_dict)
 from .data import (CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, FaceCropDataset, TrainTransform, ValTransform,
-                                   index_crops, resolve_device, select_training_frames)
+                                   index_crops, select_training_frames)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'PROVENANCE_KEYS',
