@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #e03f6296
 from __future__ import annotations
-import base64, contextlib, difflib, hashlib, io, json, os, sys, tempfile
+import base64, contextlib, difflib, hashlib, io, json, math, os, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,8 @@ import torch
 __all__ = ['PRECISIONS', 'MEMORY_FORMATS', 'ORIGINAL', 'UsageError', 'cli_errors', 'did_you_mean', 'short_list',
            'state_dict_diff', 'diff_message', 'atomic_write', 'write_json_atomic', 'write_bytes_atomic',
            'write_csv_atomic', 'ImageReadError', 'to_rgb_uint8', 'read_image_rgb', 'write_png_atomic', 'jpeg_compress',
-           'figure_png', 'data_uri', 'file_sha256', 'resolve_device', 'Runtime']
+           'jsonable', 'write_keyed', 'read_keyed', 'figure_png', 'data_uri', 'file_sha256', 'resolve_device',
+           'Runtime']
 
 # %% ../nbs/00_core.ipynb #eb9b619a
 class UsageError(ValueError):
@@ -131,6 +132,27 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok: raise ValueError("JPEG encoding failed")
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+
+# %% ../nbs/00_core.ipynb #26c8d883
+def jsonable(x):
+    "`x` with plain JSON types only: numpy numbers as int/float, non-finite floats as None, tuples as lists, dict keys as str."
+    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [jsonable(v) for v in x]
+    if isinstance(x, np.integer): return int(x)
+    if isinstance(x, (float, np.floating)): return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, Path): return str(x)
+    return x
+
+# %% ../nbs/00_core.ipynb #179df959
+def write_keyed(json_path, key: dict, **record) -> Path:
+    "Save `record` with `key` as JSON at `json_path`, atomically."
+    return write_json_atomic(json_path, jsonable({"key": key, **record}))
+
+def read_keyed(json_path, key: dict) -> dict | None:
+    "The record saved at `json_path` if it was saved with `key`; None if absent, unreadable or saved for other inputs."
+    try: saved = json.loads(Path(json_path).read_text())
+    except (OSError, ValueError): return None
+    return saved if isinstance(saved, dict) and saved.get("key") == jsonable(key) else None
 
 # %% ../nbs/00_core.ipynb #54668470
 def figure_png(fig, dpi: int | str = 110, compress_level: int = 6, tight: bool = False) -> bytes:
