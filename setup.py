@@ -36,6 +36,7 @@ setuptools.setup(
     url = cfg['git_url'],
     packages = setuptools.find_packages(include=['deepfake_explain', 'deepfake_explain.*']),
     include_package_data = True,
+    package_data = {'deepfake_explain': ['templates/*']},  # the explained pages' Jinja2 templates, style sheet and scripts
     install_requires = requirements,
     extras_require={ 'dev': dev_requirements },
     dependency_links = cfg.get('dep_links','').split(),

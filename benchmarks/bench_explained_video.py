@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from deepfake_explain.data import write_json_atomic
 from deepfake_explain.evaluate import FRAMES_PER_VIDEO, predict_video
-from deepfake_explain.explain import VideoExplainer
+from deepfake_explain.videos import VideoExplainer
 from deepfake_explain.model import build_model
 
 TARGET_EXPLAIN_VS_PREDICT = 1.5

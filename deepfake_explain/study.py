@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_study.ipynb #ec68dc4b
 from __future__ import annotations
-import ast, base64, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, shutil, subprocess, sys, time
+import ast, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 import mistune
@@ -15,7 +15,7 @@ import yaml
 from fastcore.script import call_parse
 
 import deepfake_explain
-from .core import cli_errors, did_you_mean
+from .core import cli_errors, data_uri, did_you_mean
 from .data import DATASETS, atomic_write, index_videos, write_json_atomic
 from .evaluate import test_checkpoint
 from .preprocess import crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
@@ -31,13 +31,15 @@ __all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_P
            'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #cb095f9c
-STAGES = {  # stage name -> notebook (in nbs/); 02_model defines the network and writes nothing, so it is no stage
+STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c and 05d write nothing, so they are no stage
     "generate": "00a_mini_forensics.ipynb",
     "data": "00_data.ipynb",
     "preprocess": "01_preprocess.ipynb",
     "train": "03_train.ipynb",
     "evaluate": "04_evaluate.ipynb",
-    "explain": "05_explain.ipynb",
+    "explain": "05_explain.ipynb",          # the evaluation samples explained
+    "quality": "05a_localisation.ipynb",    # the maps against the ground-truth masks
+    "validity": "05b_validity.ipynb",       # restoration, ROAD, sanity checks
 }
 PATH_PARAMS = ("output_root", "data_root", "config", "model_path", "backbone_weights", "extra_faces")
 
@@ -71,7 +73,7 @@ def load_params(params=None, base: Path | None = None) -> dict:
 # %% ../nbs/06_study.ipynb #199a5d9a
 RUNNER_STEPS = {"cross": "cross-dataset test (runs after the stages when the study has test_sets)"}
 TORCHRUN_STAGES = {  # stage -> its heavy part, run under torchrun before the notebook when the study sets `nproc` > 1
-    "preprocess": "face detection and crops", "evaluate": "test-split scores", "explain": "explanation-quality pass"}
+    "preprocess": "face detection and crops", "evaluate": "test-split scores", "quality": "explanation-quality pass"}
 RUNNER_PARAMS = {"test_sets": ["cross"], "nproc": list(TORCHRUN_STAGES)}  # parameters the runner itself takes (no stage notebook declares them)
 
 def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -> list[str]:
@@ -201,7 +203,7 @@ def write_report(run_dir) -> Path:
             continue
         if kind == "png":
             md_parts.append(f"![{title}]({rel})\n\n*Figure: {title} (`{rel}`)*")
-            html_imgs[rel] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+            html_imgs[rel] = data_uri(path.read_bytes())
         elif kind == "csv": md_parts.append(f"*Table: `{rel}`*\n\n" + _table_md(path))
         else: md_parts.append(_json_md(path))
     text = "\n\n".join(md_parts) + "\n"
@@ -406,7 +408,7 @@ def torchrun_steps(name: str, q: dict, run_dir) -> list[tuple[str, dict]]:
         return [("deepfake-explain-test", dict(model_path=ckpt, data_root=str(run_dir / "crops"), output=str(run_dir),
                  dataset=q["methods"], split="test", frames_per_video=q["frames_per_video"], batch_size=q["batch_size"],
                  workers=q["workers"], device=q["device"], seed=q["seed"]))]
-    if name == "explain":
+    if name == "quality":
         return [("deepfake-explain-explain", dict(crops=str(run_dir / "crops"), data_root=data, boxes=str(run_dir), model_path=ckpt,
                  output=str(run_dir), methods=q["explain_methods"], max_images=q["max_quality_images"],
                  batch_size=q["batch_size"], device=q["device"], seed=q["seed"]))]

@@ -1,4 +1,4 @@
-"Integration tests of deepfake_explain.explain on real data (../shared/data): a real face video, real face photos."
+"Integration tests of deepfake_explain.explain and .videos on real data (../shared/data): a real face video, real face photos."
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from deepfake_explain.data import read_image_rgb
-from deepfake_explain.explain import explain_folder, explain_video, relevancy
+from deepfake_explain.evaluate import predict_video
+from deepfake_explain.explain import ExplainOptions, explain_folder, relevancy
+from deepfake_explain.videos import VideoExplainer
 from deepfake_explain.model import build_model
 
 SMALL = {"model": {"image-size": 64}, "spatial": {"depth": 2, "emb-dim": 32, "heads": 2, "dim-head": 16, "mlp-dim": 64}}
@@ -21,7 +23,7 @@ def model():
 
 def test_explain_real_face_photos(shared_data, model, tmp_path):
     folder = shared_data / "faces" / "test_images_aligned"
-    table = explain_folder(folder, model, tmp_path, methods=("relevancy", "gradcam"), batch_size=4)
+    table = explain_folder(folder, model, tmp_path, ExplainOptions(("relevancy", "gradcam"), batch_size=4))
     n = len([p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg")])
     assert table["name"].nunique() == n and len(table) == 2 * n
     for r in table.itertuples():
@@ -33,7 +35,10 @@ def test_explain_real_face_photos(shared_data, model, tmp_path):
 
 def test_explain_real_video(shared_data, model, tmp_path):
     video = shared_data / "faces" / "real_face_video.mp4"
-    rec = explain_video(video, model, tmp_path, frames_per_video=2, batch_size=4)
+    ex = VideoExplainer()  # predict's pass with the explainer as its scorer, then the explained outputs
+    rec = predict_video(video, model, None, frames_per_video=2, batch_size=4, scorer=ex.score, keep_images=True)
+    rec.update(name=video.stem, provenance={"known": False}, warning=None)
+    rec.update(ex.write(rec, tmp_path))
     assert rec["status"] == "ok" and rec["n_crops"] >= 2 and rec["verdict"] in ("fake", "real") and rec["decided_by"]
     assert all(Path(rec[k]).exists() for k in ("html", "mp4", "timeline"))
     assert sorted(p.name for p in (tmp_path / "explained").iterdir()) == ["real_face_video", "real_face_video.html"]

@@ -1,4 +1,4 @@
-"""Explanation validity (05_explain, "Explanation validity"): the restoration test, ROAD's noisy linear imputation and the
+"""Explanation validity (05b_validity): the restoration test, ROAD's noisy linear imputation and the
 cascading randomisation sanity check against hand-computed values, and the study's validity stage end to end on a
 generated mini-forensics set (its own frames, boxes and crops)."""
 import json
@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from deepfake_explain.data import ValTransform, write_png_atomic
-from deepfake_explain.explain import (METHODS, crop_mask, curve_aucs, noisy_linear_impute, original_crops, rank_correlation,
+from deepfake_explain.explain import METHODS
+from deepfake_explain.localisation import crop_mask
+from deepfake_explain.validity import (ValidityOptions, curve_aucs, noisy_linear_impute, original_crops, rank_correlation,
                                       restoration_curves, restoration_informative, road_curves, sanity_check, study_validity)
 from deepfake_explain.mini_forensics import make_mini_forensics, read_masks, video_path
 from deepfake_explain.model import build_model
@@ -87,7 +89,8 @@ def test_study_validity_end_to_end(study_tree):
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm): m.momentum = None
     with torch.no_grad(): model.train()(torch.rand(8, 3, 64, 64) * 255)
-    res = study_validity(model.eval(), root / "crops", root / "mini_forensics", root, root, max_images=4, road_images=2, sanity_images=2)
+    res = study_validity(model.eval(), root / "crops", root / "mini_forensics", root, root,
+                         ValidityOptions(max_images=4, road_images=2, sanity_images=2))
     out = root / "explanation"
     for f in ("restoration.csv", "restoration.png", "road.csv", "road.png", "sanity.csv", "sanity.png", "validity_per_image.csv",
               "validity_vs_baselines.csv", "validity.json"):
@@ -108,7 +111,7 @@ def test_study_validity_end_to_end(study_tree):
 def test_masks_for_crops_read_ffpp_mask_videos(tmp_path, study_tree):
     "FF++ keeps one mask video per fake (`<Method>/masks/videos/<id>.mp4`): the crop's mask is cut from its frame at the crop's box."
     import cv2
-    from deepfake_explain.explain import masks_for_crops
+    from deepfake_explain.localisation import masks_for_crops
     mv = tmp_path / "manipulated_sequences" / "Deepfakes" / "masks" / "videos" / "000_003.mp4"
     mv.parent.mkdir(parents=True)
     w = cv2.VideoWriter(str(mv), cv2.VideoWriter_fourcc(*"mp4v"), 25, (128, 96))

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from deepfake_explain import evaluate as ev
-from deepfake_explain.explain import VideoExplainer
+from deepfake_explain.videos import VideoExplainer
 from conftest import TINY  # the small detector shared by the tests
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -175,7 +175,7 @@ def test_predict_arguments_refused(mixed_folder, checkpoint, tmp_path):
 def run_cli(tmp_path):
     "Run `predict_cli` the way the console script `deepfake-explain-predict` does (a generated file calling it)."
     script = tmp_path / "deepfake_explain_predict.py"
-    script.write_text("import sys\nfrom deepfake_explain.explain import predict_cli\nsys.exit(predict_cli())\n")
+    script.write_text("import sys\nfrom deepfake_explain.cli import predict_cli\nsys.exit(predict_cli())\n")
     return lambda *args: subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300)
 
 

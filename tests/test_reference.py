@@ -54,7 +54,7 @@ def test_reference_checkpoint_in_test_and_explain(reference_sd, offline_env, tmp
     shutil.copy(next((crops / "test_set" / "Original").rglob("*.png")), faces / "face.png")
     # (the deepfake-explain-explain console script exits 1 after a successful run: explain_cli returns its table, which
     # the entry point passes to sys.exit; 05_explain's owner is told. The same function, as a script, without that.)
-    (tmp_path / "explain_cli.py").write_text("from deepfake_explain.explain import explain_cli\nexplain_cli()\n")
+    (tmp_path / "explain_cli.py").write_text("from deepfake_explain.cli import explain_cli\nexplain_cli()\n")
     r = _run([sys.executable, tmp_path / "explain_cli.py", "--images", faces, "--config", REFERENCE, "--model_path", reference_sd,
               "--output", tmp_path / "explain", "--device", "cpu", "--methods", "relevancy"], offline_env)
     assert "explained 1 images" in r.stdout and (tmp_path / "explain" / "explanation" / "explanations.csv").is_file()

@@ -22,7 +22,7 @@ from imagenet_standin import write_standin
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("data", "preprocess")      # layout-independent: run once, by the spatial rehearsal
-LAYOUT_STAGES = ("train", "evaluate", "explain", "cross")
+LAYOUT_STAGES = ("train", "evaluate", "explain", "quality", "validity", "cross")
 SEED_FRAMES = 3
 
 
@@ -148,7 +148,7 @@ def test_rehearsal_spatial(spatial_run, torch_home):
     m = json.loads((spatial_run / "test" / "metrics.json").read_text())
     assert m["info"]["frame_scores"].startswith("reused"), m["info"]["frame_scores"]
     assert "2 process(es)" in (spatial_run / "logs" / "explain-torchrun.log").read_text()
-    assert "quality table: reused" in (spatial_run / "notebooks" / STAGES["explain"]).read_text()
+    assert "quality table: reused" in (spatial_run / "notebooks" / STAGES["quality"]).read_text()
     _check_run(spatial_run, "spatial", 20, torch_home)
 
 

@@ -117,7 +117,7 @@ def fake_crops(tmp_path_factory) -> Path:
 def test_explanation_pass_two_processes_match_one(fake_crops, tmp_path, save_tiny_checkpoint, monkeypatch):
     """`deepfake-explain-explain --crops` (the quality table) and `--samples` under 2 gloo ranks: the same tables, maps and
     scores as one process; a pass interrupted after some batches is resumed by torchrun, those batches not redone."""
-    from deepfake_explain import explain as ex
+    from deepfake_explain import cli, localisation as lo
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.pt", TINY)
     flags = ["--crops", fake_crops, "--model_path", ckpt, "--methods", "relevancy,random", "--batch_size", 2, "--device", "cpu"]
     one = subprocess.run(torchrun_command("deepfake-explain-explain", [*flags, "--output", tmp_path / "one"]), env=ENV,
@@ -130,17 +130,17 @@ def test_explanation_pass_two_processes_match_one(fake_crops, tmp_path, save_tin
     for f in files:
         a, b = (pd.read_csv(tmp_path / d / "explanation" / f) for d in ("one", "two"))
         pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6, obj=f)
-    assert not (tmp_path / "two" / "explanation" / ex.QUALITY_PARTS).exists()
+    assert not (tmp_path / "two" / "explanation" / lo.QUALITY_PARTS).exists()
     # interrupted: batch 4 of 0, 2, 4, 6 fails in this process; torchrun finishes the pass, computing 4 and 6 only
-    real = ex.quality_batch
+    real = lo.quality_batch
     def dies(*a, **k):
         if k["seed"] == 4: raise RuntimeError("killed")
         return real(*a, **k)
-    monkeypatch.setattr(ex, "quality_batch", dies)
+    monkeypatch.setattr(lo, "quality_batch", dies)
     model, _, _ = ev.load_detector(ckpt, None, "cpu")
     with pytest.raises(RuntimeError, match="killed"):
-        ex.study_quality(model, fake_crops, None, None, tmp_path / "three", ("relevancy", "random"), batch_size=2, progress=False)
-    assert len(list((tmp_path / "three" / "explanation" / ex.QUALITY_PARTS).glob("*.loc.csv"))) == 2
+        lo.study_quality(model, fake_crops, None, None, tmp_path / "three", lo.QualityOptions(("relevancy", "random"), batch_size=2, progress=False))
+    assert len(list((tmp_path / "three" / "explanation" / lo.QUALITY_PARTS).glob("*.loc.csv"))) == 2
     r = torchrun("deepfake-explain-explain", [*flags, "--output", tmp_path / "three"])
     assert "2 process(es), 2 of 4 batches resumed" in r.stdout
     pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / d / "explanation" / "quality.csv") for d in ("one", "three")),
@@ -150,7 +150,7 @@ def test_explanation_pass_two_processes_match_one(fake_crops, tmp_path, save_tin
                                  high_low_prob=0.5, example_file_name=p.name) for p in sorted(fake_crops.rglob("*.png"))])
     samples.to_csv(tmp_path / "samples.csv", index=False)
     sflags = ["--samples", tmp_path / "samples.csv", "--model_path", ckpt, "--methods", "relevancy,random", "--batch_size", 2, "--device", "cpu"]
-    ex.explain_cli.__wrapped__(samples=str(tmp_path / "samples.csv"), model_path=str(ckpt), methods="relevancy,random", batch_size=2,
+    cli.explain_cli.__wrapped__(samples=str(tmp_path / "samples.csv"), model_path=str(ckpt), methods="relevancy,random", batch_size=2,
                                device="cpu", output=str(tmp_path / "s1"))
     r = torchrun("deepfake-explain-explain", [*sflags, "--output", tmp_path / "s2"])
     assert r.stdout.count("explained 8 images x 2 method(s)") == 1
