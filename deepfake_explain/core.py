@@ -185,10 +185,11 @@ def resolve_device(device=None, local_rank: int = 0) -> torch.device:
         if d.index is None: d = torch.device("cuda", local_rank)
     return d
 
-# %% ../nbs/00_core.ipynb #2def20b1
+# %% ../nbs/00_core.ipynb #51eda748
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
+# %% ../nbs/00_core.ipynb #2def20b1
 @dataclass(frozen=True)
 class Runtime:
     "Where and how a model runs: device, CPU threads, forward-pass precision and image memory format."

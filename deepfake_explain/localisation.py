@@ -344,31 +344,18 @@ def _write_quality(out: Path, fakes: pd.DataFrame, key: dict, parts: list, metho
     table.attrs["skipped"] = skipped
     return table, curves
 
-# %% ../nbs/05a_localisation.ipynb #a5a0001b
-def study_quality(model, crops_root, data_root, boxes_root, output, opts: QualityOptions | None = None, dist_info=None,
-                  **perturbation) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The quality table on the fake crops of `opts.split` under `crops_root` (`quality_images`) with their ground-truth
-    masks from `data_root` (None: no masks; boxes from `boxes_root`); writes `quality.csv`, `quality_per_image.csv`,
-    `quality_vs_baselines.csv` (`paired_differences` of relevancy against each baseline; `quality_fused_vs_baselines.csv`:
-    of `fused`), `perturbation_curves.csv`, `perturbation.png` and `quality.json` (the key: model, crops, masks, methods,
-    settings) to `<output>/explanation/`. A saved table with the same key is reused. Finished batches stay in
-    `quality_parts/` until the table is written: an interrupted pass resumes after them. Under torchrun (`dist_info`)
-    each rank computes every world-th batch and rank 0 writes (the other ranks return (None, None))."""
-    opts = opts or QualityOptions()
-    fakes, out, bs = quality_images(crops_root, opts.split, opts.max_images), Path(output) / "explanation", int(opts.batch_size)
-    key = dict(model=model_fingerprint(model), crops=files_digest(fakes["path"]), methods=list(opts.methods),
-               masks=None if data_root is None else str(Path(data_root)), batch_size=bs, seed=opts.seed,
-               **{k: list(v) if isinstance(v, tuple) else v for k, v in perturbation.items()})
-    main = dist_info is None or dist_info.is_main
-    if (saved := _reuse_quality(out, key)) is not None: return saved if main else (None, None)
-    parts = out / QUALITY_PARTS
-    if main and read_keyed(parts / "key.json", key) is None:  # another pass's parts (other model, crops or settings): start over
-        shutil.rmtree(parts, ignore_errors=True); write_keyed(parts / "key.json", key)
-    gather_rows(dist_info, [])  # every rank waits for the parts folder
-    size, rt = input_size(model), opts.runtime
-    model = rt.model(model)
-    todo = [s for s in rank_batches(len(fakes), bs, dist_info) if not _part_files(parts, s)[2].exists()]
-    for s in tqdm(todo, desc="quality", unit="batch", disable=not (opts.progress and main)):
+# %% ../nbs/05a_localisation.ipynb #a5a00021
+def _quality_key(model, fakes: pd.DataFrame, data_root, opts: QualityOptions, perturbation: dict) -> dict:
+    "The key of a pass: the model's weights, the crop files, the masks' folder, the methods and the settings."
+    return dict(model=model_fingerprint(model), crops=files_digest(fakes["path"]), methods=list(opts.methods),
+                masks=None if data_root is None else str(Path(data_root)), batch_size=int(opts.batch_size), seed=opts.seed,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in perturbation.items()})
+
+def _quality_parts(model, fakes: pd.DataFrame, parts: Path, todo: list, data_root, boxes_root, opts: QualityOptions, bar: bool,
+                   perturbation: dict) -> None:
+    "The batches starting at `todo` computed and saved as parts (their masks from `data_root`, boxes from `boxes_root`)."
+    size, rt, bs = input_size(model), opts.runtime, int(opts.batch_size)
+    for s in tqdm(todo, desc="quality", unit="batch", disable=not bar):
         paths, skipped = fakes["path"].iloc[s:s + bs].tolist(), []
         faces, keep = read_faces(paths, size, skipped)
         if not faces: _save_part(parts, s, pd.DataFrame(), pd.DataFrame(), skipped); continue
@@ -376,6 +363,28 @@ def study_quality(model, crops_root, data_root, boxes_root, output, opts: Qualit
         curves, loc = quality_batch(model, rt.images(faces_to_batch(faces)), torch.ones(len(faces), dtype=torch.long), masks,
                                     opts.methods, seed=opts.seed + s, images=s + np.asarray(keep), **perturbation)
         _save_part(parts, s, curves, loc, skipped)
+
+# %% ../nbs/05a_localisation.ipynb #a5a0001b
+def study_quality(model, crops_root, data_root, boxes_root, output, opts: QualityOptions | None = None, dist_info=None,
+                  **perturbation) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The quality table on the fake crops of `opts.split` under `crops_root` (`quality_images`) with their ground-truth
+    masks from `data_root` (None: no masks; boxes from `boxes_root`); writes `quality.csv`, `quality_per_image.csv`,
+    `quality_vs_baselines.csv` (`paired_differences` of relevancy against each baseline; `quality_fused_vs_baselines.csv`:
+    of `fused`), `perturbation_curves.csv`, `perturbation.png` and `quality.json` (the key) to `<output>/explanation/`.
+    A saved table with the same key is reused. Finished batches stay in `quality_parts/` until the table is written: an
+    interrupted pass resumes after them. Under torchrun (`dist_info`) each rank computes every world-th batch and rank 0
+    writes (the other ranks return (None, None))."""
+    opts = opts or QualityOptions()
+    fakes, out, bs = quality_images(crops_root, opts.split, opts.max_images), Path(output) / "explanation", int(opts.batch_size)
+    key, main = _quality_key(model, fakes, data_root, opts, perturbation), dist_info is None or dist_info.is_main
+    if (saved := _reuse_quality(out, key)) is not None: return saved if main else (None, None)
+    parts = out / QUALITY_PARTS
+    if main and read_keyed(parts / "key.json", key) is None:  # another pass's parts (other model, crops or settings): start over
+        shutil.rmtree(parts, ignore_errors=True); write_keyed(parts / "key.json", key)
+    gather_rows(dist_info, [])  # every rank waits for the parts folder
+    model = opts.runtime.model(model)
+    todo = [s for s in rank_batches(len(fakes), bs, dist_info) if not _part_files(parts, s)[2].exists()]
+    _quality_parts(model, fakes, parts, todo, data_root, boxes_root, opts, opts.progress and main, perturbation)
     computed = sum(gather_rows(dist_info, [len(todo)]))  # every rank's batches are saved
     if not main: return None, None
     starts = range(0, len(fakes), bs)
