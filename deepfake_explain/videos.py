@@ -6,8 +6,10 @@
 from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import jinja2
 import numpy as np
@@ -22,8 +24,8 @@ from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, explain
 from .preprocess import open_video, square_box
 
 # %% auto #0
-__all__ = ['VideoExplainer', 'annotate_frame', 'write_mp4', 'jpeg_uri', 'evidence_crops', 'timeline_figure', 'render_page',
-           'video_page_html', 'index_html', 'write_explained_video']
+__all__ = ['VideoExplainer', 'annotate_frame', 'write_mp4', 'evidence_crops', 'timeline_figure', 'render_page', 'video_page_html',
+           'index_html', 'write_explained_video']
 
 # %% ../nbs/05c_videos.ipynb #c5c00007
 class VideoExplainer:
@@ -105,27 +107,23 @@ def annotate_frame(frame: np.ndarray, faces: list[dict], header: str, footer: st
         _text(out, footer[:int(out.shape[1] / 7.5)], (6, out.shape[0] - 7), 0.45, (255, 220, 220))
     return out
 
-# %% ../nbs/05c_videos.ipynb #540f7e45
-def write_mp4(frames: list[np.ndarray], path, fps: float = 2.0) -> Path:
-    "RGB frames of one size written as an MPEG-4 video (OpenCV's `mp4v`: plays in VLC and most players) atomically."
+# %% ../nbs/05c_videos.ipynb #c5c00017
+def write_mp4(frames: list[np.ndarray], path, fps: float = 2.0, crf: int = 23) -> Path:
+    "RGB frames of one size written atomically as an H.264 MP4 (`fps` frames per second; even sides: a row or column is cut)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.mp4"  # OpenCV picks the container by the suffix
-    vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w - w % 2, h - h % 2))
-    if not vw.isOpened(): raise RuntimeError(f"{path}: OpenCV cannot write MPEG-4 video here")
+    h, w = (v - v % 2 for v in frames[0].shape[:2])  # yuv420p needs even sides
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp.mp4"
     try:
-        for f in frames: vw.write(cv2.cvtColor(f[: h - h % 2, : w - w % 2], cv2.COLOR_RGB2BGR))  # (cvtColor: ~5x faster than a reversed copy)
-    finally: vw.release()
-    os.replace(tmp, path)
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            st = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            st.width, st.height, st.pix_fmt, st.options = w, h, "yuv420p", {"crf": str(crf), "preset": "veryfast"}
+            for f in frames: out.mux(st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")))
+            out.mux(st.encode())  # flush the encoder
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
     return path
-
-# %% ../nbs/05c_videos.ipynb #c5c00009
-def jpeg_uri(rgb: np.ndarray, quality: int = 75) -> str:
-    "An RGB image as a JPEG `data:` URI (the annotated frames embedded in the page: any browser shows them, offline)."
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok: raise ValueError("JPEG encoding failed")
-    return data_uri(buf.tobytes(), "image/jpeg")
 
 # %% ../nbs/05c_videos.ipynb #643648a2
 def evidence_crops(rec: dict, k: int = 4) -> list[int]:
@@ -167,15 +165,14 @@ def render_page(template: str, **context) -> str:
 
 # %% ../nbs/05c_videos.ipynb #c5c0000f
 def video_page_html(rec: dict, timeline_png: bytes | None = None, evidence: list[tuple[str, bytes]] = (),
-                    frames: list[tuple[str, str]] = (), mp4_href: str | None = None, index_href: str = "../index.html",
-                    fps: float = 2.0) -> str:
+                    labels: list[str] = (), video_href: str | None = None, index_href: str = "../index.html",
+                    fps: float = 2.0, width: int = 960) -> str:
     """The page of one explained verdict `rec`: the timeline and the evidence figures (PNG bytes) embedded, the annotated
-    `frames` as (label, JPEG URI) in a small player at `fps`, the annotated MP4 `mp4_href` linked, nothing external."""
+    MP4 `video_href` (its frames `labels`, `fps` per second) in a `<video>` element `width` px wide, nothing external."""
     name, v = rec.get("name", rec["video"]), rec.get("verdict")
     return render_page("video_page.html", title=f"{name}: {v or rec['status']}", name=name, rec=rec, verdict=v,
                        index_href=index_href, provenance=provenance_line(rec.get("provenance") or {"known": False}),
-                       frames=list(frames), mp4_href=mp4_href, fps=fps,
-                       player=dict(frames=[list(f) for f in frames], interval_ms=round(1000 / fps)),
+                       video_href=video_href if labels else None, fps=fps, width=width, video=dict(labels=list(labels), fps=fps),
                        timeline=data_uri(timeline_png) if timeline_png else None,
                        evidence=[(c, data_uri(p)) for c, p in evidence], skipped=rec.get("frames_without_face") or [])
 
@@ -228,19 +225,18 @@ def _frame_jobs(rec: dict, frames: dict, maps) -> list[tuple]:
         jobs.append((f, t, faces, header))
     return jobs
 
-# %% ../nbs/05c_videos.ipynb #857ebe81
+# %% ../nbs/05c_videos.ipynb #c5c0001a
 def _annotated_frames(rec: dict, frames: dict, maps, max_side: int) -> tuple[list, list]:
-    "The annotated `frames` (RGB, the longer side at most `max_side`) in order, and their (label, JPEG URI) for the page's player."
+    "The annotated `frames` (RGB, the longer side at most `max_side`) in order, and their labels (`frame <i> (<t> s)`)."
     H, W = next(iter(frames.values())).shape[:2]
     scale, warn = min(1.0, max_side / max(H, W)), rec.get("warning")
-    def draw(job):  # OpenCV releases the GIL: the frames are drawn and encoded on every core
+    def draw(job):  # OpenCV releases the GIL: the frames are drawn on every core
         f, t, faces, header = job
-        img = annotate_frame(frames[f], faces, header, f"WARNING: {warn}" if warn else None, scale, rec.get("margin", 0.0))
-        return img, (f"frame {f}{t}", jpeg_uri(img))
+        return annotate_frame(frames[f], faces, header, f"WARNING: {warn}" if warn else None, scale, rec.get("margin", 0.0)), f"frame {f}{t}"
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool: drawn = list(pool.map(draw, _frame_jobs(rec, frames, maps)))
     return [d[0] for d in drawn], [d[1] for d in drawn]
 
-# %% ../nbs/05c_videos.ipynb #7c82856c
+# %% ../nbs/05c_videos.ipynb #c5c0001b
 def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fps: float = 2.0, max_side: int = 960,
                           method: str = "relevancy", layout: str = "spatial") -> dict:
     """Write the explained outputs of one verdict (see above) under `<output>/explained/`: the page `<name>.html` and, for a
@@ -249,7 +245,7 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fp
     name = rec.get("name", rec["video"])
     page, folder = Path(output) / "explained" / f"{name}.html", Path(output) / "explained" / name
     res = dict(html=str(page), mp4=None, timeline=None)
-    timeline, evidence, shown, mp4_href = None, [], [], None
+    timeline, evidence, labels, href, width = None, [], [], None, max_side
     if rec["status"] == "ok" and maps is not None:
         ev = evidence_crops(rec, k)
         timeline = figure_png(timeline_figure(rec, ev), dpi=90, compress_level=1)
@@ -257,9 +253,9 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fp
         evidence = _evidence_figures(rec, crops, maps, ev, folder, name, method, layout)
         frames = rec.get("_frames") or {}
         if frames:
-            images, shown = _annotated_frames(rec, frames, maps, max_side)
-            res["mp4"] = str(write_mp4(images, folder / "annotated.mp4", fps))
-            mp4_href = f"{Path(name).name}/annotated.mp4"
-    index_href = os.path.relpath(Path(output) / "index.html", page.parent)
-    write_bytes_atomic(page, video_page_html(dict(rec, name=name), timeline, evidence, shown, mp4_href, Path(index_href).as_posix(), fps).encode())
+            images, labels = _annotated_frames(rec, frames, maps, max_side)
+            res["mp4"], width = str(write_mp4(images, folder / "annotated.mp4", fps)), images[0].shape[1]
+            href = f"{Path(name).name}/annotated.mp4"
+    index_href = Path(os.path.relpath(Path(output) / "index.html", page.parent)).as_posix()
+    write_bytes_atomic(page, video_page_html(dict(rec, name=name), timeline, evidence, labels, href, index_href, fps, width).encode())
     return res
