@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #1c79d5f1
 from __future__ import annotations
-import contextlib, inspect, json, os, re, tempfile
+import inspect, json, os, re
 from pathlib import Path
 
 import cv2
@@ -13,19 +13,20 @@ import pandas as pd
 import torch
 from einops import rearrange
 
-from .core import (ORIGINAL, ImageReadError, atomic_write, jpeg_compress, read_image_rgb, to_rgb_uint8,
-                                   write_bytes_atomic, write_json_atomic, write_png_atomic)
-from .mini_forensics import make_mini_forensics
+from .core import ORIGINAL, atomic_write, jpeg_compress, read_image_rgb, write_json_atomic
+# re-exported: explain and evaluate still take these from here (drop this line once they import them from core)
+from .core import ImageReadError, write_bytes_atomic, write_png_atomic
 
 # %% auto #0
-__all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'CELEBDF_TEST_LIST',
-           'CELEBDF_METHOD', 'CELEBDF_FOLDERS', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS', 'read_json_file',
-           'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row', 'video_frame', 'index_ffpp',
-           'mask_source', 'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc', 'read_celebdf_test_list',
-           'index_celebdf', 'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
+__all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFD_ACTORS', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS',
+           'CELEBDF_TEST_LIST', 'CELEBDF_METHOD', 'CELEBDF_FOLDERS', 'DATASETS', 'CROP_COLUMNS',
+           'RESIZE_INTERPOLATIONS', 'read_json_file', 'read_ffpp_splits', 'ffpp_videos_dir', 'ffpp_video_path',
+           'bad_video_reason', 'scan_videos', 'video_row', 'video_frame', 'index_ffpp', 'mask_source',
+           'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc', 'read_celebdf_test_list', 'index_celebdf',
+           'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
            'select_training_frames', 'isotropic_resize', 'pad_to_square', 'gauss_noise', 'brightness_contrast',
            'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform', 'TrainTransform',
-           'FaceCropDataset', 'synthetic_crops', 'write_video_index', 'read_video_index', 'study_video_index']
+           'FaceCropDataset', 'write_video_index', 'read_video_index', 'study_video_index']
 
 # %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
@@ -38,6 +39,7 @@ def read_json_file(path):
 # %% ../nbs/00_data.ipynb #319dd75f
 FFPP_METHODS = ["Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures"]
 DFD_METHOD = "DeepFakeDetection"     # optional FF++ extra: fakes of paid actors (no official split)
+DFD_ACTORS = "DeepFakeDetection_original"  # the actors' real videos DFD_METHOD was made from (FF++'s download name)
 DFDC_METHOD = "DFDC"                 # method of DFDC fakes
 SPLITS = ("train", "val", "test")
 COMPRESSIONS = ("raw", "c23", "c40")
@@ -59,6 +61,19 @@ def read_ffpp_splits(splits_dir) -> dict[str, str]:
                     raise ValueError(f"{path}: {key!r} is also in {where[key]} (an id must be in one split only)")
                 split_of[key], where[key] = split, path.name
     return split_of
+
+# %% ../nbs/00_data.ipynb #fb860314
+_FFPP_REALS = {ORIGINAL: "youtube", DFD_ACTORS: "actors"}  # method -> folder under original_sequences/
+
+def ffpp_videos_dir(root, method: str, compression: str) -> Path:
+    "The folder of `method`'s videos at `compression` (or `\"masks\"`) in the FaceForensics++ layout under `root`."
+    base = Path(root)/"original_sequences"/_FFPP_REALS[method] if method in _FFPP_REALS else Path(root)/"manipulated_sequences"/method
+    return base/compression/"videos"
+
+# %% ../nbs/00_data.ipynb #4245f86c
+def ffpp_video_path(root, method: str, compression: str, video: str) -> Path:
+    "The file of `video` of `method` at `compression` in the FaceForensics++ layout: `ffpp_videos_dir(...)/<video>.mp4`."
+    return ffpp_videos_dir(root, method, compression)/f"{video}.mp4"
 
 # %% ../nbs/00_data.ipynb #f6f40e19
 def bad_video_reason(path, check_videos: bool = False) -> str | None:
@@ -119,8 +134,8 @@ def _ffpp_found_methods(root, compression: str, skipped: list) -> list[str]:
         for m in FFPP_METHODS:
             if m not in found: _skip(skipped, manip/m, f"method folder not found ({m} left out)")
     for m in list(found):
-        if not (manip/m/compression/"videos").is_dir():
-            found.remove(m); _skip(skipped, manip/m/compression/"videos", f"folder not found ({m} has no {compression} videos)")
+        if not (folder := ffpp_videos_dir(root, m, compression)).is_dir():
+            found.remove(m); _skip(skipped, folder, f"folder not found ({m} has no {compression} videos)")
     return found
 
 # %% ../nbs/00_data.ipynb #f95598f6
@@ -150,21 +165,21 @@ def index_ffpp(root, compression: str = "c23", methods=None, dfd_split: str = "t
     rows, skipped = [], []
     if methods is None: methods = _ffpp_found_methods(root, compression, skipped)
     else: methods = [methods] if isinstance(methods, str) else list(methods)
-    for p in scan_videos(root/"original_sequences"/"youtube"/compression/"videos", skipped, check_videos):
+    for p in scan_videos(ffpp_videos_dir(root, ORIGINAL, compression), skipped, check_videos):
         if p.stem in split_of and "_" not in p.stem: rows.append(video_row(p, split_of[p.stem], ORIGINAL, 0, compression))
         else: _skip(skipped, p, "id not in the official splits (splits/*.json)")
     for m in methods:
-        for p in scan_videos(root/"manipulated_sequences"/m/compression/"videos", skipped, check_videos):
+        for p in scan_videos(ffpp_videos_dir(root, m, compression), skipped, check_videos):
             if (row := _ffpp_fake_row(p, m, split_of, dfd_split, compression, skipped)) is not None: rows.append(row)
     if DFD_METHOD in methods:
-        for p in scan_videos(root/"original_sequences"/"actors"/compression/"videos", skipped, check_videos):
+        for p in scan_videos(ffpp_videos_dir(root, DFD_ACTORS, compression), skipped, check_videos):
             rows.append(video_row(p, dfd_split, ORIGINAL, 0, compression))
     return video_frame(rows, skipped)
 
 # %% ../nbs/00_data.ipynb #6951516f
 def mask_source(data_root, method: str, video: str) -> Path | None:
     "The mask of a fake: mini-forensics' per-frame PNG folder or FF++'s mask video (`<Method>/masks/videos/<video>[.mp4]`), or None."
-    base = Path(data_root) / "manipulated_sequences" / method / "masks" / "videos"
+    base = ffpp_videos_dir(data_root, method, "masks")
     for p in (base / video, base / f"{video}.mp4"):
         if p.is_dir() if p.suffix != ".mp4" else p.is_file(): return p
     return None
@@ -524,20 +539,6 @@ class FaceCropDataset(torch.utils.data.Dataset):
         y = torch.tensor(self.labels[i])                                        # () float32
         return (x, y, int(self.rows[i])) if self.return_index else (x, y)
 
-# %% ../nbs/00_data.ipynb #579d1e55
-def synthetic_crops(root, n_videos: int = 16, n_frames: int = 4, size: int = 32, seed: int = 0,
-                    splits=("train", "val")) -> Path:
-    "`n_videos` videos per split (half real, half fake in two methods) of `n_frames` random crops each; returns `root`."
-    rng = np.random.default_rng(seed)
-    for split in splits:
-        for v in range(n_videos):
-            method = ORIGINAL if v % 2 == 0 else ("Deepfakes", "FaceSwap")[v // 2 % 2]
-            for f in range(n_frames):
-                img = (rng.random((size, size, 3)) * 120 + 60).astype(np.uint8)
-                if method != ORIGINAL: img[size // 4: size // 2, size // 4: size // 2] = 250
-                write_png_atomic(crop_path(root, split, method, f"{split}{v:04d}", f * 10, 0), img)
-    return Path(root)
-
 # %% ../nbs/00_data.ipynb #f4f079f2
 def write_video_index(root, dataset: str, out_dir, **kwargs) -> pd.DataFrame:
     "Index `root` with `index_videos` and write `videos.csv` and `skipped.json` to `out_dir` atomically."
@@ -562,6 +563,7 @@ def study_video_index(output_root, dataset: str = "mini", data_root=None, compre
     if not refresh and (out/"videos.csv").is_file(): return read_video_index(out)
     root = Path(data_root) if data_root is not None else Path(output_root)/"mini_forensics"
     if dataset.lower() == "mini" and not (root/"manifest.json").is_file():
-        make_mini_forensics(root, compression=compression, progress=False)
+        from deepfake_explain.mini_forensics import MiniSpec, make_mini_forensics  # (a later module: it builds its paths here)
+        make_mini_forensics(root, MiniSpec(compression=compression), progress=False)
     kw = dict(compression=compression) if dataset.upper() in ("FACEFORENSICS", "FFPP", "MINI") else {}
     return write_video_index(root, dataset, out, **kw)

@@ -17,9 +17,9 @@ from fastcore.script import call_parse
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import UsageError, cli_errors, resolve_device
-from .data import (atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path,
-                                   index_crops, index_videos, study_video_index)
+from .core import (Runtime, UsageError, atomic_write, cli_errors, resolve_device, write_json_atomic,
+                                   write_png_atomic)
+from .data import equidistant, crop_path, index_crops, index_videos, study_video_index
 
 # %% auto #0
 __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadError', 'open_video', 'downscale', 'read_frames',
@@ -27,8 +27,8 @@ __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadEr
            'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
            'parse_shard', 'in_shard', 'rank_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps',
            'DistInfo', 'setup_distributed', 'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command',
-           'run_torchrun', 'VideoFrames', 'video_loader', 'torch_threads', 'detect_dataset', 'crop_video',
-           'crop_dataset', 'detect_cli', 'crops_cli', 'preprocess_stage']
+           'run_torchrun', 'VideoFrames', 'video_loader', 'torch_threads', 'DetectOptions', 'detect_dataset',
+           'crop_video', 'crop_dataset', 'detect_cli', 'crops_cli', 'preprocess_stage']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -580,29 +580,40 @@ def _detect_item(detector, item: dict, rec: dict, log: FailureLog, landmarks: bo
     except Exception as e:
         rec["status"] = "failed"; log.add(rec["path"], "detect", f"{type(e).__name__}: {e}")
 
+# %% ../nbs/01_preprocess.ipynb #2a48df91
+@dataclass
+class DetectOptions:
+    "How `detect_dataset` samples frames and runs MTCNN."
+    frames_per_video: int = 30    # equidistant frames per video (0: every every_n-th frame)
+    every_n: int = 1              # with frames_per_video 0: detect on every n-th frame
+    landmarks: bool = False       # also store the 5 MTCNN landmarks per face
+    batch_size: int = 32          # frames per MTCNN batch
+    num_workers: int = 2          # DataLoader processes decoding videos
+    iou_threshold: float = 0.2    # box overlap that continues a face track
+
 # %% ../nbs/01_preprocess.ipynb #041d5423
-def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSICS", frames_per_video: int = 30,
-                   every_n: int = 1, landmarks: bool = False, detector: FaceDetector | None = None, device="auto",
-                   batch_size: int = 32, num_workers: int = 2, threads: int | None = None, shard=None,
-                   iou_threshold: float = 0.2, progress: bool = True, dist_info=None) -> pd.DataFrame:
+def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSICS", opts: DetectOptions | None = None,
+                   runtime: Runtime | None = None, detector: FaceDetector | None = None, shard=None, progress: bool = True,
+                   dist_info=None) -> pd.DataFrame:
     """Detect faces on the sampled frames of every video of `videos` (a video index) into
     `<boxes_root>/boxes/...json`; finished videos are skipped, failures go to `<boxes_root>/boxes/failures*.csv`.
     Returns one row per video of the shard: video, method, path, boxes, status (done|skipped|failed), faces_in, frames, seconds.
     Under torchrun (`dist_info`: `DistInfo`, world > 1) each rank detects its share (`rank_shard`); every rank
     returns the whole shard's summary, rank 0 merges the failure logs."""
-    info = dist_info
+    opts, runtime, info = opts or DetectOptions(), runtime or Runtime(), dist_info
     mine, log_shard = _rank_videos(videos, shard, info)
-    detector = detector or FaceDetector(device=device, batch_size=batch_size)
+    detector = detector or FaceDetector(device=runtime.device, batch_size=opts.batch_size)
     log = FailureLog(failures_path(Path(boxes_root) / "boxes", log_shard))
     rows = _detect_rows(mine, boxes_root, dataset)
     todo = [rec for rec in rows if not Path(rec["boxes"]).exists()]
-    if threads is None and detector.device.type == "cpu": threads = max(1, (torch.get_num_threads()) - num_workers)
-    ds = VideoFrames([r["path"] for r in todo], frames_per_video, every_n, detector.scale)
+    cpu = detector.device.type == "cpu"
+    threads = (runtime.threads or max(1, torch.get_num_threads() - opts.num_workers)) if cpu else None
+    ds = VideoFrames([r["path"] for r in todo], opts.frames_per_video, opts.every_n, detector.scale)
     t0 = time.time()
-    with torch_threads(threads if detector.device.type == "cpu" else None):
-        for item in tqdm(video_loader(ds, num_workers), total=len(ds), desc="detect", unit="video", disable=not progress):
+    with torch_threads(threads):
+        for item in tqdm(video_loader(ds, opts.num_workers), total=len(ds), desc="detect", unit="video", disable=not progress):
             rec = todo[item["i"]]
-            _detect_item(detector, item, rec, log, landmarks, iou_threshold)
+            _detect_item(detector, item, rec, log, opts.landmarks, opts.iou_threshold)
             rec["seconds"] = round(time.time() - t0, 3); t0 = time.time()
     rows = _merge_ranks(info, rows, Path(boxes_root) / "boxes", shard)
     return pd.DataFrame(rows, columns=["video", "method", "path", "boxes", "status", "faces_in", "frames", "seconds"]
@@ -718,8 +729,9 @@ def detect_cli(
         root = output_path or data_path
         with torchrun_group(device) as (info, dev):
             if info.is_main: _log_index_skips(videos, Path(root) / "boxes", shard)
-            s = detect_dataset(videos, root, dataset, frames_per_video, every_n, landmarks, device=dev, batch_size=batch_size,
-                               num_workers=workers, threads=threads or None, shard=shard, progress=info.is_main, dist_info=info)
+            opts = DetectOptions(frames_per_video, every_n, landmarks, batch_size, num_workers=workers)
+            s = detect_dataset(videos, root, dataset, opts, Runtime(str(dev), threads or None), shard=shard,
+                               progress=info.is_main, dist_info=info)
         code = _finish("deepfake-explain-detect", s, failures_path(Path(root) / "boxes", shard), strict, info.is_main)
         if code: sys.exit(code)
 
@@ -756,7 +768,7 @@ def preprocess_stage(output_root, dataset: str = "mini", data_root=None, compres
     study with `nproc` > 1 has run `deepfake-explain-detect`/`-crops` under torchrun first: then every video is).
     Returns the crop index, with the detect and crop summaries' status counts in `attrs`."""
     videos = study_video_index(output_root, dataset, data_root, compression)
-    det = detect_dataset(videos, output_root, dataset, frames_per_video, device=device, num_workers=num_workers)
+    det = detect_dataset(videos, output_root, dataset, DetectOptions(frames_per_video, num_workers=num_workers), Runtime(device))
     crp = crop_dataset(videos, output_root, Path(output_root) / "crops", dataset, num_workers=num_workers)
     crops = index_crops(Path(output_root) / "crops")
     if not len(crops): raise ValueError(f"{Path(output_root) / 'crops'}: no face crops were written")
