@@ -24,8 +24,7 @@ __all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFD_ACTORS', 'DFDC_METHOD', 'SPLITS', 
            'video_row', 'index_ffpp', 'mask_source', 'read_mask_frames', 'index_dfdc', 'index_celebdf', 'index_videos',
            'crop_path', 'index_crops', 'equidistant', 'select_training_frames', 'isotropic_resize', 'pad_to_square',
            'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate',
-           'ValTransform', 'TrainTransform', 'FaceCropDataset', 'write_video_index', 'read_video_index',
-           'study_video_index']
+           'ValTransform', 'TrainTransform', 'FaceCropDataset', 'write_video_index', 'read_video_index']
 
 # %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
@@ -552,17 +551,3 @@ def read_video_index(out_dir) -> pd.DataFrame:
     df = pd.read_csv(Path(out_dir)/"videos.csv", keep_default_na=False, dtype={"video": str, "original": str})
     df.attrs["skipped"] = read_json_file(Path(out_dir)/"skipped.json")
     return df
-
-# %% ../nbs/00_data.ipynb #31c31c24
-def study_video_index(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",
-                      refresh: bool = False) -> pd.DataFrame:
-    """The study's video index `<output_root>/index/videos.csv`; written when missing (or `refresh`).
-    `data_root=None` means the demo set `<output_root>/mini_forensics`, generated here if unfinished."""
-    out = Path(output_root)/"index"
-    if not refresh and (out/"videos.csv").is_file(): return read_video_index(out)
-    root = Path(data_root) if data_root is not None else Path(output_root)/"mini_forensics"
-    if dataset.lower() == "mini" and not (root/"manifest.json").is_file():
-        from deepfake_explain.mini_forensics import MiniSpec, make_mini_forensics  # (a later module: it builds its paths here)
-        make_mini_forensics(root, MiniSpec(compression=compression), progress=False)
-    kw = dict(compression=compression) if dataset.upper() in ("FACEFORENSICS", "FFPP", "MINI") else {}
-    return write_video_index(root, dataset, out, **kw)

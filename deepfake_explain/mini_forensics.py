@@ -14,7 +14,7 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidget
 
 from .core import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
                                    to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL, file_sha256)
-from .data import ffpp_video_path, ffpp_videos_dir
+from .data import ffpp_video_path, ffpp_videos_dir, read_video_index, write_video_index
 
 # %% auto #0
 __all__ = ['MINI_METHODS', 'MINI_REAL_METHOD', 'MINI_SPLITS', 'MINI_VERSION', 'MINI_COMPRESSIONS', 'IMAGE_EXTS', 'VIDEO_EXTS',
@@ -22,7 +22,8 @@ __all__ = ['MINI_METHODS', 'MINI_REAL_METHOD', 'MINI_SPLITS', 'MINI_VERSION', 'M
            'Scene', 'make_scene', 'camera_path', 'lighting', 'film', 'similarity_from_points', 'ellipse_mask',
            'face_mask', 'soft', 'color_transfer', 'poisson_blend', 'face_swap_blend', 'self_blended', 'mouth_eyes_edit',
            'plan_mini_forensics', 'write_video_atomic', 'mask_dir', 'write_masks', 'read_masks', 'dataset_digest',
-           'MiniSpec', 'make_mini_forensics', 'mask_agreement', 'plot_mini_example', 'mini_forensics_cli']
+           'MiniSpec', 'make_mini_forensics', 'mask_agreement', 'plot_mini_example', 'mini_forensics_cli',
+           'study_video_index']
 
 # %% ../nbs/00a_mini_forensics.ipynb #fccaf058
 MINI_METHODS = ["FaceSwapBlend", "SelfBlended", "MouthEyesEdit"]  # manipulated_sequences/<Method> folders
@@ -679,3 +680,16 @@ def mini_forensics_cli(
         m = make_mini_forensics(root, spec, overwrite=overwrite)
     print(f"{root}: {m['counts']['real']} real + {m['counts']['fake']} fake videos, digest {m['digest'][:12]}, "
           f"{m['seconds']} s")
+
+# %% ../nbs/00a_mini_forensics.ipynb #31c31c24
+def study_video_index(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",
+                      refresh: bool = False) -> pd.DataFrame:
+    """The study's video index `<output_root>/index/videos.csv`; written when missing (or `refresh`).
+    `data_root=None` means the demo set `<output_root>/mini_forensics`, generated here if unfinished."""
+    out = Path(output_root)/"index"
+    if not refresh and (out/"videos.csv").is_file(): return read_video_index(out)
+    root = Path(data_root) if data_root is not None else Path(output_root)/"mini_forensics"
+    if dataset.lower() == "mini" and not (root/"manifest.json").is_file():
+        make_mini_forensics(root, MiniSpec(compression=compression), progress=False)
+    kw = dict(compression=compression) if dataset.upper() in ("FACEFORENSICS", "FFPP", "MINI") else {}
+    return write_video_index(root, dataset, out, **kw)

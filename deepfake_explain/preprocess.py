@@ -19,7 +19,8 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidget
 
 from .core import (Runtime, UsageError, atomic_write, cli_errors, resolve_device, write_json_atomic,
                                    write_png_atomic)
-from .data import equidistant, crop_path, index_crops, index_videos, study_video_index
+from .data import equidistant, crop_path, index_crops, index_videos
+from .mini_forensics import study_video_index
 
 # %% auto #0
 __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadError', 'open_video', 'downscale', 'read_frames',
@@ -764,7 +765,7 @@ def crops_cli(
 def preprocess_stage(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",
                      frames_per_video: int = 16, device="auto", num_workers: int = 1) -> pd.DataFrame:
     """The study's preprocessing stage: MTCNN boxes and square crops of every video in the study's index
-    (`data.study_video_index`) into `<output_root>/boxes` and `<output_root>/crops`; finished videos are skipped (a
+    (`mini_forensics.study_video_index`) into `<output_root>/boxes` and `<output_root>/crops`; finished videos are skipped (a
     study with `nproc` > 1 has run `deepfake-explain-detect`/`-crops` under torchrun first: then every video is).
     Returns the crop index, with the detect and crop summaries' status counts in `attrs`."""
     videos = study_video_index(output_root, dataset, data_root, compression)
