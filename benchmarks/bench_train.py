@@ -33,7 +33,8 @@ print(json.dumps({"n_train": row["n_train"], "n_val": row["n_val"], "train_secon
 
 
 def run_size(tmp: Path, n_videos: int) -> dict:
-    from deepfake_explain.data import synthetic_crops
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fixtures_crops import synthetic_crops
     crops = synthetic_crops(tmp / f"crops{n_videos}", n_videos)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CONFIG), str(crops), str(tmp / f"run{n_videos}")],
                          capture_output=True, text=True, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #1c79d5f1
 from __future__ import annotations
-import contextlib, inspect, json, os, re, tempfile
+import inspect, json, os, re
 from pathlib import Path
 
 import cv2
@@ -13,19 +13,18 @@ import pandas as pd
 import torch
 from einops import rearrange
 
-from .core import (ORIGINAL, ImageReadError, atomic_write, jpeg_compress, read_image_rgb, to_rgb_uint8,
-                                   write_bytes_atomic, write_json_atomic, write_png_atomic)
-from .mini_forensics import make_mini_forensics
+from .core import ORIGINAL, atomic_write, jpeg_compress, read_image_rgb, write_json_atomic
+# re-exported: explain and evaluate still take these from here (drop this line once they import them from core)
+from .core import ImageReadError, write_bytes_atomic, write_png_atomic
 
 # %% auto #0
-__all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS', 'CELEBDF_TEST_LIST',
-           'CELEBDF_METHOD', 'CELEBDF_FOLDERS', 'DATASETS', 'CROP_COLUMNS', 'RESIZE_INTERPOLATIONS', 'read_json_file',
-           'read_ffpp_splits', 'bad_video_reason', 'scan_videos', 'video_row', 'video_frame', 'index_ffpp',
-           'mask_source', 'read_mask_frames', 'dfdc_metadata_files', 'index_dfdc', 'read_celebdf_test_list',
-           'index_celebdf', 'index_videos', 'crop_path', 'crop_label', 'index_crops', 'equidistant', 'frames_for_video',
-           'select_training_frames', 'isotropic_resize', 'pad_to_square', 'gauss_noise', 'brightness_contrast',
-           'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform', 'TrainTransform',
-           'FaceCropDataset', 'synthetic_crops', 'write_video_index', 'read_video_index', 'study_video_index']
+__all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFD_ACTORS', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS',
+           'CELEBDF_TEST_LIST', 'CELEBDF_METHOD', 'CELEBDF_FOLDERS', 'DATASETS', 'CROP_COLUMNS',
+           'RESIZE_INTERPOLATIONS', 'read_json_file', 'read_ffpp_splits', 'ffpp_videos_dir', 'ffpp_video_path',
+           'video_row', 'index_ffpp', 'mask_source', 'read_mask_frames', 'index_dfdc', 'index_celebdf', 'index_videos',
+           'crop_path', 'index_crops', 'equidistant', 'select_training_frames', 'isotropic_resize', 'pad_to_square',
+           'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate',
+           'ValTransform', 'TrainTransform', 'FaceCropDataset', 'write_video_index', 'read_video_index']
 
 # %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
@@ -38,6 +37,7 @@ def read_json_file(path):
 # %% ../nbs/00_data.ipynb #319dd75f
 FFPP_METHODS = ["Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures"]
 DFD_METHOD = "DeepFakeDetection"     # optional FF++ extra: fakes of paid actors (no official split)
+DFD_ACTORS = "DeepFakeDetection_original"  # the actors' real videos DFD_METHOD was made from (FF++'s download name)
 DFDC_METHOD = "DFDC"                 # method of DFDC fakes
 SPLITS = ("train", "val", "test")
 COMPRESSIONS = ("raw", "c23", "c40")
@@ -60,8 +60,21 @@ def read_ffpp_splits(splits_dir) -> dict[str, str]:
                 split_of[key], where[key] = split, path.name
     return split_of
 
+# %% ../nbs/00_data.ipynb #fb860314
+_FFPP_REALS = {ORIGINAL: "youtube", DFD_ACTORS: "actors"}  # method -> folder under original_sequences/
+
+def ffpp_videos_dir(root, method: str, compression: str) -> Path:
+    "The folder of `method`'s videos at `compression` (or `\"masks\"`) in the FaceForensics++ layout under `root`."
+    base = Path(root)/"original_sequences"/_FFPP_REALS[method] if method in _FFPP_REALS else Path(root)/"manipulated_sequences"/method
+    return base/compression/"videos"
+
+# %% ../nbs/00_data.ipynb #4245f86c
+def ffpp_video_path(root, method: str, compression: str, video: str) -> Path:
+    "The file of `video` of `method` at `compression` in the FaceForensics++ layout: `ffpp_videos_dir(...)/<video>.mp4`."
+    return ffpp_videos_dir(root, method, compression)/f"{video}.mp4"
+
 # %% ../nbs/00_data.ipynb #f6f40e19
-def bad_video_reason(path, check_videos: bool = False) -> str | None:
+def _bad_video_reason(path, check_videos: bool = False) -> str | None:
     "Why the video file `path` cannot be used (`None` if it can)."
     path = Path(path)
     try:
@@ -81,7 +94,7 @@ def _skip(skipped: list, path, reason: str):
     skipped.append(dict(path=os.path.abspath(path), reason=reason))
 
 # %% ../nbs/00_data.ipynb #f681812a
-def scan_videos(folder, skipped: list, check_videos: bool = False) -> list[Path]:
+def _scan_videos(folder, skipped: list, check_videos: bool = False) -> list[Path]:
     "The usable `.mp4` files in `folder`, sorted; other files and bad videos are appended to `skipped`."
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"{folder}: folder not found")
@@ -91,7 +104,7 @@ def scan_videos(folder, skipped: list, check_videos: bool = False) -> list[Path]
     skipped += [dict(path=os.path.abspath(p), reason="not an .mp4 video") for p in sorted(set(files) - set(videos))]
     good = []
     for p in videos:
-        reason = bad_video_reason(p, check_videos)
+        reason = _bad_video_reason(p, check_videos)
         if reason: skipped.append(dict(path=os.path.abspath(p), reason=reason))
         else: good.append(p)
     return good
@@ -103,7 +116,7 @@ def video_row(path, split, method, label, compression="", original="") -> dict:
                 path=os.path.abspath(path), compression=compression, original=original)
 
 # %% ../nbs/00_data.ipynb #d403b000
-def video_frame(rows: list, skipped: list) -> pd.DataFrame:
+def _video_frame(rows: list, skipped: list) -> pd.DataFrame:
     "A video index from its rows, sorted by split, method and video, with `attrs['skipped']`."
     df = pd.DataFrame(rows, columns=VIDEO_COLUMNS).astype({"label": "int64"})
     df = df.sort_values(["split", "method", "video"], kind="stable").reset_index(drop=True)
@@ -119,8 +132,8 @@ def _ffpp_found_methods(root, compression: str, skipped: list) -> list[str]:
         for m in FFPP_METHODS:
             if m not in found: _skip(skipped, manip/m, f"method folder not found ({m} left out)")
     for m in list(found):
-        if not (manip/m/compression/"videos").is_dir():
-            found.remove(m); _skip(skipped, manip/m/compression/"videos", f"folder not found ({m} has no {compression} videos)")
+        if not (folder := ffpp_videos_dir(root, m, compression)).is_dir():
+            found.remove(m); _skip(skipped, folder, f"folder not found ({m} has no {compression} videos)")
     return found
 
 # %% ../nbs/00_data.ipynb #f95598f6
@@ -150,21 +163,21 @@ def index_ffpp(root, compression: str = "c23", methods=None, dfd_split: str = "t
     rows, skipped = [], []
     if methods is None: methods = _ffpp_found_methods(root, compression, skipped)
     else: methods = [methods] if isinstance(methods, str) else list(methods)
-    for p in scan_videos(root/"original_sequences"/"youtube"/compression/"videos", skipped, check_videos):
+    for p in _scan_videos(ffpp_videos_dir(root, ORIGINAL, compression), skipped, check_videos):
         if p.stem in split_of and "_" not in p.stem: rows.append(video_row(p, split_of[p.stem], ORIGINAL, 0, compression))
         else: _skip(skipped, p, "id not in the official splits (splits/*.json)")
     for m in methods:
-        for p in scan_videos(root/"manipulated_sequences"/m/compression/"videos", skipped, check_videos):
+        for p in _scan_videos(ffpp_videos_dir(root, m, compression), skipped, check_videos):
             if (row := _ffpp_fake_row(p, m, split_of, dfd_split, compression, skipped)) is not None: rows.append(row)
     if DFD_METHOD in methods:
-        for p in scan_videos(root/"original_sequences"/"actors"/compression/"videos", skipped, check_videos):
+        for p in _scan_videos(ffpp_videos_dir(root, DFD_ACTORS, compression), skipped, check_videos):
             rows.append(video_row(p, dfd_split, ORIGINAL, 0, compression))
-    return video_frame(rows, skipped)
+    return _video_frame(rows, skipped)
 
 # %% ../nbs/00_data.ipynb #6951516f
 def mask_source(data_root, method: str, video: str) -> Path | None:
     "The mask of a fake: mini-forensics' per-frame PNG folder or FF++'s mask video (`<Method>/masks/videos/<video>[.mp4]`), or None."
-    base = Path(data_root) / "manipulated_sequences" / method / "masks" / "videos"
+    base = ffpp_videos_dir(data_root, method, "masks")
     for p in (base / video, base / f"{video}.mp4"):
         if p.is_dir() if p.suffix != ".mp4" else p.is_file(): return p
     return None
@@ -205,7 +218,7 @@ def read_mask_frames(data_root, method: str, video: str, frames, threshold: int 
     return _png_mask_frames(src, want, threshold) if src.is_dir() else _video_mask_frames(src, want, threshold)
 
 # %% ../nbs/00_data.ipynb #6373175a
-def dfdc_metadata_files(root) -> list[Path]:
+def _dfdc_metadata_files(root) -> list[Path]:
     "The `metadata.json` files of a DFDC folder: its own, or those of its immediate sub-folders."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: DFDC folder not found")
@@ -225,7 +238,7 @@ def _dfdc_row(p: Path, entry, meta_name: str, default_split: str, check_videos: 
     split = _SPLIT_ALIASES.get(str(entry.get("split") or default_split).lower())
     if split is None: _skip(skipped, p, f"split {entry.get('split')!r} in {meta_name} is not train/val/test"); return None
     if not p.is_file(): _skip(skipped, p, f"listed in {meta_name} but the file is missing"); return None
-    reason = bad_video_reason(p, check_videos)
+    reason = _bad_video_reason(p, check_videos)
     if reason: _skip(skipped, p, reason); return None
     fake = str(label).upper() == "FAKE"
     return video_row(p, split, DFDC_METHOD if fake else ORIGINAL, int(fake), "", Path(entry.get("original") or "").stem if fake else "")
@@ -235,7 +248,7 @@ def index_dfdc(root, default_split: str = "train", check_videos: bool = False) -
     "Index DFDC videos with labels from `metadata.json` (see `VIDEO_COLUMNS`)."
     if default_split not in SPLITS: raise ValueError(f"default_split {default_split!r}: expected one of {SPLITS}")
     rows, skipped = [], []
-    for meta_path in dfdc_metadata_files(root):
+    for meta_path in _dfdc_metadata_files(root):
         folder, meta = meta_path.parent, read_json_file(meta_path)
         if not isinstance(meta, dict): raise ValueError(f"{meta_path}: expected an object {{file name: entry}}")
         for name, entry in meta.items():
@@ -244,12 +257,12 @@ def index_dfdc(root, default_split: str = "train", check_videos: bool = False) -
         for p in sorted(folder.glob("*.mp4")):
             if p.name not in meta: _skip(skipped, p, f"no entry in {meta_path.name} (label unknown)")
     if not rows: raise ValueError(f"{root}: no usable DFDC videos ({len(skipped)} skipped, e.g. {skipped[:3]})")
-    return video_frame(rows, skipped)
+    return _video_frame(rows, skipped)
 
 # %% ../nbs/00_data.ipynb #702c57bc
 CELEBDF_TEST_LIST = "List_of_testing_videos.txt"
 
-def read_celebdf_test_list(path) -> dict[str, int]:
+def _read_celebdf_test_list(path) -> dict[str, int]:
     "`<folder>/<file>` -> label (1 fake, 0 real) of Celeb-DF's test list (its own labels: 1 real, 0 fake)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: Celeb-DF test list not found")
@@ -271,11 +284,11 @@ def index_celebdf(root, check_videos: bool = False) -> pd.DataFrame:
     "Index a Celeb-DF v2 folder (see `VIDEO_COLUMNS`): listed test videos are `test`, the others `train`."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: Celeb-DF folder not found")
-    listed = read_celebdf_test_list(root/CELEBDF_TEST_LIST)
+    listed = _read_celebdf_test_list(root/CELEBDF_TEST_LIST)
     rows, skipped, seen = [], [], set()
     for folder, label in CELEBDF_FOLDERS.items():
         if not (root/folder).is_dir(): _skip(skipped, root/folder, "folder not found"); continue
-        for p in scan_videos(root/folder, skipped, check_videos):
+        for p in _scan_videos(root/folder, skipped, check_videos):
             key = f"{folder}/{p.name}"; seen.add(key)
             if key in listed and listed[key] != label:
                 _skip(skipped, p, f"{CELEBDF_TEST_LIST} labels it {'fake' if listed[key] else 'real'}, its folder {folder} says otherwise"); continue
@@ -287,7 +300,7 @@ def index_celebdf(root, check_videos: bool = False) -> pd.DataFrame:
             else: rows.append(video_row(p, split, ORIGINAL, 0))
     for key in sorted(set(listed) - seen): _skip(skipped, root/key, f"listed in {CELEBDF_TEST_LIST} but the file is missing")
     if not rows: raise ValueError(f"{root}: no usable Celeb-DF videos ({len(skipped)} skipped, e.g. {skipped[:3]})")
-    return video_frame(rows, skipped)
+    return _video_frame(rows, skipped)
 
 # %% ../nbs/00_data.ipynb #6edf53ee
 DATASETS = {"FACEFORENSICS": index_ffpp, "FFPP": index_ffpp, "MINI": index_ffpp, "DFDC": index_dfdc,
@@ -310,7 +323,7 @@ def crop_path(crops_root, split: str, method: str, video: str, frame: int, face:
     return Path(crops_root)/f"{split}_set"/str(method)/str(video)/f"{int(frame)}_{int(face)}.png"
 
 # %% ../nbs/00_data.ipynb #141d0b89
-def crop_label(method: str) -> int:
+def _crop_label(method: str) -> int:
     "1 (fake) for every method folder except `Original` (0, real)."
     return 0 if method == ORIGINAL else 1
 
@@ -343,7 +356,7 @@ def index_crops(crops_root) -> pd.DataFrame:
         for m in sorted(os.scandir(s.path), key=lambda e: e.name):
             if m.name.startswith("."): continue
             if not m.is_dir(): _skip(skipped, m.path, "not a method folder"); continue
-            label = crop_label(m.name)
+            label = _crop_label(m.name)
             for v in sorted(os.scandir(m.path), key=lambda e: e.name):
                 if v.name.startswith("."): continue
                 if not v.is_dir(): _skip(skipped, v.path, "not a video folder"); continue
@@ -363,7 +376,7 @@ def equidistant(n_total: int, k: int) -> list[int]:
     return [i * n_total // k for i in range(k)]
 
 # %% ../nbs/00_data.ipynb #c6352130
-def frames_for_video(label: int, frames_per_video: int, split: str = "train",
+def _frames_for_video(label: int, frames_per_video: int, split: str = "train",
                      rebalancing_real: float = 1.0, rebalancing_fake: float = 0.3) -> int:
     "Number of frames (per face) to take from a video of class `label` in `split`; 0 (all) if `frames_per_video <= 0`."
     if split not in SPLITS: raise ValueError(f"split {split!r}: expected one of {SPLITS}")
@@ -375,8 +388,8 @@ def frames_for_video(label: int, frames_per_video: int, split: str = "train",
 # %% ../nbs/00_data.ipynb #3488707f
 def select_training_frames(crop_index: pd.DataFrame, frames_per_video: int, rebalancing_real: float = 1.0,
                            rebalancing_fake: float = 0.3, split: str = "train", faces=None) -> pd.DataFrame:
-    "The rows of `crop_index` (index kept) in `split` to use: per (method, video, face), `frames_for_video` equidistant frames."
-    k_real, k_fake = (frames_for_video(l, frames_per_video, split, rebalancing_real, rebalancing_fake) for l in (0, 1))
+    "The rows of `crop_index` (index kept) in `split` to use: per (method, video, face), `_frames_for_video` equidistant frames."
+    k_real, k_fake = (_frames_for_video(l, frames_per_video, split, rebalancing_real, rebalancing_fake) for l in (0, 1))
     df = crop_index[crop_index["split"] == split]
     if faces is not None: df = df[df["face"].isin(list(faces))]
     df = df.sort_values(["method", "video", "face", "frame"], kind="stable")
@@ -524,20 +537,6 @@ class FaceCropDataset(torch.utils.data.Dataset):
         y = torch.tensor(self.labels[i])                                        # () float32
         return (x, y, int(self.rows[i])) if self.return_index else (x, y)
 
-# %% ../nbs/00_data.ipynb #579d1e55
-def synthetic_crops(root, n_videos: int = 16, n_frames: int = 4, size: int = 32, seed: int = 0,
-                    splits=("train", "val")) -> Path:
-    "`n_videos` videos per split (half real, half fake in two methods) of `n_frames` random crops each; returns `root`."
-    rng = np.random.default_rng(seed)
-    for split in splits:
-        for v in range(n_videos):
-            method = ORIGINAL if v % 2 == 0 else ("Deepfakes", "FaceSwap")[v // 2 % 2]
-            for f in range(n_frames):
-                img = (rng.random((size, size, 3)) * 120 + 60).astype(np.uint8)
-                if method != ORIGINAL: img[size // 4: size // 2, size // 4: size // 2] = 250
-                write_png_atomic(crop_path(root, split, method, f"{split}{v:04d}", f * 10, 0), img)
-    return Path(root)
-
 # %% ../nbs/00_data.ipynb #f4f079f2
 def write_video_index(root, dataset: str, out_dir, **kwargs) -> pd.DataFrame:
     "Index `root` with `index_videos` and write `videos.csv` and `skipped.json` to `out_dir` atomically."
@@ -552,16 +551,3 @@ def read_video_index(out_dir) -> pd.DataFrame:
     df = pd.read_csv(Path(out_dir)/"videos.csv", keep_default_na=False, dtype={"video": str, "original": str})
     df.attrs["skipped"] = read_json_file(Path(out_dir)/"skipped.json")
     return df
-
-# %% ../nbs/00_data.ipynb #31c31c24
-def study_video_index(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",
-                      refresh: bool = False) -> pd.DataFrame:
-    """The study's video index `<output_root>/index/videos.csv`; written when missing (or `refresh`).
-    `data_root=None` means the demo set `<output_root>/mini_forensics`, generated here if unfinished."""
-    out = Path(output_root)/"index"
-    if not refresh and (out/"videos.csv").is_file(): return read_video_index(out)
-    root = Path(data_root) if data_root is not None else Path(output_root)/"mini_forensics"
-    if dataset.lower() == "mini" and not (root/"manifest.json").is_file():
-        make_mini_forensics(root, compression=compression, progress=False)
-    kw = dict(compression=compression) if dataset.upper() in ("FACEFORENSICS", "FFPP", "MINI") else {}
-    return write_video_index(root, dataset, out, **kw)

@@ -13,15 +13,17 @@ import numpy as np
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 from .core import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
-                                   to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL)
+                                   to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL, file_sha256)
+from .data import ffpp_video_path, ffpp_videos_dir, read_video_index, write_video_index
 
 # %% auto #0
 __all__ = ['MINI_METHODS', 'MINI_REAL_METHOD', 'MINI_SPLITS', 'MINI_VERSION', 'MINI_COMPRESSIONS', 'IMAGE_EXTS', 'VIDEO_EXTS',
            'LABEL_COLUMNS', 'FaceSource', 'builtin_faces', 'detect_faces', 'read_video_frames', 'load_face_folder',
            'Scene', 'make_scene', 'camera_path', 'lighting', 'film', 'similarity_from_points', 'ellipse_mask',
            'face_mask', 'soft', 'color_transfer', 'poisson_blend', 'face_swap_blend', 'self_blended', 'mouth_eyes_edit',
-           'plan_mini_forensics', 'write_video_atomic', 'video_path', 'mask_dir', 'write_masks', 'read_masks',
-           'dataset_digest', 'make_mini_forensics', 'mask_agreement', 'plot_mini_example', 'mini_forensics_cli']
+           'plan_mini_forensics', 'write_video_atomic', 'mask_dir', 'write_masks', 'read_masks', 'dataset_digest',
+           'MiniSpec', 'make_mini_forensics', 'mask_agreement', 'plot_mini_example', 'mini_forensics_cli',
+           'study_video_index']
 
 # %% ../nbs/00a_mini_forensics.ipynb #fccaf058
 MINI_METHODS = ["FaceSwapBlend", "SelfBlended", "MouthEyesEdit"]  # manipulated_sequences/<Method> folders
@@ -389,17 +391,10 @@ def _compress(frames: np.ndarray, compression: str) -> np.ndarray:
     q = MINI_COMPRESSIONS[compression]
     return frames if q is None else np.stack([jpeg_compress(f, q) for f in frames])
 
-# %% ../nbs/00a_mini_forensics.ipynb #07970094
-def video_path(root, method: str, video: str, compression: str = "c23") -> Path:
-    "FF++ path of a video: reals (`method` `ORIGINAL` or 'original_youtube') and fakes `<target>_<source>`."
-    root = Path(root)
-    if method in (ORIGINAL, MINI_REAL_METHOD): return root / "original_sequences" / "youtube" / compression / "videos" / f"{video}.mp4"
-    return root / "manipulated_sequences" / method / compression / "videos" / f"{video}.mp4"
-
 # %% ../nbs/00a_mini_forensics.ipynb #d56f2be1
 def mask_dir(root, method: str, video: str) -> Path:
     "Folder of a fake's per-frame masks: <root>/manipulated_sequences/<method>/masks/videos/<video>/"
-    return Path(root) / "manipulated_sequences" / method / "masks" / "videos" / video
+    return ffpp_videos_dir(root, method, "masks") / video
 
 # %% ../nbs/00a_mini_forensics.ipynb #14c44946
 def write_masks(root, method: str, video: str, masks: np.ndarray) -> Path:
@@ -420,13 +415,6 @@ def read_masks(root, method: str, video: str) -> np.ndarray:
     if [int(p.stem) for p in files] != list(range(len(files))): raise ValueError(f"{d}: mask frames are not 0..{len(files) - 1}")
     return np.stack([read_image_rgb(p)[..., 0] > 127 for p in files])
 
-# %% ../nbs/00a_mini_forensics.ipynb #9985521b
-def _sha256_file(p) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
 # %% ../nbs/00a_mini_forensics.ipynb #591db48f
 def dataset_digest(root) -> str:
     "sha256 over every data file of a mini-forensics root (videos, masks, splits, labels.csv; not the manifest)."
@@ -434,7 +422,7 @@ def dataset_digest(root) -> str:
     files = sorted(p for d in ("original_sequences", "manipulated_sequences", "splits") for p in (root / d).rglob("*")
                    if p.is_file() and not p.name.startswith("."))
     for p in files + [root / "labels.csv"]:
-        h.update(p.relative_to(root).as_posix().encode()); h.update(_sha256_file(p).encode())
+        h.update(p.relative_to(root).as_posix().encode()); h.update(file_sha256(p).encode())
     return h.hexdigest()
 
 # %% ../nbs/00a_mini_forensics.ipynb #94f702b5
@@ -464,18 +452,34 @@ def _complete(root: Path, manifest: dict) -> bool:
             and all((root / r["path"]).is_file() for r in rows)
             and all(len(list(mask_dir(root, f["method"], f["video"]).glob("*.png"))) == n for f in manifest["fakes"]))
 
+# %% ../nbs/00a_mini_forensics.ipynb #d44ae351
+@dataclass
+class MiniSpec:
+    "What a mini-forensics set is made of (`params` of its `manifest.json`); `methods=None` means all `MINI_METHODS`."
+    seed: int = 0                 # generator seed (same seed -> byte-identical files)
+    n_frames: int = 16            # frames per video
+    size: int = 160               # frame side in pixels (square frames)
+    n_pairs: tuple = (12, 3, 4)   # [target, source] pairs per split (train, val, test)
+    compression: str = "c23"      # a key of MINI_COMPRESSIONS
+    fps: float = 25.0             # frame rate of the videos
+    mask_thresh: int = 12         # a pixel is in the mask where the uncompressed fake differs by more than this
+    methods: list | None = None   # manipulation methods (a subset of MINI_METHODS)
+    extra_faces: str | None = None  # optional folder of real face photos/videos
+    include_builtin: bool = True  # use the two built-in photos too
+
+    def __post_init__(self):
+        self.methods = list(MINI_METHODS if self.methods is None else self.methods)
+        if unknown := [m for m in self.methods if m not in MINI_METHODS]: raise ValueError(f"unknown methods {unknown}; known: {MINI_METHODS}")
+        if self.compression not in MINI_COMPRESSIONS: raise ValueError(f"compression={self.compression!r}; known: {list(MINI_COMPRESSIONS)}")
+        if self.n_frames < 2 or self.size < 64: raise ValueError(f"n_frames={self.n_frames}, size={self.size}: need n_frames >= 2 and size >= 64")
+
 # %% ../nbs/00a_mini_forensics.ipynb #4478c672
-def _mini_params(seed, n_frames, size, extra_faces, n_pairs, compression, fps, mask_thresh, methods,
-                 include_builtin) -> dict:
-    "Check the generator's arguments; its parameter record (`params` of `manifest.json`)."
-    methods = list(MINI_METHODS if methods is None else methods)
-    if unknown := [m for m in methods if m not in MINI_METHODS]: raise ValueError(f"unknown methods {unknown}; known: {MINI_METHODS}")
-    if compression not in MINI_COMPRESSIONS: raise ValueError(f"compression={compression!r}; known: {list(MINI_COMPRESSIONS)}")
-    if n_frames < 2 or size < 64: raise ValueError(f"n_frames={n_frames}, size={size}: need n_frames >= 2 and size >= 64")
-    return {"version": MINI_VERSION, "seed": int(seed), "n_frames": int(n_frames), "size": int(size),
-            "n_pairs": [int(n) for n in n_pairs], "compression": compression, "fps": float(fps),
-            "mask_thresh": int(mask_thresh), "methods": methods, "include_builtin": bool(include_builtin),
-            "extra_faces": None if extra_faces is None else _folder_key(extra_faces)}
+def _mini_params(spec: MiniSpec) -> dict:
+    "The parameter record of `spec` (`params` of `manifest.json`): an `extra_faces` folder as its files and sizes."
+    return {"version": MINI_VERSION, "seed": int(spec.seed), "n_frames": int(spec.n_frames), "size": int(spec.size),
+            "n_pairs": [int(n) for n in spec.n_pairs], "compression": spec.compression, "fps": float(spec.fps),
+            "mask_thresh": int(spec.mask_thresh), "methods": list(spec.methods), "include_builtin": bool(spec.include_builtin),
+            "extra_faces": None if spec.extra_faces is None else _folder_key(spec.extra_faces)}
 
 # %% ../nbs/00a_mini_forensics.ipynb #d6b24c8e
 def _finished_or_ready(root: Path, params: dict, overwrite: bool) -> dict | None:
@@ -534,23 +538,23 @@ def _make_fake(method: str, target: tuple, source_scene: Scene, t: str, s: str, 
 # %% ../nbs/00a_mini_forensics.ipynb #18736754
 def _write_real(root, clip_id: str, frames: np.ndarray, compression: str, fps: float) -> Path:
     "Write the real clip `clip_id` unless it is on disk; its path."
-    p = video_path(root, ORIGINAL, clip_id, compression)
+    p = ffpp_video_path(root, ORIGINAL, compression, clip_id)
     if not p.exists(): write_video_atomic(p, _compress(frames, compression), fps)
     return p
 
 # %% ../nbs/00a_mini_forensics.ipynb #f9b6ea7c
 def _write_fake(root, method: str, video: str, frames: np.ndarray, masks: np.ndarray, compression: str, fps: float) -> Path:
     "Write a fake's masks and video unless both are complete on disk; its video path."
-    p = video_path(root, method, video, compression)
+    p = ffpp_video_path(root, method, compression, video)
     if not (p.exists() and len(list(mask_dir(root, method, video).glob("*.png"))) == len(masks)):
         write_masks(root, method, video, masks)
         write_video_atomic(p, _compress(frames, compression), fps)
     return p
 
 # %% ../nbs/00a_mini_forensics.ipynb #e8edd5f3
-def _make_pairs(root: Path, plan: dict, sources: list[FaceSource], methods: list, seed, n_frames, size, compression,
-                fps, mask_thresh, progress: bool) -> tuple[list[dict], list[dict]]:
-    "Film and write every pair of `plan`; (labels.csv rows, manifest `fakes`)."
+def _make_pairs(root: Path, plan: dict, sources: list[FaceSource], spec: MiniSpec, progress: bool) -> tuple[list[dict], list[dict]]:
+    "Film and write every pair of `plan` as `spec` says; (labels.csv rows, manifest `fakes`)."
+    seed, n_frames, size, compression, fps = spec.seed, spec.n_frames, spec.size, spec.compression, spec.fps
     by_name, clips, cache = {s.name: s for s in sources}, {c["id"]: c for c in plan["clips"]}, {}
     def clip(i):  # -> (scene, path, light, uncompressed original frames)
         if i not in cache: cache[i] = _film_clip(by_name[clips[i]["source"]], clips[i], seed, n_frames, size)
@@ -566,11 +570,11 @@ def _make_pairs(root: Path, plan: dict, sources: list[FaceSource], methods: list
     for split, a, b in tqdm(jobs, desc="mini-forensics pairs", disable=not progress):
         for i in (a, b): add_row(_write_real(root, i, clip(i)[3], compression, fps), "REAL", MINI_REAL_METHOD, "", split)
         for t, s in ((a, b), (b, a)):
-            for m in methods:
-                frames, masks, info = _make_fake(m, clip(t), clip(s)[0], t, s, seed, mask_thresh)
+            for m in spec.methods:
+                frames, masks, info = _make_fake(m, clip(t), clip(s)[0], t, s, seed, spec.mask_thresh)
                 video = f"{t}_{s}"
                 p = _write_fake(root, m, video, frames, masks, compression, fps)
-                add_row(p, "FAKE", m, video_path(root, ORIGINAL, t, compression).relative_to(root).as_posix(), split)
+                add_row(p, "FAKE", m, ffpp_video_path(root, ORIGINAL, compression, t).relative_to(root).as_posix(), split)
                 fakes.append({"video": video, "method": m, "target": t, "source": s, "split": split,
                               "mask_fraction": round(float(masks.mean()), 4),
                               "min_frame_mask_fraction": round(float(masks.mean((1, 2)).min()), 4), **info})
@@ -601,23 +605,19 @@ def _mini_manifest(root: Path, params: dict, plan: dict, sources: list[FaceSourc
             "skipped": skipped, "clips": plan["clips"], "fakes": fakes}
 
 # %% ../nbs/00a_mini_forensics.ipynb #0e8a694e
-def make_mini_forensics(root, seed: int = 0, n_frames: int = 16, size: int = 160, extra_faces=None,
-                        n_pairs=(12, 3, 4), compression: str = "c23", fps: float = 25.0, mask_thresh: int = 12,
-                        methods=None, include_builtin: bool = True, overwrite: bool = False,
-                        progress: bool = True) -> dict:
-    "Generate (or return the finished) mini-forensics set under `root`; returns its manifest."
+def make_mini_forensics(root, spec: MiniSpec | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    "Generate (or return the finished) mini-forensics set `spec` (default `MiniSpec()`) under `root`; returns its manifest."
     t0 = time.perf_counter()
-    root = Path(root)
-    params = _mini_params(seed, n_frames, size, extra_faces, n_pairs, compression, fps, mask_thresh, methods, include_builtin)
+    root, spec = Path(root), spec or MiniSpec()
+    params = _mini_params(spec)
     if (done := _finished_or_ready(root, params, overwrite)) is not None: return done
     partial = root / ".mini_forensics.partial.json"
     write_json_atomic(partial, params)
-    sources, skipped = _mini_sources(extra_faces, include_builtin)
-    plan = plan_mini_forensics(sources, seed, n_pairs)
-    rows, fakes = _make_pairs(root, plan, sources, params["methods"], seed, n_frames, size, compression, fps,
-                              mask_thresh, progress)
+    sources, skipped = _mini_sources(spec.extra_faces, spec.include_builtin)
+    plan = plan_mini_forensics(sources, spec.seed, spec.n_pairs)
+    rows, fakes = _make_pairs(root, plan, sources, spec, progress)
     _write_labels_and_splits(root, rows, plan["pairs"])
-    manifest = _mini_manifest(root, params, plan, sources, skipped, fakes, n_frames, t0)
+    manifest = _mini_manifest(root, params, plan, sources, skipped, fakes, spec.n_frames, t0)
     write_json_atomic(root / "manifest.json", manifest)
     partial.unlink(missing_ok=True)
     return manifest
@@ -627,8 +627,8 @@ def mask_agreement(root, method: str, video: str, thresh: int = 12, margin: int 
                    compression: str = "c23") -> dict:
     "IoU of decoded |fake - original| > thresh with the ground-truth masks, and the stray-difference rate outside them."
     target = video.split("_")[0]
-    orig = read_video_frames(video_path(root, ORIGINAL, target, compression)).astype(np.int16)
-    fake = read_video_frames(video_path(root, method, video, compression)).astype(np.int16)
+    orig = read_video_frames(ffpp_video_path(root, ORIGINAL, compression, target)).astype(np.int16)
+    fake = read_video_frames(ffpp_video_path(root, method, compression, video)).astype(np.int16)
     gt = read_masks(root, method, video)
     if not (orig.shape == fake.shape and orig.shape[:3] == gt.shape):
         raise ValueError(f"{method}/{video}: shapes differ (original {orig.shape}, fake {fake.shape}, masks {gt.shape})")
@@ -643,14 +643,14 @@ def plot_mini_example(root, target: str, source: str, frame: int | None = None, 
     "Figure: the original frame of `target`, each method's fake `<target>_<source>` and its mask (matplotlib)."
     import matplotlib.pyplot as plt
     methods = list(MINI_METHODS if methods is None else methods)
-    orig = read_video_frames(video_path(root, ORIGINAL, target, compression))
+    orig = read_video_frames(ffpp_video_path(root, ORIGINAL, compression, target))
     frame = len(orig) // 2 if frame is None else frame
     fig, ax = plt.subplots(2, 1 + len(methods), figsize=(2.6 * (1 + len(methods)), 5.4))
     ax[0, 0].imshow(orig[frame]); ax[0, 0].set_title(f"original {target}", fontsize=9)
     ax[1, 0].text(0.5, 0.5, "reals have\nno mask", ha="center", va="center", fontsize=9)
     for j, m in enumerate(methods, 1):
         v = f"{target}_{source}"
-        ax[0, j].imshow(read_video_frames(video_path(root, m, v, compression))[frame]); ax[0, j].set_title(f"{m}\n{v}", fontsize=9)
+        ax[0, j].imshow(read_video_frames(ffpp_video_path(root, m, compression, v))[frame]); ax[0, j].set_title(f"{m}\n{v}", fontsize=9)
         ax[1, j].imshow(read_masks(root, m, v)[frame], cmap="gray", vmin=0, vmax=1); ax[1, j].set_title("mask", fontsize=9)
     for a in ax.ravel(): a.set_xticks([]); a.set_yticks([])
     fig.suptitle(f"mini-forensics, frame {frame}", fontsize=10); fig.tight_layout()
@@ -675,7 +675,21 @@ def mini_forensics_cli(
 ):
     "Generate the mini-forensics demo set (FaceForensics++ layout, with masks). Exit status: 0 done, 1 failed, 2 bad command line."
     with cli_errors("deepfake-explain-mini-forensics"):
-        m = make_mini_forensics(root, seed=seed, n_frames=n_frames, size=size, extra_faces=extra_faces,
-                                n_pairs=(n_train, n_val, n_test), compression=compression, overwrite=overwrite)
+        spec = MiniSpec(seed=seed, n_frames=n_frames, size=size, n_pairs=(n_train, n_val, n_test), compression=compression,
+                        extra_faces=extra_faces)
+        m = make_mini_forensics(root, spec, overwrite=overwrite)
     print(f"{root}: {m['counts']['real']} real + {m['counts']['fake']} fake videos, digest {m['digest'][:12]}, "
           f"{m['seconds']} s")
+
+# %% ../nbs/00a_mini_forensics.ipynb #31c31c24
+def study_video_index(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",
+                      refresh: bool = False) -> pd.DataFrame:
+    """The study's video index `<output_root>/index/videos.csv`; written when missing (or `refresh`).
+    `data_root=None` means the demo set `<output_root>/mini_forensics`, generated here if unfinished."""
+    out = Path(output_root)/"index"
+    if not refresh and (out/"videos.csv").is_file(): return read_video_index(out)
+    root = Path(data_root) if data_root is not None else Path(output_root)/"mini_forensics"
+    if dataset.lower() == "mini" and not (root/"manifest.json").is_file():
+        make_mini_forensics(root, MiniSpec(compression=compression), progress=False)
+    kw = dict(compression=compression) if dataset.upper() in ("FACEFORENSICS", "FFPP", "MINI") else {}
+    return write_video_index(root, dataset, out, **kw)

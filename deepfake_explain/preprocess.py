@@ -17,18 +17,19 @@ from fastcore.script import call_parse
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import UsageError, cli_errors, resolve_device
-from .data import (atomic_write, write_json_atomic, write_png_atomic, equidistant, crop_path,
-                                   index_crops, index_videos, study_video_index)
+from .core import (Runtime, UsageError, atomic_write, cli_errors, resolve_device, write_json_atomic,
+                                   write_png_atomic)
+from .data import equidistant, crop_path, index_crops, index_videos
+from .mini_forensics import study_video_index
 
 # %% auto #0
 __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadError', 'open_video', 'downscale', 'read_frames',
            'brighten', 'FaceDetector', 'box_iou', 'track_faces', 'boxes_path', 'write_boxes', 'read_boxes',
            'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
-           'parse_shard', 'in_shard', 'rank_shard', 'shard_videos', 'failures_path', 'FailureLog', 'remove_stale_temps',
-           'DistInfo', 'setup_distributed', 'torchrun_group', 'gather_rows', 'merge_failure_logs', 'torchrun_command',
-           'run_torchrun', 'VideoFrames', 'video_loader', 'torch_threads', 'detect_dataset', 'crop_video',
-           'crop_dataset', 'detect_cli', 'crops_cli', 'preprocess_stage']
+           'in_shard', 'rank_shard', 'shard_videos', 'FailureLog', 'remove_stale_temps', 'DistInfo',
+           'setup_distributed', 'torchrun_group', 'gather_rows', 'torchrun_command', 'run_torchrun', 'VideoFrames',
+           'video_loader', 'torch_threads', 'DetectOptions', 'detect_dataset', 'crop_video', 'crop_dataset',
+           'detect_cli', 'crops_cli', 'preprocess_stage']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -332,7 +333,7 @@ def detect_and_crop_video(path, detector: FaceDetector | None = None, frames_per
     return dict(boxes=boxes, crops=crops, **({"frames": dict(zip(idx, frames))} if with_frames else {}))
 
 # %% ../nbs/01_preprocess.ipynb #e88864c0
-def parse_shard(shard) -> tuple[int, int]:
+def _parse_shard(shard) -> tuple[int, int]:
     "`'k/N'` or `(k, N)` (0 <= k < N) -> (k, N); None or '' -> (0, 1)."
     if shard is None or shard == "": return 0, 1
     try: k, n = (int(v) for v in (shard if isinstance(shard, (tuple, list)) else str(shard).split("/")))
@@ -343,27 +344,27 @@ def parse_shard(shard) -> tuple[int, int]:
 # %% ../nbs/01_preprocess.ipynb #56830e56
 def in_shard(keys, shard=None) -> np.ndarray:
     "Which `keys` (strings) belong to shard k/N: `crc32(key) % N == k`. The one sharding rule of every stage (bool (len(keys),))."
-    k, n = parse_shard(shard)
+    k, n = _parse_shard(shard)
     return np.array([n == 1 or zlib.crc32(str(key).encode()) % n == k for key in keys], dtype=bool)
 
 # %% ../nbs/01_preprocess.ipynb #94a62736
 def rank_shard(shard=None, rank: int = 0, world: int = 1) -> tuple[int, int]:
     """The shard of rank `rank` of a `world`-process (torchrun) job run on shard k/N: (k + N*rank, N*world).
     The ranks' shards split k/N exactly (crc % N*world = k + N*rank implies crc % N = k); world 1 gives k/N itself."""
-    k, n = parse_shard(shard)
+    k, n = _parse_shard(shard)
     if not 0 <= rank < world: raise ValueError(f"rank {rank} of a {world}-process job: expected 0 <= rank < world")
     return k + n * rank, n * world
 
 # %% ../nbs/01_preprocess.ipynb #8fe48231
 def shard_videos(videos: pd.DataFrame, shard=None) -> pd.DataFrame:
     "The rows of a video index that belong to shard `k/N` (`in_shard` of `<method>/<video>`)."
-    if parse_shard(shard)[1] == 1: return videos
+    if _parse_shard(shard)[1] == 1: return videos
     return videos[in_shard([f"{m}/{v}" for m, v in zip(videos["method"], videos["video"])], shard)]
 
 # %% ../nbs/01_preprocess.ipynb #beeb9e1c
-def failures_path(root, shard=None) -> Path:
+def _failures_path(root, shard=None) -> Path:
     "`<root>/failures.csv`, or `<root>/failures_<k>of<N>.csv` for a shard (shards never write the same file)."
-    k, n = parse_shard(shard)
+    k, n = _parse_shard(shard)
     return Path(root) / ("failures.csv" if n == 1 else f"failures_{k}of{n}.csv")
 
 # %% ../nbs/01_preprocess.ipynb #3b6cd2ea
@@ -444,7 +445,7 @@ def gather_rows(info, rows: list) -> list:
     return [r for p in parts for r in p]
 
 # %% ../nbs/01_preprocess.ipynb #48ce7699
-def merge_failure_logs(main, parts, redone=()) -> Path:
+def _merge_failure_logs(main, parts, redone=()) -> Path:
     """Rank 0 at the end of a torchrun stage: the ranks' failure logs `parts` folded into the log `main`. Records of
     the videos `redone` in this run are replaced by what the ranks logged for them; the part files are removed."""
     log = FailureLog(main)
@@ -549,7 +550,7 @@ def _merge_ranks(info, rows: list, log_root, shard) -> list:
     if info is None or not info.enabled: return rows
     rows = sorted(gather_rows(info, rows), key=lambda r: r["_i"])
     if info.is_main:
-        merge_failure_logs(failures_path(log_root, shard), [failures_path(log_root, rank_shard(shard, r, info.world))
+        _merge_failure_logs(_failures_path(log_root, shard), [_failures_path(log_root, rank_shard(shard, r, info.world))
                                                             for r in range(info.world)], [r["path"] for r in rows if r["status"] != "skipped"])
     torch.distributed.barrier()  # the merged log is there before any rank reads it
     return rows
@@ -580,29 +581,40 @@ def _detect_item(detector, item: dict, rec: dict, log: FailureLog, landmarks: bo
     except Exception as e:
         rec["status"] = "failed"; log.add(rec["path"], "detect", f"{type(e).__name__}: {e}")
 
+# %% ../nbs/01_preprocess.ipynb #2a48df91
+@dataclass
+class DetectOptions:
+    "How `detect_dataset` samples frames and runs MTCNN."
+    frames_per_video: int = 30    # equidistant frames per video (0: every every_n-th frame)
+    every_n: int = 1              # with frames_per_video 0: detect on every n-th frame
+    landmarks: bool = False       # also store the 5 MTCNN landmarks per face
+    batch_size: int = 32          # frames per MTCNN batch
+    num_workers: int = 2          # DataLoader processes decoding videos
+    iou_threshold: float = 0.2    # box overlap that continues a face track
+
 # %% ../nbs/01_preprocess.ipynb #041d5423
-def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSICS", frames_per_video: int = 30,
-                   every_n: int = 1, landmarks: bool = False, detector: FaceDetector | None = None, device="auto",
-                   batch_size: int = 32, num_workers: int = 2, threads: int | None = None, shard=None,
-                   iou_threshold: float = 0.2, progress: bool = True, dist_info=None) -> pd.DataFrame:
+def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSICS", opts: DetectOptions | None = None,
+                   runtime: Runtime | None = None, detector: FaceDetector | None = None, shard=None, progress: bool = True,
+                   dist_info=None) -> pd.DataFrame:
     """Detect faces on the sampled frames of every video of `videos` (a video index) into
     `<boxes_root>/boxes/...json`; finished videos are skipped, failures go to `<boxes_root>/boxes/failures*.csv`.
     Returns one row per video of the shard: video, method, path, boxes, status (done|skipped|failed), faces_in, frames, seconds.
     Under torchrun (`dist_info`: `DistInfo`, world > 1) each rank detects its share (`rank_shard`); every rank
     returns the whole shard's summary, rank 0 merges the failure logs."""
-    info = dist_info
+    opts, runtime, info = opts or DetectOptions(), runtime or Runtime(), dist_info
     mine, log_shard = _rank_videos(videos, shard, info)
-    detector = detector or FaceDetector(device=device, batch_size=batch_size)
-    log = FailureLog(failures_path(Path(boxes_root) / "boxes", log_shard))
+    detector = detector or FaceDetector(device=runtime.device, batch_size=opts.batch_size)
+    log = FailureLog(_failures_path(Path(boxes_root) / "boxes", log_shard))
     rows = _detect_rows(mine, boxes_root, dataset)
     todo = [rec for rec in rows if not Path(rec["boxes"]).exists()]
-    if threads is None and detector.device.type == "cpu": threads = max(1, (torch.get_num_threads()) - num_workers)
-    ds = VideoFrames([r["path"] for r in todo], frames_per_video, every_n, detector.scale)
+    cpu = detector.device.type == "cpu"
+    threads = (runtime.threads or max(1, torch.get_num_threads() - opts.num_workers)) if cpu else None
+    ds = VideoFrames([r["path"] for r in todo], opts.frames_per_video, opts.every_n, detector.scale)
     t0 = time.time()
-    with torch_threads(threads if detector.device.type == "cpu" else None):
-        for item in tqdm(video_loader(ds, num_workers), total=len(ds), desc="detect", unit="video", disable=not progress):
+    with torch_threads(threads):
+        for item in tqdm(video_loader(ds, opts.num_workers), total=len(ds), desc="detect", unit="video", disable=not progress):
             rec = todo[item["i"]]
-            _detect_item(detector, item, rec, log, landmarks, iou_threshold)
+            _detect_item(detector, item, rec, log, opts.landmarks, opts.iou_threshold)
             rec["seconds"] = round(time.time() - t0, 3); t0 = time.time()
     rows = _merge_ranks(info, rows, Path(boxes_root) / "boxes", shard)
     return pd.DataFrame(rows, columns=["video", "method", "path", "boxes", "status", "faces_in", "frames", "seconds"]
@@ -647,7 +659,7 @@ def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "F
     path, status (done|skipped|failed), crops. Under torchrun (`dist_info`) each rank crops its share, as `detect_dataset`."""
     info = dist_info
     mine, log_shard = _rank_videos(videos, shard, info)
-    log = FailureLog(failures_path(crops_root, log_shard))
+    log = FailureLog(_failures_path(crops_root, log_shard))
     rows, todo, boxes = [], [], []
     for r in mine.itertuples():
         rec = dict(video=r.video, method=r.method, path=r.path, status="skipped", crops=None, _i=r.Index)
@@ -674,7 +686,7 @@ def _index(data_path, dataset, compression):
 # %% ../nbs/01_preprocess.ipynb #02d985f6
 def _check_shard(shard):
     "A `UsageError` naming `--shard` when `shard` is not k/N."
-    try: parse_shard(shard)
+    try: _parse_shard(shard)
     except ValueError as e: raise UsageError(f"--shard: {e}") from None
 
 # %% ../nbs/01_preprocess.ipynb #809bf8f8
@@ -688,7 +700,7 @@ def _finish(name, summary, log_file, strict, report: bool = True) -> int:
 # %% ../nbs/01_preprocess.ipynb #195cac15
 def _log_index_skips(videos: pd.DataFrame, boxes_dir, shard):
     "The files the index refused (`videos.attrs['skipped']`) that exist and belong to `shard`, logged at stage `index`."
-    log = FailureLog(failures_path(boxes_dir, shard))
+    log = FailureLog(_failures_path(boxes_dir, shard))
     for sk in videos.attrs.get("skipped", []):  # files the index refused (empty, unreadable, unknown name, ...)
         if Path(sk["path"]).is_file() and in_shard(["/" + str(sk["path"])], shard)[0]: log.add(sk["path"], "index", sk["reason"])
 
@@ -718,9 +730,10 @@ def detect_cli(
         root = output_path or data_path
         with torchrun_group(device) as (info, dev):
             if info.is_main: _log_index_skips(videos, Path(root) / "boxes", shard)
-            s = detect_dataset(videos, root, dataset, frames_per_video, every_n, landmarks, device=dev, batch_size=batch_size,
-                               num_workers=workers, threads=threads or None, shard=shard, progress=info.is_main, dist_info=info)
-        code = _finish("deepfake-explain-detect", s, failures_path(Path(root) / "boxes", shard), strict, info.is_main)
+            opts = DetectOptions(frames_per_video, every_n, landmarks, batch_size, num_workers=workers)
+            s = detect_dataset(videos, root, dataset, opts, Runtime(str(dev), threads or None), shard=shard,
+                               progress=info.is_main, dist_info=info)
+        code = _finish("deepfake-explain-detect", s, _failures_path(Path(root) / "boxes", shard), strict, info.is_main)
         if code: sys.exit(code)
 
 # %% ../nbs/01_preprocess.ipynb #62e2eb46
@@ -745,18 +758,18 @@ def crops_cli(
         with torchrun_group("cpu") as (info, _):  # cropping decodes and writes PNGs: CPU work, the ranks meet over gloo
             s = crop_dataset(videos, boxes_path or data_path, output_path, dataset, margin, num_workers=workers, shard=shard,
                              progress=info.is_main, dist_info=info)
-        code = _finish("deepfake-explain-crops", s, failures_path(output_path, shard), strict, info.is_main)
+        code = _finish("deepfake-explain-crops", s, _failures_path(output_path, shard), strict, info.is_main)
         if code: sys.exit(code)
 
 # %% ../nbs/01_preprocess.ipynb #4e31939b
 def preprocess_stage(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",
                      frames_per_video: int = 16, device="auto", num_workers: int = 1) -> pd.DataFrame:
     """The study's preprocessing stage: MTCNN boxes and square crops of every video in the study's index
-    (`data.study_video_index`) into `<output_root>/boxes` and `<output_root>/crops`; finished videos are skipped (a
+    (`mini_forensics.study_video_index`) into `<output_root>/boxes` and `<output_root>/crops`; finished videos are skipped (a
     study with `nproc` > 1 has run `deepfake-explain-detect`/`-crops` under torchrun first: then every video is).
     Returns the crop index, with the detect and crop summaries' status counts in `attrs`."""
     videos = study_video_index(output_root, dataset, data_root, compression)
-    det = detect_dataset(videos, output_root, dataset, frames_per_video, device=device, num_workers=num_workers)
+    det = detect_dataset(videos, output_root, dataset, DetectOptions(frames_per_video, num_workers=num_workers), Runtime(device))
     crp = crop_dataset(videos, output_root, Path(output_root) / "crops", dataset, num_workers=num_workers)
     crops = index_crops(Path(output_root) / "crops")
     if not len(crops): raise ValueError(f"{Path(output_root) / 'crops'}: no face crops were written")

@@ -15,10 +15,10 @@ import yaml
 from fastcore.script import call_parse
 
 import deepfake_explain
-from .core import cli_errors, data_uri, did_you_mean
+from .core import Runtime, cli_errors, data_uri, did_you_mean
 from .data import DATASETS, atomic_write, index_videos, write_json_atomic
 from .evaluate import test_checkpoint
-from .preprocess import crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
+from .preprocess import DetectOptions, crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
 from .train import training_config
 
 # %% auto #0
@@ -255,7 +255,7 @@ def test_set_crops(entry: dict, out_dir, frames_per_video: int = 20, device="aut
     if not len(sel): raise ValueError(f"{entry['data_root']}: test set {entry['name']!r} has no videos in split {entry['split']!r}")
     sel = sel.assign(split="test").reset_index(drop=True)
     out_dir = Path(out_dir)
-    detect_dataset(sel, out_dir, entry["dataset"], frames_per_video, num_workers=1, device=device, progress=progress)
+    detect_dataset(sel, out_dir, entry["dataset"], DetectOptions(frames_per_video, num_workers=1), Runtime(device), progress=progress)
     crop_dataset(sel, out_dir, out_dir / "crops", entry["dataset"], num_workers=1, progress=progress)
     return out_dir / "crops"
 

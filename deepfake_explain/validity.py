@@ -14,7 +14,7 @@ import torch
 
 from .core import (ORIGINAL, ImageReadError, Runtime, figure_png, read_image_rgb, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic)
-from .data import ValTransform
+from .data import COMPRESSIONS, ValTransform, ffpp_video_path
 from .evaluate import load_detector
 from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch, fake_probability,
                                       input_size, parse_methods, read_faces)
@@ -30,12 +30,12 @@ __all__ = ['RESTORE_FRACTIONS', 'ROAD_WEIGHTS', 'ROAD_FRACTIONS', 'original_vide
            'ValidityOptions', 'validity_inputs', 'restoration_test', 'validity_per_image', 'study_validity',
            'validity_stage']
 
-# %% ../nbs/05b_validity.ipynb #c90c8658
+# %% ../nbs/05b_validity.ipynb #b5b00010
 def original_video_path(data_root, target: str, compression: str = "c23") -> Path | None:
-    "The real video `<target>` of the FF++ layout (`original_sequences/youtube/<compression>/videos/<target>.mp4`; another compression if that one is absent), or None."
-    base = Path(data_root) / "original_sequences" / "youtube"
-    p = base / compression / "videos" / f"{target}.mp4"
-    return p if p.is_file() else next(iter(sorted(base.glob(f"*/videos/{target}.mp4"))), None)
+    "The real video `<target>` of the FF++ layout (`data.ffpp_video_path`) at `compression`, else at another compression, else None."
+    for c in dict.fromkeys((compression, *COMPRESSIONS)):
+        if (p := ffpp_video_path(data_root, ORIGINAL, c, target)).is_file(): return p
+    return None
 
 # %% ../nbs/05b_validity.ipynb #12a3a0a0
 def original_crops(crop_paths, data_root, boxes_root, size: int, margin: float = 0.0, compression: str = "c23") -> list:

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from deepfake_explain.data import CELEBDF_METHOD, ORIGINAL, index_videos, synthetic_crops
+from deepfake_explain.data import CELEBDF_METHOD, ORIGINAL, index_videos
+from fixtures_crops import synthetic_crops
 from deepfake_explain.study import CROSS_COLUMNS, check_test_sets, cross_dataset_test, write_report
 from deepfake_explain.train import train
 

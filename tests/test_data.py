@@ -280,7 +280,7 @@ def test_augmentations_identical_for_any_number_of_workers(tmp_path):
 def test_mini_forensics_index_matches_its_labels(tmp_path):
     mf = pytest.importorskip("deepfake_explain.mini_forensics")
     root = tmp_path / "mini"
-    mf.make_mini_forensics(root, n_pairs=(1, 1, 1), n_frames=2, size=64, progress=False)
+    mf.make_mini_forensics(root, mf.MiniSpec(n_pairs=(1, 1, 1), n_frames=2, size=64), progress=False)
     labels = pd.read_csv(root / "labels.csv", keep_default_na=False).set_index("path")
     df = index_videos(root, "mini")
     assert df.attrs["skipped"] == [] and len(df) == len(labels)
@@ -289,3 +289,10 @@ def test_mini_forensics_index_matches_its_labels(tmp_path):
         want = labels.loc[Path(r.path).relative_to(root).as_posix()]
         assert (r.split, r.label) == (want.ffpp_official_split, int(want.label == "FAKE"))
         assert r.method == (ORIGINAL if want.label == "REAL" else want.method)
+
+
+def test_synthetic_crops_fixture(tmp_path):
+    from fixtures_crops import synthetic_crops
+    sc = index_crops(synthetic_crops(tmp_path, n_videos=4, n_frames=2, size=8))
+    assert len(sc) == 2 * 4 * 2 and sorted(sc.label.unique()) == [0, 1]
+    assert sc.groupby("split").video.nunique().to_dict() == {"train": 4, "val": 4}

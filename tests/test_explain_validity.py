@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from deepfake_explain.data import ValTransform, write_png_atomic
+from deepfake_explain.core import write_png_atomic
+from deepfake_explain.data import ValTransform, ffpp_video_path
 from deepfake_explain.explain import METHODS
 from deepfake_explain.localisation import crop_mask
 from deepfake_explain.validity import (ValidityOptions, curve_aucs, noisy_linear_impute, original_crops, rank_correlation,
                                       restoration_curves, restoration_informative, road_curves, sanity_check, study_validity)
-from deepfake_explain.mini_forensics import make_mini_forensics, read_masks, video_path
+from deepfake_explain.mini_forensics import MiniSpec, make_mini_forensics, read_masks
 from deepfake_explain.model import build_model
 from deepfake_explain.preprocess import crop_face, read_frames, write_boxes
 
@@ -58,11 +59,11 @@ def study_tree(tmp_path_factory):
     "A generated mini-forensics set with the test split's fakes cut into crops at a fixed box (boxes files as 01_preprocess writes)."
     root = tmp_path_factory.mktemp("validity")
     data = root / "mini_forensics"
-    man = make_mini_forensics(data, seed=0, n_frames=2, size=96, n_pairs=(1, 1, 1), methods=["SelfBlended"], progress=False)
+    man = make_mini_forensics(data, MiniSpec(seed=0, n_frames=2, size=96, n_pairs=(1, 1, 1), methods=["SelfBlended"]), progress=False)
     box = [14.0, 10.0, 82.0, 86.0, 0.99]
     for video in [f["video"] for f in man["fakes"] if f["split"] == "test"]:
         write_boxes(root / "boxes" / "SelfBlended" / f"{video}.json", {0: [box], 1: [box]})
-        idx, frames = read_frames(video_path(data, "SelfBlended", video), indices=[0, 1])
+        idx, frames = read_frames(ffpp_video_path(data, "SelfBlended", "c23", video), indices=[0, 1])
         for i, fr in zip(idx, frames): write_png_atomic(root / "crops" / "test_set" / "SelfBlended" / video / f"{i}_0.png", crop_face(fr, box))
     return root, man
 
@@ -73,7 +74,7 @@ def test_original_crops_are_frame_aligned(study_tree):
     origs = original_crops(crops, root / "mini_forensics", root, 64)
     for p, o in zip(crops, origs):
         video, frame = p.parent.name, int(p.stem.split("_")[0])
-        fake = ValTransform(64)(crop_face(read_frames(video_path(root / "mini_forensics", "SelfBlended", video), indices=[frame])[1][0],
+        fake = ValTransform(64)(crop_face(read_frames(ffpp_video_path(root / "mini_forensics", "SelfBlended", "c23", video), indices=[frame])[1][0],
                                           [14.0, 10.0, 82.0, 86.0]))
         mask = crop_mask(read_masks(root / "mini_forensics", "SelfBlended", video)[frame].astype(np.uint8) * 255, [14.0, 10.0, 82.0, 86.0], 64)
         differ = np.abs(fake.astype(int) - o.astype(int)).max(-1) > 40  # beyond mp4v noise

@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-from deepfake_explain.data import (ImageReadError, FaceCropDataset, TrainTransform, ValTransform, crop_path, index_crops,
-                                   read_image_rgb, read_json_file, video_row, write_bytes_atomic, write_json_atomic,
+from deepfake_explain.core import (ImageReadError, Runtime, read_image_rgb, write_bytes_atomic, write_json_atomic,
                                    write_png_atomic)
+from deepfake_explain.data import FaceCropDataset, TrainTransform, ValTransform, crop_path, index_crops, read_json_file, video_row
 from deepfake_explain.model import (ConfigError, build_model, default_config, load_checkpoint, load_config,
                                     make_efficientnet)
-from deepfake_explain.preprocess import (DONE_MARKER, FaceDetector, boxes_path, crop_dataset, crop_face, detect_dataset,
+from deepfake_explain.preprocess import (DONE_MARKER, DetectOptions, FaceDetector, boxes_path, crop_dataset, crop_face, detect_dataset,
                                          read_boxes, read_frames, shard_videos, square_box, write_boxes)
 from deepfake_explain.train import (CHECKPOINT_FORMAT, CheckpointError, CheckpointMismatchError, load_train_config,
                                     load_weights, read_checkpoint, train)
@@ -290,7 +290,8 @@ def test_one_frame_video_through_detection_and_crops(clips, tmp_path):
         assert idx == [0] and frames[0].shape == (360, 640, 3), kw
     videos = pd.DataFrame([video_row(p, "val", "Original", 0)])
     out, crops = tmp_path / "out", tmp_path / "crops"
-    s = detect_dataset(videos, out, frames_per_video=30, device="cpu", num_workers=0, threads=1, progress=False)
+    s = detect_dataset(videos, out, opts=DetectOptions(frames_per_video=30, num_workers=0), runtime=Runtime("cpu", threads=1),
+                       progress=False)
     assert s.status.tolist() == ["done"] and s.frames.tolist() == [1] and s.faces_in.tolist() == [1]
     boxes = read_boxes(boxes_path(out, "une image", "Original"))
     assert list(boxes) == [0] and len(boxes[0]) == 1
@@ -518,15 +519,16 @@ import sys, time, torch
 torch.set_num_threads(1)
 from pathlib import Path
 import pandas as pd
-from deepfake_explain.preprocess import FaceDetector, crop_dataset, detect_dataset
+from deepfake_explain.core import Runtime
+from deepfake_explain.preprocess import DetectOptions, FaceDetector, crop_dataset, detect_dataset
 k, root = sys.argv[1], Path(sys.argv[2])
 videos = pd.read_csv(root / "videos.csv", keep_default_na=False, dtype={"video": str})
 det = FaceDetector(device="cpu", batch_size=4)
 (root / f"ready_{k}").touch()
 t0 = time.time()
 while not all((root / f"ready_{i}").exists() for i in (0, 1)) and time.time() - t0 < 120: time.sleep(0.01)
-s = detect_dataset(videos, root / "out", "FACEFORENSICS", frames_per_video=2, detector=det, num_workers=0, threads=1,
-                   shard=f"{k}/2", progress=False)
+s = detect_dataset(videos, root / "out", "FACEFORENSICS", DetectOptions(frames_per_video=2, num_workers=0),
+                   Runtime("cpu", threads=1), detector=det, shard=f"{k}/2", progress=False)
 c = crop_dataset(videos, root / "out", root / "crops", "FACEFORENSICS", num_workers=0, shard=f"{k}/2", progress=False)
 s.to_csv(root / f"detect_{k}.csv", index=False); c.to_csv(root / f"crops_{k}.csv", index=False)
 """

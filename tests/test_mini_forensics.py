@@ -13,9 +13,14 @@ import pytest
 
 import deepfake_explain.mini_forensics as mf
 from deepfake_explain.mini_forensics import (MINI_METHODS, MINI_REAL_METHOD, MINI_SPLITS, LABEL_COLUMNS,
-                                             make_mini_forensics, load_face_folder, read_masks, dataset_digest)
+                                             MiniSpec, make_mini_forensics, load_face_folder, read_masks, dataset_digest)
 
-SMALL = dict(n_frames=6, size=96, n_pairs=(1, 1, 1), progress=False)
+SMALL = dict(n_frames=6, size=96, n_pairs=(1, 1, 1))
+
+
+def _make(root, overwrite=False, **spec):
+    "A small set (`SMALL`, changed by `spec`) under `root`."
+    return make_mini_forensics(root, MiniSpec(**{**SMALL, **spec}), overwrite=overwrite, progress=False)
 
 
 def _decode(path) -> np.ndarray:
@@ -48,8 +53,8 @@ def _labels(root: Path) -> list[dict]:
 def wide(shared_data, tmp_path_factory):
     "A set widened with the real faces of ../shared/data/faces (identity-disjoint splits)."
     root = tmp_path_factory.mktemp("wide")
-    m = make_mini_forensics(root, seed=0, n_frames=12, size=128, n_pairs=(4, 2, 2),
-                            extra_faces=shared_data / "faces", progress=False)
+    m = make_mini_forensics(root, MiniSpec(seed=0, n_frames=12, size=128, n_pairs=(4, 2, 2), extra_faces=shared_data / "faces"),
+                            progress=False)
     return root, m
 
 
@@ -129,9 +134,9 @@ def test_face_detection_is_deterministic(shared_data):
 
 
 def test_same_seed_same_files(tmp_path):
-    a = make_mini_forensics(tmp_path / "a", seed=3, **SMALL)
-    b = make_mini_forensics(tmp_path / "b", seed=3, **SMALL)
-    c = make_mini_forensics(tmp_path / "c", seed=4, **SMALL)
+    a = _make(tmp_path / "a", seed=3)
+    b = _make(tmp_path / "b", seed=3)
+    c = _make(tmp_path / "c", seed=4)
     ha, hb = _file_hashes(tmp_path / "a"), _file_hashes(tmp_path / "b")
     assert ha == hb and len(ha) == 2 * 3 + 3 * 6 * (1 + 6) + 3 + 1  # reals, fakes + masks, splits, labels
     assert a["digest"] == b["digest"] == dataset_digest(tmp_path / "b")
@@ -139,54 +144,54 @@ def test_same_seed_same_files(tmp_path):
 
 
 def test_resume_after_crash_and_no_regeneration(tmp_path, monkeypatch):
-    ref = make_mini_forensics(tmp_path / "ref", seed=1, **SMALL)
+    ref = _make(tmp_path / "ref", seed=1)
     calls, real_write = [], mf.write_video_atomic
     def crashing(*a, **k):
         calls.append(a[0])
         if len(calls) == 7: raise KeyboardInterrupt("killed")
         return real_write(*a, **k)
     monkeypatch.setattr(mf, "write_video_atomic", crashing)
-    with pytest.raises(KeyboardInterrupt): make_mini_forensics(tmp_path / "x", seed=1, **SMALL)
+    with pytest.raises(KeyboardInterrupt): _make(tmp_path / "x", seed=1)
     monkeypatch.setattr(mf, "write_video_atomic", real_write)
     x = tmp_path / "x"
     assert not (x / "manifest.json").exists() and (x / ".mini_forensics.partial.json").exists()
     assert not [p for p in x.rglob("*") if p.name.endswith((".tmp", ".tmp.mp4"))]  # no half-written files
     before = {p: p.stat().st_mtime_ns for p in x.rglob("*.mp4")}
-    m = make_mini_forensics(x, seed=1, **SMALL)
+    m = _make(x, seed=1)
     assert m["digest"] == ref["digest"] and _file_hashes(x) == _file_hashes(tmp_path / "ref")
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished files were not rewritten
     assert not (x / ".mini_forensics.partial.json").exists()
     # a finished set is returned, not regenerated
     mtimes = {p: p.stat().st_mtime_ns for p in x.rglob("*") if p.is_file()}
-    assert make_mini_forensics(x, seed=1, **SMALL) == m
+    assert _make(x, seed=1) == m
     assert {p: p.stat().st_mtime_ns for p in x.rglob("*") if p.is_file()} == mtimes
     # a finished set that lost a file afterwards is completed again, not returned broken
     lost = sorted((x / "manipulated_sequences").rglob("*.png"))[5]
     lost.unlink()
-    assert make_mini_forensics(x, seed=1, **SMALL)["digest"] == ref["digest"] and lost.exists()
+    assert _make(x, seed=1)["digest"] == ref["digest"] and lost.exists()
     # other parameters: an error naming them, or a clean regeneration with overwrite=True
     with pytest.raises(FileExistsError, match=r"other parameters \(n_frames\)"):
-        make_mini_forensics(x, seed=1, **{**SMALL, "n_frames": 5})
-    m5 = make_mini_forensics(x, seed=1, overwrite=True, **{**SMALL, "n_frames": 5})
+        _make(x, seed=1, n_frames=5)
+    m5 = _make(x, overwrite=True, seed=1, n_frames=5)
     assert m5["params"]["n_frames"] == 5 and len(read_masks(x, m5["fakes"][0]["method"], m5["fakes"][0]["video"])) == 5
 
 
 def test_bad_input(tmp_path, shared_data):
     with pytest.raises(FileNotFoundError, match="nope: extra_faces folder not found"):
-        make_mini_forensics(tmp_path / "r", extra_faces=tmp_path / "nope", **SMALL)
-    with pytest.raises(ValueError, match="unknown methods"): make_mini_forensics(tmp_path / "r", methods=["Deepfakes"], **SMALL)
-    with pytest.raises(ValueError, match="compression"): make_mini_forensics(tmp_path / "r", compression="c99", **SMALL)
+        _make(tmp_path / "r", extra_faces=tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown methods"): _make(tmp_path / "r", methods=["Deepfakes"])
+    with pytest.raises(ValueError, match="compression"): _make(tmp_path / "r", compression="c99")
     faces = tmp_path / "faces"; (faces / "ann").mkdir(parents=True)
     shutil.copy(shared_data / "faces/test_images_aligned/paul_rudd/1.png", faces / "ann" / "1.png")
     (faces / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     (faces / "clip.mp4").write_bytes(b"")
-    m = make_mini_forensics(tmp_path / "r", extra_faces=faces, **SMALL)
+    m = _make(tmp_path / "r", extra_faces=faces)
     assert sorted(Path(s["path"]).name for s in m["skipped"]) == ["broken.jpg", "clip.mp4"]
     assert "ann" in {s["identity"] for s in m["sources"]}
 
 
 def test_c40_and_methods_subset(tmp_path):
-    m = make_mini_forensics(tmp_path / "r", compression="c40", methods=["SelfBlended"], **SMALL)
+    m = _make(tmp_path / "r", compression="c40", methods=["SelfBlended"])
     rows = _labels(tmp_path / "r")
     assert {r["compression"] for r in rows} == {"c40"} and {r["method"] for r in rows} == {"SelfBlended", MINI_REAL_METHOD}
     assert all("/c40/videos/" in r["path"] for r in rows)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfake_explain.data import synthetic_crops
+from fixtures_crops import synthetic_crops
 from deepfake_explain.model import build_model
 from deepfake_explain.train import load_train_config, model_config
 

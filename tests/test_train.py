@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepfake_explain.data import synthetic_crops
+from fixtures_crops import synthetic_crops
 from deepfake_explain.model import build_model
 from deepfake_explain.train import (CHECKPOINT_FORMAT, load_train_config, make_datasets, make_loader, model_config,
                                     read_checkpoint, read_metrics, seed_everything, train)

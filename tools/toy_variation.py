@@ -24,7 +24,7 @@ seed, threads = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
 sys.path.insert(0, sys.argv[3])
 from test_train import TINY, _train_loss
-from deepfake_explain.data import synthetic_crops
+from fixtures_crops import synthetic_crops  # tests/ is on the path (argv[3])
 from deepfake_explain.model import build_model
 from deepfake_explain.train import (IndexedDataset, bce_pos_weight, load_train_config, model_config, run_epoch,
                                     seed_everything, train)
