@@ -21,8 +21,9 @@ from tqdm import tqdm
 from .data import ORIGINAL, ImageReadError, ValTransform, atomic_write, index_crops, read_image_rgb
 from .data import mask_source, read_mask_frames, write_bytes_atomic, write_json_atomic
 from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, REPORT_FILES, RULES, SAMPLE_COLUMNS, VOTING,
-                                       checkpoint_provenance, frame_probabilities, load_detector, predict_video, predict_videos,
-                                       provenance_line, provenance_warning, report_verdicts, video_score)
+                                       predict_video, predict_videos, report_verdicts, video_score)
+from .checkpoint import checkpoint_provenance, load_detector, provenance_line, provenance_warning
+from .model import fake_probability as frame_probabilities  # until 05 is rewritten: model.fake_probability
 from .core import UsageError, cli_errors, resolve_device, write_csv_atomic
 from .model import record_attention
 from .preprocess import (VideoReadError, boxes_path, crop_face, gather_rows, open_video, read_boxes, read_frames,
