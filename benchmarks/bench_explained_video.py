@@ -25,7 +25,7 @@ from fastcore.script import call_parse
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from deepfake_explain.data import write_json_atomic
-from deepfake_explain.evaluate import FRAMES_PER_VIDEO, predict_video
+from deepfake_explain.evaluate import FRAMES_PER_VIDEO, PredictOptions, predict_video
 from deepfake_explain.videos import VideoExplainer
 from deepfake_explain.model import build_model
 
@@ -51,10 +51,10 @@ def main(out_json=None, iters: int = 2, frames_per_video: int = FRAMES_PER_VIDEO
                    "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine(),
                    "loadavg_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}}
 
-    def predict(p): return predict_video(p, model, fd, frames_per_video, batch_size)
+    def predict(p): return predict_video(p, model, fd, PredictOptions(frames_per_video=frames_per_video, batch_size=batch_size))
     def explain(p):
         ex = VideoExplainer()
-        rec = predict_video(p, model, fd, frames_per_video, batch_size, scorer=ex.score, keep_images=True)
+        rec = predict_video(p, model, fd, PredictOptions(frames_per_video=frames_per_video, batch_size=batch_size), scorer=ex.score, keep_images=True)
         rec.update(name=p.stem, warning=None, provenance={"known": False})
         ex.write(rec, out)
         return rec

@@ -36,7 +36,7 @@ def face_pngs(out: Path, n: int = 8, size: int = 224) -> list[Path]:
     "`n` distinct 224 px PNG face crops (the shared aligned faces, resized, mirrored, brightened): the pool to link from."
     import cv2, numpy as np
     sys.path.insert(0, str(ROOT))
-    from deepfake_explain.data import read_image_rgb, write_png_atomic
+    from deepfake_explain.core import read_image_rgb, write_png_atomic
     faces = sorted((SHARED / "faces" / "test_images_aligned").glob("*/1.png"))
     if not faces: raise FileNotFoundError(f"{SHARED}/faces/test_images_aligned: no aligned faces (the benchmark needs ../shared/data)")
     out.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,9 @@ import json, sys, time, torch
 torch.set_num_threads(1)
 def peak_rss_mb():  # VmHWM: this process's own peak (ru_maxrss keeps a large parent's peak across fork + exec)
     return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))) / 1024
-from deepfake_explain.train import train
+from deepfake_explain.train import TrainOptions, train
 t = time.time()
-res = train(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], num_epochs=1, workers=0, seed=0, progress=False)
+res = train(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], TrainOptions(num_epochs=1, workers=0, seed=0, progress=False))
 row = res["history"][-1]
 print(json.dumps({"n_train": row["n_train"], "n_val": row["n_val"], "train_seconds": row["train_seconds"],
                   "epoch_seconds": row["seconds"], "wall_seconds": time.time() - t,

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 
 from fastcore.script import call_parse
 
-from .core import Runtime, UsageError, cli_errors, resolve_device
-from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, RULES, VOTING, checkpoint_provenance, load_detector,
-                                       predict_videos, provenance_line, provenance_warning, report_verdicts)
+from .core import Runtime, UsageError, cli_errors
+from .checkpoint import checkpoint_provenance, load_detector, provenance_line, provenance_warning
+from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, RULES, VOTING, PredictOptions, predict_videos,
+                                       report_verdicts)
 from .explain import TARGETS, ExplainOptions, explain_folder, explain_samples, parse_methods
 from .localisation import QualityOptions, study_quality
 from .preprocess import torchrun_group
@@ -49,8 +50,8 @@ def predict_cli(path: str,                         # a video file or a folder of
         if frames_per_video < 1 or batch_size < 1: raise UsageError("--frames_per_video and --batch_size must be >= 1")
         if not math.isfinite(threshold): raise UsageError(f"--threshold must be a finite number, got {threshold!r}")
         explainer = VideoExplainer() if explain else None
-        df = predict_videos(path, model_path, config, output, frames_per_video, batch_size, device, rule, threshold, margin,
-                            min_face=min_face, voting=voting, explainer=explainer)
+        opts = PredictOptions(frames_per_video, margin, min_face, batch_size, rule, threshold, voting)
+        df = predict_videos(path, model_path, config, output, opts, Runtime(device), explainer=explainer)
     if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
     else:
         bad = report_verdicts(df, prog, output)
@@ -77,8 +78,8 @@ def _explain_videos(args, methods: tuple, prog: str) -> int:
     a = args
     ex = VideoExplainer(k=a.evidence, method=methods[0], target=a.target, explain_batch=a.batch_size or 8)
     thr = DEFAULT_THRESHOLD if a.threshold is None else a.threshold
-    df = predict_videos(a.video, a.model_path, a.config, a.output, a.frames_per_video, 32, resolve_device(a.device), a.rule, thr,
-                        voting=a.voting, explainer=ex)
+    opts = PredictOptions(a.frames_per_video, batch_size=32, rule=a.rule, threshold=thr, voting=a.voting)
+    df = predict_videos(a.video, a.model_path, a.config, a.output, opts, Runtime(a.device), explainer=ex)
     if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
     else:
         bad = report_verdicts(df, prog, a.output)
@@ -103,9 +104,10 @@ def _explain_faces_cli(args, methods: tuple) -> int:
     "--samples, --images or --crops, under torchrun when launched so (`torchrun_group`); rank 0 prints what was done."
     a = args
     with torchrun_group(a.device) as (info, dev):
-        model, _, _ = load_detector(a.model_path, a.config, dev)
+        rt = Runtime(str(dev))
+        model, _, _ = load_detector(a.model_path, a.config, rt)
         prov = checkpoint_provenance(a.model_path)
-        warn, rt = provenance_warning(prov), Runtime(str(dev))
+        warn = provenance_warning(prov)
         if info.is_main: print(provenance_line(prov) + (f"\nWARNING: {warn}" if warn else ""))
         if a.crops:
             opts = QualityOptions(methods, a.split, a.max_images, a.batch_size or 16, a.seed, rt)

@@ -14,8 +14,6 @@ import torch
 from einops import rearrange
 
 from .core import ORIGINAL, atomic_write, jpeg_compress, read_image_rgb, write_json_atomic
-# re-exported: explain and evaluate still take these from here (drop this line once they import them from core)
-from .core import ImageReadError, write_bytes_atomic, write_png_atomic
 
 # %% auto #0
 __all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFD_ACTORS', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS',

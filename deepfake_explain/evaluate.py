@@ -4,46 +4,42 @@
 
 # %% ../nbs/04_evaluate.ipynb #8965d193
 from __future__ import annotations
-import hashlib, io, json, math, os, sys, time, warnings
+import dataclasses, hashlib, json, math, os, sys, time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from einops import rearrange
 from fastcore.script import call_parse
-from scipy.special import expit
 from scipy.stats import rankdata
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score,
-                             confusion_matrix, f1_score, roc_auc_score, roc_curve)
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import UsageError, cli_errors, resolve_device, write_csv_atomic
+from .core import (ImageReadError, Runtime, UsageError, atomic_write, cli_errors, figure_png, file_sha256, jsonable,
+                                   read_keyed, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_keyed)
 from .data import (
-    FaceCropDataset, ImageReadError, ORIGINAL, ValTransform, atomic_write, equidistant, index_crops,
-    write_bytes_atomic, write_json_atomic)
-from .metrics import binary_metrics, equal_error_rate, one_class_reason
-from .model import ConfigError, build_model
+    FaceCropDataset, ValTransform, equidistant, index_crops)
+from .metrics import binary_metrics, one_class_reason
+from .model import fake_probability
+from .checkpoint import (
+    check_checkpoint_path, checkpoint_provenance, detector_config, load_detector, provenance_line, provenance_warning)
 from .preprocess import FaceDetector, detect_and_crop_video, gather_rows, in_shard, shard_videos, torchrun_group
-from .train import (
-    is_training_checkpoint, load_train_config, load_weights, model_config, read_checkpoint, select_method, setup_distributed)
+from .train import select_method
 
 # %% auto #0
 __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SAMPLE_COLUMNS', 'REPORT_FILES',
-           'DEMO_DATA_WARNING', 'RANDOM_BACKBONE_WARNING', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS',
-           'PREDICTION_FRAME_COLUMNS', 'PREDICT_STATUSES', 'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores',
-           'synthetic_frame_scores', 'track_scores', 'video_score', 'aggregate_videos', 'strict_operating_points',
-           'calibrate_threshold', 'choose_threshold', 'auc_rows', 'bootstrap_ci', 'video_metrics', 'per_method_table',
+           'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICTION_FRAME_COLUMNS', 'PREDICT_STATUSES', 'VIDEO_SUFFIXES',
+           'VERDICT_COLUMNS', 'check_frame_scores', 'track_scores', 'video_score', 'aggregate_videos',
+           'calibrate_threshold', 'choose_threshold', 'bootstrap_ci', 'video_metrics', 'per_method_table',
            'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure', 'score_hist_figure',
-           'write_test_report', 'sample_track_frames', 'frame_probabilities', 'score_frames', 'file_sha256',
-           'check_checkpoint_path', 'detector_config', 'load_detector', 'provenance_of', 'checkpoint_provenance',
-           'provenance_line', 'provenance_warning', 'empty_video_folders', 'cached_frame_scores', 'test_checkpoint',
-           'test_cli', 'rank_tracks', 'track_records', 'deciding_tracks', 'score_crops', 'verdict_from_frames',
-           'predict_video', 'list_videos', 'read_predictions', 'merge_predictions', 'predict_videos', 'report_verdicts']
+           'write_test_report', 'sample_track_frames', 'ScoreOptions', 'score_frames', 'cached_frame_scores',
+           'TestOptions', 'test_checkpoint', 'test_cli', 'rank_tracks', 'deciding_tracks', 'score_crops',
+           'verdict_from_frames', 'PredictOptions', 'predict_video', 'list_videos', 'predict_videos', 'report_verdicts']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
@@ -69,26 +65,6 @@ def check_frame_scores(frames: pd.DataFrame, name: str = "frame scores") -> pd.D
     if (n_lab > 1).any(): raise ValueError(f"{name}: video {n_lab[n_lab > 1].index[0]} has frames with both labels")
     df["score"], df["label"], df["face"] = s, df["label"].astype(int), df["face"].astype(int)
     return df
-
-# %% ../nbs/04_evaluate.ipynb #0b29a1e4
-def synthetic_frame_scores(n_videos: int = 12, methods: Sequence[str] = ("Deepfakes", "Face2Face"),
-                           frames_per_track: int = 5, two_faces_every: int = 4, separation: float = 0.5,
-                           seed: int = 0, root: str = "/crops/test_set") -> pd.DataFrame:
-    """Frame scores from a known scorer: `n_videos` reals ("Original") and `n_videos` fakes per method;
-    frame logit ~ N(+separation, 1) for fakes, N(-separation, 1) for reals (a second face, on every
-    `two_faces_every`-th video, at a third of that); score = sigmoid(logit)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for method, label in [("Original", 0)] + [(m, 1) for m in methods]:
-        for i in range(n_videos):
-            video = f"{i:03d}" if label == 0 else f"{i:03d}_{(i + 7) % 1000:03d}"
-            n_faces = 2 if two_faces_every and i % two_faces_every == 0 else 1
-            for face in range(n_faces):
-                mu = (separation if label else -separation) * (1 if face == 0 else 1 / 3)
-                for frame, z in zip(range(0, 10 * frames_per_track, 10), rng.normal(mu, 1.0, frames_per_track)):
-                    rows.append(dict(video=video, method=method, label=label, face=face, frame=frame,
-                                     path=f"{root}/{method}/{video}/{frame}_{face}.png", score=float(expit(z))))
-    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 # %% ../nbs/04_evaluate.ipynb #b888baf0
 def track_scores(frames: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +101,7 @@ def aggregate_videos(frames: pd.DataFrame, rule: str = "reference", threshold: f
     return pd.DataFrame(rows)
 
 # %% ../nbs/04_evaluate.ipynb #c3862f80
-def strict_operating_points(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _strict_operating_points(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every ROC point of the rule `score > t`: (fpr, tpr, t), from predicting nothing fake to everything;
     t is the midpoint between neighbouring distinct scores (the same points as `roc_curve(drop_intermediate=False)`)."""
     fpr, tpr, thr = roc_curve(np.asarray(labels, int), np.asarray(scores, float), drop_intermediate=False)
@@ -139,7 +115,7 @@ def calibrate_threshold(labels, scores, criterion: str = "eer") -> float:
     y = np.asarray(labels, int)
     if criterion not in ("eer", "youden"): raise ValueError(f"unknown calibration {criterion!r}: use 'eer' or 'youden'")
     if len(np.unique(y)) < 2: raise ValueError(f"cannot calibrate a threshold on one class (all labels {y[0] if len(y) else '-'}); need reals and fakes")
-    fpr, tpr, t = strict_operating_points(y, scores)
+    fpr, tpr, t = _strict_operating_points(y, scores)
     j = np.argmin(np.abs((1 - tpr) - fpr)) if criterion == "eer" else np.argmax(tpr - fpr)
     return float(t[j])
 
@@ -155,7 +131,7 @@ def choose_threshold(rule: str = "reference", calibrate: str | None = None, val_
                    n_videos=len(v), n_fake=int(v["label"].sum()))
 
 # %% ../nbs/04_evaluate.ipynb #2912e698
-def auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     "ROC AUC of each row of (B, n) `labels` and `scores` (Mann-Whitney U with mid-ranks); nan where a row has one class."
     r = rankdata(scores, axis=1)  # (B, n) mid-ranks: ties count one half, as in roc_auc_score
     n1 = labels.sum(1); n0 = labels.shape[1] - n1  # (B,)
@@ -171,7 +147,7 @@ def bootstrap_ci(labels, scores, threshold: float = DEFAULT_THRESHOLD, n_boot: i
     p = (s > threshold).astype(int)
     for start in range(0, n_boot, chunk):
         idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))  # (B, n)
-        accs.append((p[idx] == y[idx]).mean(1)); aucs.append(auc_rows(y[idx], s[idx]))
+        accs.append((p[idx] == y[idx]).mean(1)); aucs.append(_auc_rows(y[idx], s[idx]))
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     ok = aucs[np.isfinite(aucs)]
@@ -241,10 +217,6 @@ def select_samples(frames: pd.DataFrame, videos: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 # %% ../nbs/04_evaluate.ipynb #1566279a
-def _fig_png(fig) -> bytes:
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
 def roc_figure(videos: pd.DataFrame):
     "ROC curve per fake method (vs the reals) and for all videos, AUC in the legend."
     from matplotlib.figure import Figure
@@ -310,20 +282,11 @@ def write_test_report(frames: pd.DataFrame, output, rule: str = "reference", thr
     write_csv_atomic(out / REPORT_FILES["per_method"], table)
     with atomic_write(out / REPORT_FILES["labels"], "w") as f: f.write("".join(l + "\n" for l in reference_lines(videos)))
     write_csv_atomic(out / REPORT_FILES["samples"], select_samples(frames, videos))
-    write_bytes_atomic(out / REPORT_FILES["roc"], _fig_png(roc_figure(videos)))
-    write_bytes_atomic(out / REPORT_FILES["confusion"], _fig_png(confusion_figure(videos, threshold)))
-    write_bytes_atomic(out / REPORT_FILES["histograms"], _fig_png(score_hist_figure(videos, frames, threshold)))
-    write_json_atomic(out / REPORT_FILES["metrics"], _jsonable(metrics))  # last: its presence marks a complete report
-    return _jsonable(metrics)
-
-# %% ../nbs/04_evaluate.ipynb #e985c80f
-def _jsonable(x):
-    "`x` with plain JSON types only: numpy numbers as int/float, non-finite floats as None, dict keys as str."
-    if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)): return int(x)
-    if isinstance(x, (float, np.floating)): return None if not math.isfinite(float(x)) else float(x)
-    return x
+    write_bytes_atomic(out / REPORT_FILES["roc"], figure_png(roc_figure(videos), tight=True))
+    write_bytes_atomic(out / REPORT_FILES["confusion"], figure_png(confusion_figure(videos, threshold), tight=True))
+    write_bytes_atomic(out / REPORT_FILES["histograms"], figure_png(score_hist_figure(videos, frames, threshold), tight=True))
+    write_json_atomic(out / REPORT_FILES["metrics"], jsonable(metrics))  # last: its presence marks a complete report
+    return jsonable(metrics)
 
 # %% ../nbs/04_evaluate.ipynb #206ae945
 def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, split: str | None = "test",
@@ -342,13 +305,6 @@ def sample_track_frames(crop_index: pd.DataFrame, frames_per_video: int = FRAMES
     out.attrs["skipped"] = list(crop_index.attrs.get("skipped", []))
     return out
 
-# %% ../nbs/04_evaluate.ipynb #0c8f9279
-def frame_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    "Sigmoid of one logit per image: `logits` (B,) or (B, 1) -> (B,)."
-    if logits.ndim == 2 and logits.shape[1] == 1: logits = logits[:, 0]
-    if logits.ndim != 1: raise ValueError(f"expected one logit per image, (B,) or (B, 1), got shape {tuple(logits.shape)}")
-    return torch.sigmoid(logits.float())
-
 # %% ../nbs/04_evaluate.ipynb #44a00bff
 class _SkippingCrops(Dataset):
     "Items `(image or None, row, error or None)`: an unreadable crop becomes a recorded skip, not a crash."
@@ -365,119 +321,66 @@ def _collate_skipping(batch):
 
 # %% ../nbs/04_evaluate.ipynb #47893838
 @torch.inference_mode()
-def _score_rows(model: nn.Module, sel: pd.DataFrame, transform, batch_size: int, device: torch.device, workers: int = 0,
+def _score_rows(model: nn.Module, sel: pd.DataFrame, transform, batch_size: int, runtime: Runtime, workers: int = 0,
                 progress: bool = True) -> tuple[np.ndarray, list[dict]]:
     "Fake probabilities (len(sel),) of the crops of `sel` (nan where unreadable) and a skip record per unreadable crop."
     loader = DataLoader(_SkippingCrops(FaceCropDataset(sel, transform)), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate_skipping, pin_memory=device.type == "cuda")
+                        num_workers=workers, collate_fn=_collate_skipping, pin_memory=runtime.torch_device.type == "cuda")
     was_training = model.training
-    model.eval().to(device)
+    model = runtime.model(model).eval()
     scores, skipped = np.full(len(sel), np.nan), []
     try:
         for x, rows, errors in tqdm(loader, desc="scoring crops", unit="batch", disable=not progress):
             skipped += [dict(path=sel.at[i, "path"], reason=msg) for i, msg in errors]
             if x is None: continue
-            scores[rows] = frame_probabilities(model(x.to(device, non_blocking=True))).cpu().numpy()  # (B,)
+            with runtime.autocast(): logits = model(runtime.images(x))   # (B, 1)
+            scores[rows] = fake_probability(logits).cpu().numpy()       # (B,)
     finally: model.train(was_training)
     return scores, skipped
 
+# %% ../nbs/04_evaluate.ipynb #bbe20bbc
+@dataclass(frozen=True)
+class ScoreOptions:
+    "How face crops are scored: frames per face track, crops per batch, loader workers, progress bar."
+    frames_per_video: int = FRAMES_PER_VIDEO  # equidistant frames per face track (<= 0: all)
+    batch_size: int = 32                      # crops per forward pass
+    workers: int = 0                          # DataLoader worker processes
+    progress: bool = True                     # a progress bar
+
+    def __post_init__(self):
+        if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
 # %% ../nbs/04_evaluate.ipynb #8166ab13
 @torch.inference_mode()
-def score_frames(model: nn.Module, crop_index: pd.DataFrame, frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32,
-                 device="cpu", image_size: int | None = None, workers: int = 0, split: str | None = "test",
-                 methods: Sequence[str] | None = None, transform=None, progress: bool = True,
+def score_frames(model: nn.Module, crop_index: pd.DataFrame, options: ScoreOptions | None = None, runtime: Runtime | None = None,
+                 split: str | None = "test", methods: Sequence[str] | None = None, transform=None, image_size: int | None = None,
                  shard: tuple[int, int] | None = None) -> pd.DataFrame:
-    """Frame-score table (`FRAME_COLUMNS` + split) of `model` on `frames_per_video` equidistant crops per face track
-    of `split`, streamed in batches; unreadable crops are skipped and listed in `attrs['skipped']`.
+    """Frame-score table (`FRAME_COLUMNS` + split) of `model` on `options.frames_per_video` equidistant crops per face track
+    of `split`, streamed in batches on `runtime` (default: CPU); unreadable crops are skipped and listed in `attrs['skipped']`.
     Crops go through `transform`, by default the validation transform at `image_size` (default: `model.image_size`).
     `shard=(rank, world)` scores the videos of shard rank/world only (`preprocess.shard_videos`; one process of a distributed run)."""
+    options, runtime = options or ScoreOptions(), runtime or Runtime(device="cpu")
     if transform is None:
         image_size = image_size or getattr(model, "image_size", None)
         if image_size is None: raise ValueError("score_frames needs `image_size` (the model's input size) or a `transform`")
         transform = ValTransform(image_size)
-    sel = sample_track_frames(crop_index, frames_per_video, split, methods)
+    sel = sample_track_frames(crop_index, options.frames_per_video, split, methods)
     if shard is not None:
         skipped = sel.attrs["skipped"] if shard[0] == 0 else []  # the index's skips reported once
         sel = shard_videos(sel, shard).reset_index(drop=True)
         sel.attrs["skipped"] = list(skipped)
-    device = resolve_device(device)  # 'cpu', 'cuda', 'cuda:N', 'auto'
     if len(sel) == 0:
         out = pd.DataFrame(columns=FRAME_COLUMNS + ["split"]).astype({"label": int, "face": int, "frame": int, "score": float})
         out.attrs["skipped"] = list(sel.attrs["skipped"])
         return out
-    scores, skipped = _score_rows(model, sel, transform, batch_size, device, workers, progress)
+    scores, skipped = _score_rows(model, sel, transform, options.batch_size, runtime, options.workers, options.progress)
     out = sel.assign(score=scores)[~np.isnan(scores)].reset_index(drop=True)
     out = out[FRAME_COLUMNS + [c for c in out.columns if c not in FRAME_COLUMNS]]
     out.attrs["skipped"] = list(sel.attrs["skipped"]) + skipped
     return out
 
-# %% ../nbs/04_evaluate.ipynb #3d92de18
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    "SHA-256 of a file, read in chunks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(chunk), b""): h.update(b)
-    return h.hexdigest()
-
-# %% ../nbs/04_evaluate.ipynb #1a88d266
-def check_checkpoint_path(path) -> Path:
-    "`path` as a `Path` when it is a file; a directory or a missing path raises, naming it as what it is."
-    p = Path(path)
-    if p.is_dir(): raise IsADirectoryError(f"{p}: is a directory, not a checkpoint file (pass a file in it, e.g. {p / 'best.pt'})")
-    if not p.is_file(): raise FileNotFoundError(f"{p}: checkpoint file not found")
-    return p
-
-# %% ../nbs/04_evaluate.ipynb #9d24e1cf
-def detector_config(model_path, config=None) -> dict:
-    """The validated config of a detector: `config` (YAML path or dict, read as training reads it:
-    `train.load_train_config`), or without it the config stored in a training checkpoint."""
-    if config is None:
-        obj = read_checkpoint(check_checkpoint_path(model_path))  # torch.load(weights_only=True), errors name the file
-        if not (is_training_checkpoint(obj) and isinstance(obj.get("config"), dict)):
-            raise ValueError(f"{model_path}: a plain state dict carries no config: pass the model's config (--config)")
-        try: return load_train_config(obj["config"])
-        except ConfigError as e: raise ConfigError(f"{model_path}: the config stored in this checkpoint is invalid: {e}") from None
-    return load_train_config(config)
-
-def load_detector(model_path, config=None, device="cpu") -> tuple[nn.Module, dict, dict]:
-    """(model in eval mode on `device`, validated config, load report) of a checkpoint (see `detector_config`).
-    A checkpoint that does not fit the config raises naming the missing, unexpected and mismatched keys."""
-    check_checkpoint_path(model_path)
-    cfg = detector_config(model_path, config)
-    model = build_model(model_config(cfg))
-    report = load_weights(model, str(model_path), strict=True)
-    return model.to(device).eval(), cfg, report
-
-# %% ../nbs/04_evaluate.ipynb #46d37680
-DEMO_DATA_WARNING = "trained on generated demo data (mini-forensics): verdicts on real videos are not meaningful"
-RANDOM_BACKBONE_WARNING = "random-init backbone (no ImageNet weights): verdicts on real videos are not meaningful"
-
-def provenance_of(checkpoint: dict) -> dict:
-    "The provenance recorded in a loaded checkpoint: `known: True` and its keys, or `{known: False}` (plain state dict, older checkpoint)."
-    p = checkpoint.get("provenance") if is_training_checkpoint(checkpoint) else None
-    return dict(p, known=True) if isinstance(p, dict) else dict(known=False)
-
-def checkpoint_provenance(path) -> dict:
-    "`provenance_of` the checkpoint file `path` (read with `torch.load(weights_only=True)`)."
-    return provenance_of(read_checkpoint(check_checkpoint_path(path)))
-
-def provenance_line(p: dict) -> str:
-    "One line: what the detector was trained on."
-    if not p.get("known"): return "detector provenance: unknown (the checkpoint records no training provenance: a plain state dict or an older checkpoint)"
-    ms, ds = ", ".join(p.get("methods") or []), ", ".join(p.get("datasets") or []) or "?"
-    parts = [f"trained on {ds}" + (f" ({ms})" if ms else ""), f"{p.get('n_train_videos', '?')} train / {p.get('n_val_videos', '?')} val videos",
-             f"backbone {p.get('backbone_init', '?')}", f"{p.get('image_size', '?')} px", f"{p.get('layout', '?')} layout", f"{p.get('epochs', '?')} epochs"]
-    if p.get("git_commit"): parts.append(f"commit {str(p['git_commit'])[:10]}")
-    if p.get("generated_data"): parts.append("generated demo data")
-    return "detector provenance: " + ", ".join(parts)
-
-def provenance_warning(p: dict) -> str | None:
-    "The warning every verdict carries (None when there is nothing to warn of)."
-    w = ([DEMO_DATA_WARNING] if p.get("generated_data") else []) + ([RANDOM_BACKBONE_WARNING] if p.get("backbone_init") == "random" else [])
-    return "; ".join(w) or None
-
 # %% ../nbs/04_evaluate.ipynb #2bb084f4
-def empty_video_folders(crops_root, split: str, crops: pd.DataFrame) -> list[dict]:
+def _empty_video_folders(crops_root, split: str, crops: pd.DataFrame) -> list[dict]:
     "Skip records for the video folders of `<crops_root>/<split>_set` (methods present in `crops`) that hold no crops."
     root, have = Path(crops_root) / f"{split}_set", set(zip(crops["method"], crops["video"]))
     out = []
@@ -490,16 +393,15 @@ def empty_video_folders(crops_root, split: str, crops: pd.DataFrame) -> list[dic
 # %% ../nbs/04_evaluate.ipynb #225da2de
 def _read_scores(csv_path, json_path, key: dict) -> pd.DataFrame | None:
     "The frame scores saved with `key`, or None (absent, or saved for other inputs)."
-    if not (csv_path.is_file() and json_path.is_file()): return None
-    saved = json.loads(json_path.read_text())
-    if saved.get("key") != _jsonable(key): return None
+    saved = read_keyed(json_path, key)
+    if saved is None or not csv_path.is_file(): return None
     df = pd.read_csv(csv_path, dtype={"video": str, "method": str, "path": str, "split": str})
     df.attrs["skipped"] = saved.get("skipped", [])
     return df
 
 def _save_scores(csv_path, json_path, key: dict, df: pd.DataFrame):
     write_csv_atomic(csv_path, df)
-    write_json_atomic(json_path, _jsonable({"key": key, "skipped": df.attrs["skipped"]}))
+    write_keyed(json_path, key, skipped=df.attrs["skipped"])
 
 # %% ../nbs/04_evaluate.ipynb #57e1fa15
 def _gather_frames(df: pd.DataFrame, info=None) -> pd.DataFrame:
@@ -511,23 +413,24 @@ def _gather_frames(df: pd.DataFrame, info=None) -> pd.DataFrame:
     return out
 
 # %% ../nbs/04_evaluate.ipynb #8dc03faa
-def _score_on_all_ranks(get_model, crops: pd.DataFrame, split: str, frames_per_video: int, n_selected: int, dist_info,
+def _score_on_all_ranks(get_model, crops: pd.DataFrame, split: str, options: ScoreOptions, n_selected: int, dist_info,
                         final: tuple[Path, Path], key: dict, **score_kwargs) -> pd.DataFrame:
     "Each rank scores its shard of the videos (`score_frames(shard=...)`), every rank gets the whole table, rank 0 saves it to `final`."
-    local = score_frames(get_model(), crops, frames_per_video, split=split, shard=(dist_info.rank, dist_info.world), **score_kwargs)
+    local = score_frames(get_model(), crops, options, split=split, shard=(dist_info.rank, dist_info.world), **score_kwargs)
     df = _gather_frames(local[FRAME_COLUMNS + ["split"]], dist_info)
     if len(df) == 0: raise ValueError(f"{split} split: none of the {n_selected} selected crops could be read")
     if dist_info.is_main: _save_scores(*final, key, df)
     return df
 
-def _score_in_chunks(get_model, sel: pd.DataFrame, split: str, chunk: int, final: tuple[Path, Path], partial: tuple[Path, Path],
-                     key: dict, **score_kwargs) -> pd.DataFrame:
+def _score_in_chunks(get_model, sel: pd.DataFrame, split: str, options: ScoreOptions, chunk: int, final: tuple[Path, Path],
+                     partial: tuple[Path, Path], key: dict, **score_kwargs) -> pd.DataFrame:
     "The rows `sel` scored `chunk` crops at a time after those saved in `partial` (each chunk saved there); the table saved to `final`."
     done = _read_scores(*partial, key)
     parts, skipped = ([done] if done is not None else []), (list(done.attrs["skipped"]) if done is not None else list(sel.attrs["skipped"]))
     todo = sel[~sel["path"].isin(done["path"])] if done is not None else sel
+    every_row = dataclasses.replace(options, frames_per_video=0)  # `sel` is chosen already
     for start in range(0, len(todo), chunk):
-        part = score_frames(get_model(), todo.iloc[start:start + chunk], frames_per_video=0, split=None, **score_kwargs)
+        part = score_frames(get_model(), todo.iloc[start:start + chunk], every_row, split=None, **score_kwargs)
         parts.append(part)
         skipped += [d for d in part.attrs["skipped"] if d not in skipped]
         df = pd.concat(parts, ignore_index=True); df.attrs["skipped"] = skipped
@@ -540,70 +443,84 @@ def _score_in_chunks(get_model, sel: pd.DataFrame, split: str, chunk: int, final
     return df
 
 # %% ../nbs/04_evaluate.ipynb #dd7e053a
-def cached_frame_scores(get_model, crops: pd.DataFrame, split: str, frames_per_video: int, out, key: dict,
-                        chunk: int = 4096, dist_info=None, **score_kwargs) -> tuple[pd.DataFrame, bool]:
+def cached_frame_scores(get_model, crops: pd.DataFrame, split: str, out, key: dict, options: ScoreOptions | None = None,
+                        runtime: Runtime | None = None, chunk: int = 4096, dist_info=None, **score_kwargs) -> tuple[pd.DataFrame, bool]:
     """(frame scores of `split`, reused?): read from `out/frame_scores_<split>.csv` when its key (`key` + split, frames
-    per video, the selected crop paths) matches, else scored with `get_model()` (`score_frames`) `chunk` crops at a
-    time; finished chunks are kept in `frame_scores_<split>.partial.csv`, so an interrupted run resumes after them.
-    In a distributed run (`dist_info`: `train.DistInfo` with world > 1) each rank scores its shard of the videos,
-    every rank gets the whole table and rank 0 saves it."""
-    out = Path(out)
+    per video, the selected crop paths) matches, else scored with `get_model()` (`score_frames` with `options` on `runtime`)
+    `chunk` crops at a time; finished chunks are kept in `frame_scores_<split>.partial.csv`, so an interrupted run resumes
+    after them. In a distributed run (`dist_info`: `preprocess.DistInfo` with world > 1) each rank scores its shard of the
+    videos, every rank gets the whole table and rank 0 saves it. `score_kwargs` go to `score_frames` (`image_size`, `transform`)."""
+    options, out = options or ScoreOptions(), Path(out)
     final = out / f"frame_scores_{split}.csv", out / f"frame_scores_{split}.json"
     partial = out / f"frame_scores_{split}.partial.csv", out / f"frame_scores_{split}.partial.json"
-    sel = sample_track_frames(crops, frames_per_video, split)
-    key = dict(key, split=split, frames_per_video=frames_per_video,
+    sel = sample_track_frames(crops, options.frames_per_video, split)
+    key = dict(key, split=split, frames_per_video=options.frames_per_video,
                crops=hashlib.sha256("\n".join(sel["path"]).encode()).hexdigest())
     df = _read_scores(*final, key)
     if df is not None: return df, True
+    score_kwargs = dict(score_kwargs, runtime=runtime)
     if dist_info is not None and dist_info.enabled:
-        return _score_on_all_ranks(get_model, crops, split, frames_per_video, len(sel), dist_info, final, key, **score_kwargs), False
-    return _score_in_chunks(get_model, sel, split, chunk, final, partial, key, **score_kwargs), False
+        return _score_on_all_ranks(get_model, crops, split, options, len(sel), dist_info, final, key, **score_kwargs), False
+    return _score_in_chunks(get_model, sel, split, options, chunk, final, partial, key, **score_kwargs), False
+
+# %% ../nbs/04_evaluate.ipynb #94263ae7
+@dataclass(frozen=True)
+class TestOptions:
+    "What a test run measures: method selection and split, how crops are scored, the video rule and threshold, calibration, bootstrap."
+    dataset: str = "All"                    # a method folder tested with the reals, or All
+    split: str = "test"                     # test | val | train
+    scoring: ScoreOptions = field(default_factory=ScoreOptions)
+    rule: str = "reference"                 # video score: reference | mean | max
+    threshold: float = DEFAULT_THRESHOLD    # decision threshold (unless calibrated)
+    calibrate: str | None = None            # eer | youden: the threshold chosen on the val split
+    n_boot: int = 1000                      # bootstrap resamples of the 95% intervals
+    seed: int = 0                           # bootstrap seed
+
+    def __post_init__(self):
+        if self.rule not in RULES: raise ValueError(f"unknown video rule {self.rule!r}: use one of {RULES}")
+
+TestOptions.__test__ = False  # a settings object, not a test class: pytest must not collect it
 
 # %% ../nbs/04_evaluate.ipynb #25dc2809
 def _method_selection(dataset: str | None) -> str:
     return "All" if dataset is None or str(dataset).upper() in ("ALL", "FACEFORENSICS", "FFPP", "MINI") else str(dataset)
 
-def test_checkpoint(model_path, config=None, data_root=None, output="results", dataset: str = "All", split: str = "test",
-                    frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32, workers: int = 0, device="auto",
-                    rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, calibrate: str | None = None,
-                    n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
-    """Score `split` of the crops under `data_root` with a checkpoint and write the test report to `<output>/test/`.
-    Under `torchrun` the videos are shared out over the processes; rank 0 writes the report (other ranks return None)."""
+def test_checkpoint(model_path, config=None, data_root=None, output="results", options: TestOptions | None = None,
+                    runtime: Runtime | None = None) -> dict | None:
+    """Score a split of the crops under `data_root` with a checkpoint (`options`: `TestOptions()` by default; `runtime`:
+    `core.Runtime()`, CUDA when available) and write the test report to `<output>/test/`. Under `torchrun` the videos are
+    shared out over the processes; rank 0 writes the report (other ranks return None)."""
+    options, runtime = options or TestOptions(), (runtime or Runtime()).start()
     if data_root is None: raise ValueError("data_root is required: the face-crop folder (<data_root>/<split>_set/<method>/<video>/...)")
-    if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
     check_checkpoint_path(model_path)
-    methods = _method_selection(dataset)
-    crops = select_method(index_crops(data_root), methods, str(data_root))  # cheap checks first, the model last
-    dist_info, dev = setup_distributed(device)  # one process (world 1) unless run by torchrun
-    try: return _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size,
-                                 workers, dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress)
-    finally:
-        if dist_info.owns_group:
-            dist.destroy_process_group()
+    crops = select_method(index_crops(data_root), _method_selection(options.dataset), str(data_root))  # cheap checks first, the model last
+    with torchrun_group(runtime.device) as (info, dev):  # one process, or this rank of a torchrun job and its device
+        return _test_checkpoint(model_path, config, data_root, output, crops, options, dataclasses.replace(runtime, device=str(dev)), info)
 
 # %% ../nbs/04_evaluate.ipynb #226e1f4e
-def _test_checkpoint(model_path, config, data_root, output, methods, crops, split, frames_per_video, batch_size, workers,
-                     dev, dist_info, rule, threshold, calibrate, n_boot, seed, progress) -> dict | None:
-    cfg = detector_config(model_path, config)
+def _test_checkpoint(model_path, config, data_root, output, crops: pd.DataFrame, options: TestOptions, runtime: Runtime,
+                     info) -> dict | None:
+    cfg, methods = detector_config(model_path, config), _method_selection(options.dataset)
     loaded = {}
     def get_model():  # built and loaded only when some split has to be scored
-        if not loaded: loaded["model"], _, loaded["weights"] = load_detector(model_path, cfg, dev)
+        if not loaded: loaded["model"], _, loaded["weights"] = load_detector(model_path, cfg, runtime)
         return loaded["model"]
     out = Path(output) / "test"
     key = dict(model_sha256=file_sha256(model_path), config=cfg, dataset=methods)
-    kw = dict(batch_size=batch_size, device=dev, image_size=cfg["model"]["image-size"], workers=workers,
-              progress=progress and dist_info.is_main, dist_info=dist_info)
-    frames, reused = cached_frame_scores(get_model, crops, split, frames_per_video, out, key, **kw)
-    frames.attrs["skipped"] = list(frames.attrs["skipped"]) + empty_video_folders(data_root, split, crops)
+    scoring = dataclasses.replace(options.scoring, progress=options.scoring.progress and info.is_main)
+    kw = dict(runtime=runtime, image_size=cfg["model"]["image-size"], dist_info=info)
+    frames, reused = cached_frame_scores(get_model, crops, options.split, out, key, scoring, **kw)
+    frames.attrs["skipped"] = list(frames.attrs["skipped"]) + _empty_video_folders(data_root, options.split, crops)
     val = None
-    if calibrate not in (None, "", "none"): val, _ = cached_frame_scores(get_model, crops, "val", frames_per_video, out, key, **kw)
-    info = dict(model_path=str(model_path), model_sha256=key["model_sha256"], config=str(config) if config is not None else "from checkpoint",
-                data_root=str(data_root), dataset=methods, split=split, frames_per_video=frames_per_video, device=str(dev),
-                frame_scores="reused (same checkpoint, config and crops)" if reused else "scored",
-                processes=dist_info.world, model=getattr(loaded.get("model"), "meta", {}), weights=loaded.get("weights", {}),
-                provenance=(prov := checkpoint_provenance(model_path)), warning=provenance_warning(prov))
-    if not dist_info.is_main: return None
-    return write_test_report(frames, output, rule, threshold, calibrate, val, n_boot, seed, info=info)
+    if options.calibrate not in (None, "", "none"): val, _ = cached_frame_scores(get_model, crops, "val", out, key, scoring, **kw)
+    run = dict(model_path=str(model_path), model_sha256=key["model_sha256"], config=str(config) if config is not None else "from checkpoint",
+               data_root=str(data_root), dataset=methods, split=options.split, frames_per_video=scoring.frames_per_video,
+               device=runtime.device, frame_scores="reused (same checkpoint, config and crops)" if reused else "scored",
+               processes=info.world, model=getattr(loaded.get("model"), "meta", {}), weights=loaded.get("weights", {}),
+               provenance=(prov := checkpoint_provenance(model_path)), warning=provenance_warning(prov))
+    if not info.is_main: return None
+    o = options
+    return write_test_report(frames, output, o.rule, o.threshold, o.calibrate, val, o.n_boot, o.seed, info=run)
 
 # %% ../nbs/04_evaluate.ipynb #ecf213f8
 @call_parse
@@ -629,8 +546,10 @@ def test_cli(model_path: str = None,             # checkpoint (train's best.pt/l
         if not data_root: raise UsageError("--data_root is required (the face-crop folder)")
         if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
         if calibrate not in (None, "", "none", "eer", "youden"): raise UsageError(f"--calibrate must be eer or youden, got {calibrate!r}")
-        m = test_checkpoint(model_path, config, data_root, output, dataset, split, frames_per_video, batch_size, workers,
-                            device, rule, threshold, calibrate, n_boot, seed)
+        scoring = ScoreOptions(frames_per_video=frames_per_video, batch_size=batch_size, workers=workers)
+        options = TestOptions(dataset=dataset, split=split, scoring=scoring, rule=rule, threshold=threshold, calibrate=calibrate,
+                              n_boot=n_boot, seed=seed)
+        m = test_checkpoint(model_path, config, data_root, output, options, Runtime(device=device))
     if m is None: return  # not rank 0 of a torchrun job
     print(provenance_line(m["info"]["provenance"]))
     if m["warning"]: print(f"WARNING: {m['warning']}")
@@ -663,7 +582,7 @@ def rank_tracks(frames: pd.DataFrame, n_sampled: int | None = None, main_ratio: 
     t["main"] = t["prominence"] >= main_ratio * t["prominence"].max()
     return t.sort_values(["prominence", "face"], ascending=[False, True], kind="stable")[TRACK_COLUMNS].reset_index(drop=True)
 
-def track_records(tracks: pd.DataFrame) -> list[dict]:
+def _track_records(tracks: pd.DataFrame) -> list[dict]:
     "`rank_tracks` rows as plain JSON-able dicts."
     return [dict(face=int(r.face), n_frames=int(r.n_frames), persistence=float(r.persistence), size=float(r.size),
                  det_prob=float(r.det_prob), prominence=float(r.prominence), main=bool(r.main), score=float(r.score))
@@ -679,20 +598,24 @@ def deciding_tracks(faces, scores, rule: str = "reference", threshold: float = D
 
 # %% ../nbs/04_evaluate.ipynb #93949630
 @torch.inference_mode()
-def score_crops(model: nn.Module, images: Sequence[np.ndarray], batch_size: int = 32, image_size: int | None = None) -> np.ndarray:
+def score_crops(model: nn.Module, images: Sequence[np.ndarray], batch_size: int = 32, image_size: int | None = None,
+                runtime: Runtime | None = None) -> np.ndarray:
     """Fake probabilities (N,) of RGB uint8 face crops (each (S, S, 3), any S): validation transform at `image_size`
-    (default `model.image_size`), `batch_size` crops at a time on the model's device, sigmoid of the logit."""
+    (default `model.image_size`), `batch_size` crops at a time, images placed and the forward pass run as `runtime` says
+    (default: on the model's device), sigmoid of the logit."""
     image_size = image_size or getattr(model, "image_size", None)
     if image_size is None: raise ValueError("score_crops needs `image_size` (the model's input size)")
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tf, p = ValTransform(image_size), next(model.parameters(), None)
-    dev, was_training, out = (p.device if p is not None else torch.device("cpu")), model.training, []
+    p = next(model.parameters(), None)
+    runtime = runtime or Runtime(device=str(p.device) if p is not None else "cpu")
+    tf, was_training, out = ValTransform(image_size), model.training, []
     model.eval()
     try:
         for s in range(0, len(images), batch_size):
             x = torch.from_numpy(np.stack([tf(im) for im in images[s:s + batch_size]]))  # (B, S, S, 3) uint8
-            x = rearrange(x, "b h w c -> b c h w").float().to(dev)                        # (B, 3, S, S) RGB 0..255
-            out.append(frame_probabilities(model(x)).cpu().numpy())                       # (B,)
+            x = rearrange(x, "b h w c -> b c h w").float()                                # (B, 3, S, S) RGB 0..255
+            with runtime.autocast(): logits = model(runtime.images(x))                    # (B, 1)
+            out.append(fake_probability(logits).cpu().numpy())                            # (B,)
     finally: model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -718,16 +641,37 @@ def verdict_from_frames(frames: pd.DataFrame, rule: str = "reference", threshold
                 n_tracks=len(tracks), faces=[int(f) for f in order["face"]], track_scores=[float(t) for t in order["score"]],
                 voting=voting, voting_faces=[int(f) for f in v.faces], main_face=int(tracks["face"].iloc[0]),
                 n_background=int((~tracks["main"]).sum()), decided_by=deciding_tracks(v.faces, v.track_scores, rule, threshold),
-                tracks=track_records(tracks))
+                tracks=_track_records(tracks))
+
+# %% ../nbs/04_evaluate.ipynb #2e8193c6
+@dataclass(frozen=True)
+class PredictOptions:
+    "How raw videos are judged: frames searched and faces kept, crops per batch, video rule, threshold and voting; reuse, progress."
+    frames_per_video: int = FRAMES_PER_VIDEO  # equidistant frames searched for faces
+    margin: float = 0.0                       # crop margin around a face box (as deepfake-explain-crops)
+    min_face: float = 0                       # faces whose box side (frame pixels) is below this are left out
+    batch_size: int = 32                      # crops per forward pass
+    rule: str = "reference"                   # video score: reference | mean | max
+    threshold: float = DEFAULT_THRESHOLD      # decision threshold
+    voting: str = "main"                      # main: the main faces vote; all: every track (the reference)
+    resume: bool = True                       # reuse saved verdicts made under the same key (predict_videos)
+    progress: bool = True                     # a progress bar (predict_videos)
+
+    def __post_init__(self):
+        if self.rule not in RULES: raise ValueError(f"unknown video rule {self.rule!r}: use one of {RULES}")
+        if self.voting not in VOTING: raise ValueError(f"unknown voting {self.voting!r}: use one of {VOTING}")
+        if not math.isfinite(self.threshold): raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+        if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (math.isfinite(self.min_face) and self.min_face >= 0):
+            raise ValueError(f"min_face must be a number of pixels >= 0, got {self.min_face!r}")
 
 # %% ../nbs/04_evaluate.ipynb #ee0e5ed8
-def _verdict_record(path: Path, rule: str, threshold: float, voting: str, frames_per_video: int, margin: float,
-                    min_face: float) -> dict:
-    "`predict_video`'s record of the video `path` before anything is known about it: status ok, no face, no score."
+def _verdict_record(path: Path, o: PredictOptions) -> dict:
+    "`predict_video`'s record of the video `path` judged with `o` before anything is known about it: status ok, no face, no score."
     return dict(video=path.stem, path=os.path.abspath(path), status="ok", reason=None, verdict=None, prediction=None, video_score=None,
-                n_tracks=0, faces=[], track_scores=[], voting=voting, voting_faces=[], main_face=None, n_background=0, decided_by=[],
-                tracks=[], n_frames=0, sampled_frames=[], frames_without_face=[], frames_with_face=0, n_crops=0, frames=[], rule=rule,
-                threshold=float(threshold), frames_per_video=frames_per_video, margin=margin, min_face=min_face, small_faces=0)
+                n_tracks=0, faces=[], track_scores=[], voting=o.voting, voting_faces=[], main_face=None, n_background=0, decided_by=[],
+                tracks=[], n_frames=0, sampled_frames=[], frames_without_face=[], frames_with_face=0, n_crops=0, frames=[], rule=o.rule,
+                threshold=float(o.threshold), frames_per_video=o.frames_per_video, margin=o.margin, min_face=o.min_face, small_faces=0)
 
 def _frame_rows(crops: list[dict], scores) -> pd.DataFrame:
     "Per-crop rows (`PREDICTION_FRAME_COLUMNS`) of `preprocess.detect_and_crop_video` crops and their scores."
@@ -737,42 +681,40 @@ def _frame_rows(crops: list[dict], scores) -> pd.DataFrame:
 # %% ../nbs/04_evaluate.ipynb #a9889b19
 PREDICT_STATUSES = ("ok", "no_face", "failed")
 
-def predict_video(path, detector_model: nn.Module, face_detector=None, frames_per_video: int = FRAMES_PER_VIDEO, batch_size: int = 32,
-                  rule: str = "reference", threshold: float = DEFAULT_THRESHOLD, margin: float = 0.0,
-                  image_size: int | None = None, min_face: float = 0, voting: str = "main", scorer=None,
-                  keep_images: bool = False) -> dict:
-    """Verdict of one video file: faces on `frames_per_video` equidistant frames (`face_detector`, a `preprocess.FaceDetector`),
-    crops scored by `detector_model`, video score by `rule`/`threshold` over the `voting` tracks (`verdict_from_frames`). Keys: video,
+def predict_video(path, detector_model: nn.Module, face_detector=None, options: PredictOptions | None = None,
+                  runtime: Runtime | None = None, image_size: int | None = None, scorer=None, keep_images: bool = False) -> dict:
+    """Verdict of one video file judged with `options` (`PredictOptions`): faces on `frames_per_video` equidistant frames
+    (`face_detector`, a `preprocess.FaceDetector`), crops scored by `detector_model` on `runtime`, video score by `rule`/`threshold`
+    over the `voting` tracks (`verdict_from_frames`). Keys: video,
     path, status (`PREDICT_STATUSES`), reason, verdict (fake|real), prediction, video_score, n_tracks, faces, track_scores, voting,
     voting_faces, main_face, n_background, decided_by, tracks (`rank_tracks` rows), n_frames (sampled), sampled_frames,
     frames_without_face, frames_with_face, n_crops, frames (one dict per crop, `PREDICTION_FRAME_COLUMNS`), rule, threshold,
     frames_per_video, margin, min_face, small_faces, seconds. Faces whose box side (the longer one, in frame pixels) is below
-    `min_face` are left out (`small_faces` counts them). `scorer(model, images, batch_size, image_size)` replaces `score_crops`
+    `min_face` are left out (`small_faces` counts them). `scorer(model, images, batch_size, image_size, runtime)` replaces `score_crops`
     (05_explain's scorer keeps relevancy maps of the same pass); `keep_images` adds the sampled frames ({index: RGB}) and the crops
     under the private keys `_frames` and `_crops` (never written). A bad video does not raise: status `failed` (reason names the
     file) or `no_face`."""
-    if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
-    if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
+    o = options or PredictOptions()
     path, t0 = Path(path), time.time()
-    rec = _verdict_record(path, rule, threshold, voting, frames_per_video, margin, min_face)
+    rec = _verdict_record(path, o)
     done = lambda **kw: dict(rec, **kw, seconds=round(time.time() - t0, 3))
-    try: det = detect_and_crop_video(path, face_detector or FaceDetector(), frames_per_video=frames_per_video, margin=margin,
+    try: det = detect_and_crop_video(path, face_detector or FaceDetector(), frames_per_video=o.frames_per_video, margin=o.margin,
                                      with_frames=keep_images)
     except Exception as e:  # VideoReadError (names the file) or whatever the decoder/detector raised on this file
         return done(status="failed", reason=str(e) if str(path) in str(e) else f"{path}: {type(e).__name__}: {e}")
     boxes, crops = det["boxes"], det["crops"]
     n_found = len(crops)
-    crops = [c for c in crops if max(c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) >= min_face]
+    crops = [c for c in crops if max(c["box"][2] - c["box"][0], c["box"][3] - c["box"][1]) >= o.min_face]
     with_face = {c["frame"] for c in crops}
     rec.update(n_frames=len(boxes), frames_with_face=len(with_face), n_crops=len(crops), small_faces=n_found - len(crops),
                sampled_frames=[int(f) for f in sorted(boxes)], frames_without_face=[int(f) for f in sorted(boxes) if f not in with_face])
     if keep_images: rec.update(_frames=det["frames"], _crops=[c["image"] for c in crops])
     if not crops:
-        why = f"all {n_found} faces found are smaller than min_face={min_face:g} px" if n_found else "no face found"
+        why = f"all {n_found} faces found are smaller than min_face={o.min_face:g} px" if n_found else "no face found"
         return done(status="no_face", reason=f"{path}: {why} in any of the {len(boxes)} sampled frames")
-    scores = (scorer or score_crops)(detector_model, [c["image"] for c in crops], batch_size, image_size)  # (n_crops,)
+    scores = (scorer or score_crops)(detector_model, [c["image"] for c in crops], o.batch_size, image_size, runtime)  # (n_crops,)
     frames = _frame_rows(crops, scores)
-    return done(**verdict_from_frames(frames, rule, threshold, len(boxes), voting), frames=frames.to_dict("records"))
+    return done(**verdict_from_frames(frames, o.rule, o.threshold, len(boxes), o.voting), frames=frames.to_dict("records"))
 
 # %% ../nbs/04_evaluate.ipynb #d14ac01d
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -801,20 +743,19 @@ def list_videos(paths_or_folder) -> list[tuple[Path, str]]:
 # %% ../nbs/04_evaluate.ipynb #4de1b3a4
 def _verdict_files(output, name: str) -> tuple[Path, Path]:
     return Path(output) / "videos" / f"{name}.json", Path(output) / "videos" / f"{name}.csv"
-def _video_key(path: Path, model_sha256: str, cfg: dict, frames_per_video: int, margin: float, min_face: float) -> dict:
-    "The key a saved verdict is reused under: checkpoint, config, face settings, and the video file's size and modification time."
+def _video_key(path: Path, model_sha256: str, cfg: dict, o: PredictOptions) -> dict:
+    "The key a saved verdict is reused under: checkpoint, config, face settings of `o`, and the video file's size and modification time."
     st = path.stat()
-    return dict(model_sha256=model_sha256, config=cfg, frames_per_video=frames_per_video, margin=margin,
-                min_face=min_face, video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
+    return dict(model_sha256=model_sha256, config=cfg, frames_per_video=o.frames_per_video, margin=o.margin,
+                min_face=o.min_face, video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
 
-def _reusable(json_path: Path, key: dict, rule: str, threshold: float, voting: str = "main") -> dict | None:
-    "The saved verdict of `json_path` if it was made with `key` (and did not fail), re-aggregated for `rule`/`threshold`/`voting`."
-    try: rec = json.loads(json_path.read_text())
-    except (OSError, ValueError): return None
-    if not isinstance(rec, dict) or rec.get("key") != _jsonable(key) or rec.get("status") not in ("ok", "no_face"): return None
-    rec.update(rule=rule, threshold=float(threshold), voting=voting)
+def _reusable(json_path: Path, key: dict, o: PredictOptions) -> dict | None:
+    "The saved verdict of `json_path` if it was made with `key` (and did not fail), re-aggregated for `o`'s rule, threshold and voting."
+    rec = read_keyed(json_path, key)
+    if rec is None or rec.get("status") not in ("ok", "no_face"): return None
+    rec.update(rule=o.rule, threshold=float(o.threshold), voting=o.voting)
     if rec["status"] == "ok":
-        rec.update(verdict_from_frames(pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS), rule, threshold, rec.get("n_frames"), voting))
+        rec.update(verdict_from_frames(pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS), o.rule, o.threshold, rec.get("n_frames"), o.voting))
     return rec
 
 # %% ../nbs/04_evaluate.ipynb #c18275c7
@@ -827,7 +768,7 @@ class _LazyFaceDetector:
         return getattr(self.fd, name)
 
 # %% ../nbs/04_evaluate.ipynb #b246be9c
-def read_predictions(path) -> pd.DataFrame | None:
+def _read_predictions(path) -> pd.DataFrame | None:
     "An earlier run's summary `predictions.csv` (None when absent); a file that is not one raises, naming it."
     path = Path(path)
     if not path.exists(): return None
@@ -838,7 +779,7 @@ def read_predictions(path) -> pd.DataFrame | None:
     return df
 
 # %% ../nbs/04_evaluate.ipynb #3095a225
-def merge_predictions(earlier: pd.DataFrame | None, now: pd.DataFrame) -> pd.DataFrame:
+def _merge_predictions(earlier: pd.DataFrame | None, now: pd.DataFrame) -> pd.DataFrame:
     "The summary of a run written into an output used before: earlier rows of other videos (by path) kept, then this run's rows."
     if earlier is None or not len(earlier): return now.reset_index(drop=True)
     keep = earlier[~earlier["path"].isin(set(now["path"]))].reindex(columns=now.columns)
@@ -850,7 +791,7 @@ def _write_verdict(rec: dict, output, js: Path, cs: Path, explainer=None) -> dic
     if explainer is not None: rec.update(explainer.write(rec, output))
     rec = {k: v for k, v in rec.items() if not k.startswith("_")}  # the images stay in memory only
     write_csv_atomic(cs, pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS))
-    write_json_atomic(js, _jsonable(rec))
+    write_json_atomic(js, jsonable(rec))
     return rec
 
 # %% ../nbs/04_evaluate.ipynb #d0dc8f52
@@ -864,31 +805,31 @@ def _summary_csv(df: pd.DataFrame) -> pd.DataFrame:
 def _write_summary(df: pd.DataFrame, output, earlier: pd.DataFrame | None, explainer, info):
     "Rank 0 writes `<output>/predictions.csv` (`df` merged into `earlier`) and the explainer's index page; every rank waits for it."
     if info.is_main:  # one summary (and index page), written by rank 0
-        merged = merge_predictions(earlier, _summary_csv(df))
+        merged = _merge_predictions(earlier, _summary_csv(df))
         write_csv_atomic(Path(output) / "predictions.csv", merged)
         if explainer is not None: explainer.index(merged, output)
     if info.enabled: torch.distributed.barrier()
 
 # %% ../nbs/04_evaluate.ipynb #bb2aa3c3
-def _predict_videos(videos, model_path, config, output, frames_per_video, batch_size, dev, rule, threshold, margin,
-                    face_detector, resume, progress, min_face, voting, explainer, earlier, info) -> pd.DataFrame:
+def _predict_videos(videos, model_path, config, output, options: PredictOptions, runtime: Runtime, face_detector, explainer,
+                    earlier, info) -> pd.DataFrame:
     "`predict_videos` in one process or one torchrun rank (`info`): this rank's share of `videos`, every rank's verdicts gathered."
-    model, cfg, _ = load_detector(model_path, config, dev)
+    model, cfg, _ = load_detector(model_path, config, runtime)
     prov = checkpoint_provenance(model_path)
     warning = provenance_warning(prov)
     model_info = dict(path=os.path.abspath(model_path), sha256=file_sha256(model_path), config=str(config) if config is not None else "from checkpoint")
-    face_detector = face_detector or _LazyFaceDetector(device=dev)
+    face_detector = face_detector or _LazyFaceDetector(device=runtime.torch_device)
     mine = in_shard([name for _, name in videos], (info.rank, info.world))  # this rank's share of the videos
     rows = []
-    bar = tqdm([(i, v) for i, v in enumerate(videos) if mine[i]], desc="explain" if explainer else "predict", unit="video", disable=not progress)
+    bar = tqdm([(i, v) for i, v in enumerate(videos) if mine[i]], desc="explain" if explainer else "predict", unit="video", disable=not (options.progress and info.is_main))
     for i, (path, name) in bar:
         js, cs = _verdict_files(output, name)
-        key = _video_key(path, model_info["sha256"], cfg, frames_per_video, margin, min_face)
-        rec = _reusable(js, key, rule, threshold, voting) if resume and explainer is None else None
+        key = _video_key(path, model_info["sha256"], cfg, options)
+        rec = _reusable(js, key, options) if options.resume and explainer is None else None
         reused = rec is not None
         if not reused:
-            rec = predict_video(path, model, face_detector, frames_per_video, batch_size, rule, threshold, margin, cfg["model"]["image-size"],
-                                min_face, voting, scorer=explainer.score if explainer else None, keep_images=explainer is not None)
+            rec = predict_video(path, model, face_detector, options, runtime, cfg["model"]["image-size"],
+                                scorer=explainer.score if explainer else None, keep_images=explainer is not None)
         rec.update(name=name, key=key, model=model_info, provenance=prov, warning=warning, html=None)
         rec = _write_verdict(rec, output, js, cs, explainer)
         rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i))
@@ -900,11 +841,10 @@ def _predict_videos(videos, model_path, config, output, frames_per_video, batch_
     return df
 
 # %% ../nbs/04_evaluate.ipynb #3ef773ad
-def predict_videos(paths_or_folder, model_path, config=None, output="predictions", frames_per_video: int = FRAMES_PER_VIDEO,
-                   batch_size: int = 32, device="auto", rule: str = "reference", threshold: float = DEFAULT_THRESHOLD,
-                   margin: float = 0.0, face_detector=None, resume: bool = True, progress: bool = True,
-                   min_face: float = 0, voting: str = "main", explainer=None) -> pd.DataFrame:
-    """Verdicts of raw videos (`list_videos(paths_or_folder)`) by a checkpoint: one `predict_video` per video, written to
+def predict_videos(paths_or_folder, model_path, config=None, output="predictions", options: PredictOptions | None = None,
+                   runtime: Runtime | None = None, face_detector=None, explainer=None) -> pd.DataFrame:
+    """Verdicts of raw videos (`list_videos(paths_or_folder)`) by a checkpoint, judged with `options` (`PredictOptions()` by
+    default) on `runtime` (`core.Runtime()`, CUDA when available): one `predict_video` per video, written to
     `<output>/videos/<name>.json|.csv` and the summary `<output>/predictions.csv`; returns this run's summary (`VERDICT_COLUMNS`;
     `attrs`: provenance, warning). An output used before is merged into: `predictions.csv` keeps the earlier rows of other
     videos, this run's videos replace theirs (by path). Bad videos get status `failed`/`no_face` and the others continue;
@@ -912,17 +852,13 @@ def predict_videos(paths_or_folder, model_path, config=None, output="predictions
     and writes each video's explained outputs and `<output>/index.html`; explained videos are never reused.
     Under torchrun each rank (one per GPU) does its share of the videos (`preprocess.in_shard` of their names), every
     rank returns the whole run's summary (`attrs['rank']`: this one's) and rank 0 writes `predictions.csv`."""
-    if rule not in RULES: raise ValueError(f"unknown video rule {rule!r}: use one of {RULES}")
-    if voting not in VOTING: raise ValueError(f"unknown voting {voting!r}: use one of {VOTING}")
-    if not math.isfinite(threshold): raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not (math.isfinite(min_face) and min_face >= 0): raise ValueError(f"min_face must be a number of pixels >= 0, got {min_face!r}")
+    options, runtime = options or PredictOptions(), (runtime or Runtime()).start()
     videos = list_videos(paths_or_folder)  # cheap checks first, the model last
     check_checkpoint_path(model_path)
-    earlier = read_predictions(Path(output) / "predictions.csv")
-    with torchrun_group(device) as (info, dev):  # one process, or this rank of a torchrun job and its device
-        return _predict_videos(videos, model_path, config, output, frames_per_video, batch_size, dev, rule, threshold, margin,
-                               face_detector, resume, progress and info.is_main, min_face, voting, explainer, earlier, info)
+    earlier = _read_predictions(Path(output) / "predictions.csv")
+    with torchrun_group(runtime.device) as (info, dev):  # one process, or this rank of a torchrun job and its device
+        return _predict_videos(videos, model_path, config, output, options, dataclasses.replace(runtime, device=str(dev)),
+                               face_detector, explainer, earlier, info)
 
 # %% ../nbs/04_evaluate.ipynb #0938b802
 def report_verdicts(df: pd.DataFrame, prog: str, output) -> int:

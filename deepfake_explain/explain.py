@@ -18,24 +18,18 @@ from einops import rearrange
 from .core import (ImageReadError, Runtime, atomic_write, figure_png, read_image_rgb, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic)
 from .data import ValTransform
-from .evaluate import DEFAULT_THRESHOLD, REPORT_FILES, SAMPLE_COLUMNS, load_detector
-from .model import record_attention
+from .checkpoint import load_detector
+from .evaluate import DEFAULT_THRESHOLD, REPORT_FILES, SAMPLE_COLUMNS
+from .model import fake_probability, record_attention
 from .preprocess import gather_rows
 
 # %% auto #0
-__all__ = ['TARGETS', 'METHODS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'fake_probability', 'target_scores', 'eval_mode',
-           'record_attention_for', 'backbone_cache', 'attention_and_grads', 'chefer_cls_relevance',
-           'rollout_cls_relevance', 'normalize_maps', 'scores_to_maps', 'gradcam', 'input_saliency', 'fused_map',
-           'random_scores', 'parse_methods', 'explain_batch', 'explain', 'relevancy', 'overlay_jet', 'classification',
-           'figure_title', 'explained_figure', 'gallery_figure', 'ExplainOptions', 'input_size', 'faces_to_batch',
-           'read_faces', 'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder', 'explain_stage']
-
-# %% ../nbs/05_explain.ipynb #9dd1c4ce
-def fake_probability(logits: torch.Tensor) -> torch.Tensor:
-    "Probability of `fake` per image from logits (B, 1) (sigmoid) or (B, 2) (softmax, class 1 = fake)."
-    if logits.ndim != 2 or logits.shape[1] not in (1, 2):
-        raise ValueError(f"expected logits of shape (B, 1) or (B, 2), got {tuple(logits.shape)}")
-    return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(1)[:, 1]
+__all__ = ['TARGETS', 'METHODS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'target_scores', 'eval_mode', 'record_attention_for',
+           'backbone_cache', 'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'normalize_maps',
+           'scores_to_maps', 'gradcam', 'input_saliency', 'fused_map', 'random_scores', 'parse_methods',
+           'explain_batch', 'explain', 'relevancy', 'overlay_jet', 'classification', 'figure_title', 'explained_figure',
+           'gallery_figure', 'ExplainOptions', 'input_size', 'faces_to_batch', 'read_faces', 'rank_batches',
+           'explain_faces', 'explain_samples', 'explain_folder', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #736a53e8
 TARGETS = ("fake", "real", "predicted")
@@ -197,7 +191,7 @@ def _check_call(x, method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
 
-# %% ../nbs/05_explain.ipynb #9ac5e483
+# %% ../nbs/05_explain.ipynb #9862a003
 def parse_methods(methods) -> tuple:
     "The methods of a comma-separated string (or a list), checked against `METHODS`; `ValueError` naming the unknown ones."
     ms = tuple(m.strip() for m in (str(methods).split(",") if isinstance(methods, str) else methods) if str(m).strip())
@@ -305,7 +299,7 @@ def gallery_figure(faces, heats, captions, ncols: int = 4, title: str = ""):
     if title: fig.suptitle(title, fontsize=9)
     return fig
 
-# %% ../nbs/05_explain.ipynb #122a3c08
+# %% ../nbs/05_explain.ipynb #548b88c1
 @dataclass
 class ExplainOptions:
     "How faces are explained: the maps drawn, the explained target, the decision threshold, batching and the runtime."
@@ -324,7 +318,7 @@ class ExplainOptions:
         if self.target not in TARGETS: raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if int(self.batch_size) < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
-# %% ../nbs/05_explain.ipynb #8c9dbb48
+# %% ../nbs/05_explain.ipynb #ac08ed6f
 EXPLANATION_COLUMNS = ["name", "path", "label", "manipulation", "video_prob", "frame_prob", "classification",
                        "method", "layout", "figure", "map", "warning"]
 
@@ -351,7 +345,7 @@ def rank_batches(n: int, batch_size: int, dist_info=None) -> list[int]:
     rank, world = (dist_info.rank, dist_info.world) if dist_info is not None and dist_info.enabled else (0, 1)
     return list(range(0, n, batch_size))[rank::world]
 
-# %% ../nbs/05_explain.ipynb #771e94e5
+# %% ../nbs/05_explain.ipynb #eaa518d6
 def _face_rows(model, xb, faces, idx, names, meta, out: Path, opts: ExplainOptions, seed: int, done) -> list[dict]:
     """Faces `idx` (images `xb`; `meta[i]` = (label, manipulation, video_prob)): for each method not `done` for a face,
     the map and the explained figure written under `out/<method>/`, and its `EXPLANATION_COLUMNS` row."""
@@ -383,7 +377,7 @@ def _galleries(out, faces, names, rows, methods, layout, gallery_max):
         ttl = f"{method}" + (" (seed layout: NOT spatially grounded)" if layout == "seed" and method != "gradcam" else "")
         write_bytes_atomic(out / f"gallery_{method}.png", figure_png(gallery_figure([faces[i] for i in shown], heats, caps, title=ttl)))
 
-# %% ../nbs/05_explain.ipynb #cbcfcb63
+# %% ../nbs/05_explain.ipynb #c752cef0
 def explain_faces(model, faces, names, output, opts: ExplainOptions | None = None, labels=None, manipulations=None,
                   video_probs=None, dist_info=None) -> pd.DataFrame:
     """Explain `faces` (RGB uint8 (H, W, 3), already at the model's input size) with every method of `opts`; write
@@ -415,7 +409,7 @@ def explain_faces(model, faces, names, output, opts: ExplainOptions | None = Non
         write_csv_atomic(index, table)
     return table
 
-# %% ../nbs/05_explain.ipynb #f2ad2274
+# %% ../nbs/05_explain.ipynb #f1a7701c
 def _threshold_near(csv_path) -> float:
     "The evaluation threshold from `metrics.json` beside the samples CSV, else `DEFAULT_THRESHOLD`."
     m = Path(csv_path).parent / "metrics.json"
@@ -456,7 +450,7 @@ def _finish_explained(output, table, skipped, dist_info=None) -> pd.DataFrame:
     table.attrs["skipped"] = skipped
     return table
 
-# %% ../nbs/05_explain.ipynb #15d4067b
+# %% ../nbs/05_explain.ipynb #c7923a2e
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 def explain_folder(images_dir, model, output, opts: ExplainOptions | None = None, dist_info=None) -> pd.DataFrame:
@@ -472,7 +466,7 @@ def explain_folder(images_dir, model, output, opts: ExplainOptions | None = None
     table["path"] = table["name"].map(dict(zip(names, [str(paths[i]) for i in keep]))).fillna(table["path"])
     return _finish_explained(output, table, skipped, dist_info)
 
-# %% ../nbs/05_explain.ipynb #9d643cfd
+# %% ../nbs/05_explain.ipynb #020f5604
 def explain_stage(output_root, methods=METHODS, batch_size: int = 16, device="auto", seed: int = 0) -> pd.DataFrame:
     """The study's explain stage: `<output_root>/train/best.pt` explains every evaluation sample
     (`<output_root>/test/samples.csv`) with each of `methods`; figures, maps and galleries in `<output_root>/explanation/`."""
@@ -481,5 +475,5 @@ def explain_stage(output_root, methods=METHODS, batch_size: int = 16, device="au
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     if not samples.is_file(): raise FileNotFoundError(f"{samples}: no evaluation samples; run the evaluate stage first")
     rt = Runtime(device)
-    model, _, _ = load_detector(ckpt, None, rt.device)
+    model, _, _ = load_detector(ckpt, None, rt)
     return explain_samples(samples, model, root, ExplainOptions(methods, batch_size=batch_size, seed=seed, runtime=rt))

@@ -18,8 +18,10 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidget
 from .core import (Runtime, figure_png, read_keyed, write_bytes_atomic, write_csv_atomic, write_json_atomic,
                                    write_keyed)
 from .data import ValTransform, index_crops, mask_source, read_mask_frames
-from .evaluate import DEFAULT_THRESHOLD, load_detector
-from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch, fake_probability,
+from .checkpoint import load_detector
+from .evaluate import DEFAULT_THRESHOLD
+from .model import fake_probability
+from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, rank_batches, read_faces)
 from .preprocess import boxes_path, crop_face, gather_rows, read_boxes
 
@@ -399,6 +401,6 @@ def quality_stage(output_root, data_root=None, opts: QualityOptions | None = Non
     root, opts = Path(output_root), opts or QualityOptions()
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
-    model, _, _ = load_detector(ckpt, None, opts.runtime.device)
+    model, _, _ = load_detector(ckpt, None, opts.runtime)
     data = Path(data_root) if data_root is not None else root / "mini_forensics"
     return study_quality(model, root / "crops", data, root, root, opts)

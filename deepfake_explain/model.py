@@ -26,8 +26,8 @@ __all__ = ['BACKBONES', 'LAYOUTS', 'CONFIG_SCHEMA', 'IMAGENET', 'OFFLINE_ENV', '
            'unwrap_state_dict', 'load_backbone_weights', 'BackboneWeightsError', 'imagenet_weights',
            'imagenet_weights_file', 'resolve_backbone_weights', 'backbone_init', 'make_efficientnet', 'block_strides',
            'default_feature_block', 'feature_grid', 'EfficientNetTrunk', 'freeze_blocks', 'Attention', 'FeedForward',
-           'Block', 'Transformer', 'record_attention', 'clear_attention', 'resolve_input', 'EfficientViTBase',
-           'SeedViT', 'SpatialViT', 'build_model', 'checkpoint_layout', 'load_checkpoint', 'forward_gflops']
+           'Block', 'Transformer', 'record_attention', 'resolve_input', 'EfficientViTBase', 'SeedViT', 'SpatialViT',
+           'build_model', 'fake_probability', 'forward_gflops']
 
 # %% ../nbs/02_model.ipynb #73e98ee7
 class ConfigError(ValueError):
@@ -390,11 +390,6 @@ def record_attention(model: nn.Module):
     finally:
         for m, p in zip(mods, prev): m.record = p
 
-def clear_attention(model: nn.Module) -> None:
-    "Drop the attention maps kept by the last recorded pass."
-    for m in model.modules():
-        if isinstance(m, Attention): m.attn_map = None
-
 # %% ../nbs/02_model.ipynb #4562e3c5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -551,31 +546,19 @@ class SpatialViT(EfficientViTBase):
         return self.feature_to_embedding(rearrange(f, "b c h w -> b (h w) c"))
 
 # %% ../nbs/02_model.ipynb #981cb7a4
-_LAYOUT_MARK = {"patch_to_embedding.weight": "seed", "feature_to_embedding.weight": "spatial"}
-
 def build_model(cfg, for_training: bool = False) -> EfficientViTBase:
     """Build the model a config (path or dict; validated) describes; `for_training` refuses frozen blocks of a
     random backbone (`training_problems`). A model whose weights then come from a checkpoint needs neither."""
     cfg = load_config(cfg, for_training=for_training)
     return {"spatial": SpatialViT, "seed": SeedViT}[cfg["model"]["layout"]](cfg)
 
-def checkpoint_layout(sd: dict) -> str | None:
-    "Which layout a state dict was saved from ('seed', 'spatial' or None if neither)."
-    return next((v for k, v in _LAYOUT_MARK.items() if k in sd), None)
-
-def load_checkpoint(model: nn.Module, path, map_location="cpu") -> nn.Module:
-    "Load a saved state dict into `model` strictly; a mismatch raises naming the file, the keys and the likely layout."
-    path = Path(path)
-    try: sd = unwrap_state_dict(torch.load(path, map_location=map_location, weights_only=True))
-    except FileNotFoundError as e: raise FileNotFoundError(f"{path}: checkpoint not found") from e
-    except Exception as e: raise ValueError(f"{path}: cannot read checkpoint ({e})") from e
-    problems = diff_message(state_dict_diff(model.state_dict(), sd))
-    if problems:
-        have, want = checkpoint_layout(sd), getattr(model, "layout", None)
-        hint = (f"; it looks like a {have}-layout checkpoint: set 'model.layout: {have}'" if have and have != want else "")
-        raise ValueError(f"{path}: checkpoint does not fit this {want or type(model).__name__} model{hint}: {problems}")
-    model.load_state_dict(sd, strict=True)
-    return model
+# %% ../nbs/02_model.ipynb #ee20d964
+def fake_probability(logits: torch.Tensor) -> torch.Tensor:
+    "Probability of `fake` per image (B,) from logits (B, 1) (sigmoid) or (B, 2) (softmax, class 1 = fake)."
+    if logits.ndim != 2 or logits.shape[1] not in (1, 2):
+        raise ValueError(f"expected logits of shape (B, 1) or (B, 2), got {tuple(logits.shape)}")
+    logits = logits.float()  # (half-precision logits of an autocast pass: probabilities in fp32)
+    return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(1)[:, 1]
 
 # %% ../nbs/02_model.ipynb #b0f3b5f2
 def forward_gflops(model: nn.Module, image_size: int | None = None, batch_size: int = 1, fn=None) -> float:

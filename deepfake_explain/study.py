@@ -17,7 +17,7 @@ from fastcore.script import call_parse
 import deepfake_explain
 from .core import Runtime, cli_errors, data_uri, did_you_mean
 from .data import DATASETS, atomic_write, index_videos, write_json_atomic
-from .evaluate import test_checkpoint
+from .evaluate import ScoreOptions, TestOptions, test_checkpoint
 from .preprocess import DetectOptions, crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
 from .train import training_config
 
@@ -282,19 +282,20 @@ def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", 
     run_dir = Path(run_dir)
     sets, model, crops = check_test_sets(test_sets), run_dir / "train" / "best.pt", run_dir / "crops"
     if not model.is_file(): raise FileNotFoundError(f"{model}: no trained checkpoint; run the train stage first")
-    kw = dict(frames_per_video=frames_per_video, batch_size=batch_size, workers=0, device=device, rule=rule,
-              n_boot=n_boot, seed=seed, progress=progress)
+    scoring = ScoreOptions(frames_per_video=frames_per_video, batch_size=batch_size, workers=0, progress=progress)
+    opts = lambda **kw: TestOptions(scoring=scoring, rule=rule, n_boot=n_boot, seed=seed, **kw)  # the options of one test
+    runtime = Runtime(device)
     own = run_dir / "cross" / "_training_set"
     for split in ("test", "val"): _reuse_scores(run_dir / "test", own / "test", split)  # scored by the evaluate stage
-    try: m = test_checkpoint(model, None, crops, own, "All", "test", calibrate="eer", **kw)
+    try: m = test_checkpoint(model, None, crops, own, opts(calibrate="eer"), runtime)
     except ValueError as e:  # a validation split of one class: no threshold can be chosen on it
         if "cannot calibrate" not in str(e): raise
-        m = test_checkpoint(model, None, crops, own, "All", "test", **kw)
+        m = test_checkpoint(model, None, crops, own, opts(), runtime)
     rows, thr = [cross_dataset_row(f"{train_dataset} (training set's test split)", train_dataset, "test", m)], m["threshold"]["value"]
     for e in sets:
         out = run_dir / "cross" / e["name"]
         tc = test_set_crops(e, out, frames_per_video, device, progress)
-        m = test_checkpoint(model, None, tc, out, "All", "test", threshold=thr, **kw)
+        m = test_checkpoint(model, None, tc, out, opts(threshold=thr), runtime)
         rows.append({**cross_dataset_row(e["name"], e["dataset"], e["split"], m), "threshold_source": "training set's validation split"})
     if rows[0]["threshold_source"] == "calibrated": rows[0]["threshold_source"] = "training set's validation split"
     table = pd.DataFrame(rows, columns=CROSS_COLUMNS)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_train.ipynb #e3cc3905
 from __future__ import annotations
-import csv, importlib.metadata as md, io, math, os, random, subprocess, time, platform
+import csv, dataclasses, importlib.metadata as md, math, os, random, subprocess, time, platform
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -18,46 +18,22 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidget
 
 import pandas as pd
 import deepfake_explain
-from .core import ORIGINAL, atomic_write, resolve_device, cli_errors, diff_message, state_dict_diff, write_bytes_atomic
+from .core import ORIGINAL, Runtime, atomic_write, cli_errors, figure_png, write_bytes_atomic
 from .metrics import binary_metrics
-from .preprocess import DistInfo, setup_distributed  # the first stage run under torchrun defines them
+from .preprocess import DistInfo, torchrun_group  # the first stage run under torchrun defines them
 from .mini_forensics import MINI_METHODS
-from .model import (CONFIG_SCHEMA, Key, backbone_init, build_model, checkpoint_layout, load_config,
-                                    resolve_backbone_weights, unwrap_state_dict)
+from .model import backbone_init, build_model, fake_probability, resolve_backbone_weights
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, is_training_checkpoint, load_train_config,
+                                         load_weights, model_config, read_checkpoint, save_checkpoint)
 from .data import (CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, FaceCropDataset, TrainTransform, ValTransform,
                                    index_crops, select_training_frames)
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'METRIC_COLUMNS', 'PROVENANCE_KEYS',
-           'DEFAULT_WORKERS', 'load_train_config', 'training_config', 'set_bn_momentum', 'model_config',
-           'make_optimizer', 'make_scheduler', 'bce_pos_weight', 'epoch_metrics', 'EarlyStopping', 'CheckpointError',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'read_checkpoint', 'is_training_checkpoint',
-           'CheckpointMismatchError', 'load_weights', 'read_metrics', 'append_metrics', 'plot_curves', 'gather_arrays',
-           'precision_dtype', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'epoch_seed', 'seed_everything',
-           'make_loader', 'start_epoch', 'select_method', 'limit_videos', 'make_datasets', 'dataset_names',
-           'git_commit', 'provenance', 'config_changes', 'library_versions', 'train', 'train_cli', 'resume_point']
-
-# %% ../nbs/03_train.ipynb #a2eeaf27
-OPTIMIZERS = ("sgd", "adamw")
-
-SCHEDULERS = ("steplr", "cosine", "none")
-
-TRAIN_KEYS = {
-    "optimizer": Key(str, "sgd", "optimizer: sgd (reference) or adamw", choices=OPTIMIZERS),
-    "momentum": Key(float, 0.0, "SGD momentum (reference: 0)", min=0, max=1),
-    "scheduler": Key(str, "steplr", "per-epoch LR schedule: steplr (reference), cosine (to 0 over num_epochs), none",
-                     choices=SCHEDULERS),
-    "bn-momentum": Key(float, None, "BatchNorm running-stat momentum while training (null: the backbone's own, 0.01)",
-                       min=0, max=1, nullable=True),
-    "augment": Key(bool, True, "the reference's training augmentations (false: the validation transform only)"),
-}
-
-TRAIN_SCHEMA = {**CONFIG_SCHEMA, "training": {**CONFIG_SCHEMA["training"], **TRAIN_KEYS}}
-
-def load_train_config(src, for_training: bool = False) -> dict:
-    """`model.load_config` (YAML path or dict) with the training keys `TRAIN_KEYS` known and validated;
-    `for_training` also refuses frozen blocks of a random backbone (`model.training_problems`)."""
-    return load_config(src, schema=TRAIN_SCHEMA, for_training=for_training)
+__all__ = ['METRIC_COLUMNS', 'PROVENANCE_KEYS', 'DEFAULT_WORKERS', 'training_config', 'make_optimizer', 'make_scheduler',
+           'bce_pos_weight', 'EarlyStopping', 'read_metrics', 'append_metrics', 'plot_curves', 'training_runtime',
+           'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'seed_everything', 'make_loader', 'start_epoch',
+           'select_method', 'make_datasets', 'git_commit', 'provenance', 'TrainOptions', 'train', 'train_cli',
+           'resume_point']
 
 # %% ../nbs/03_train.ipynb #db60754f
 def training_config(src) -> tuple[dict, Path | None]:
@@ -67,21 +43,12 @@ def training_config(src) -> tuple[dict, Path | None]:
     cfg = load_train_config(src, for_training=True)
     return cfg, resolve_backbone_weights(cfg["model"]["backbone-weights"], cfg["model"]["backbone"])
 
-def set_bn_momentum(model: nn.Module, momentum: float | None) -> int:
+def _set_bn_momentum(model: nn.Module, momentum: float | None) -> int:
     "Set the running-stat momentum of every BatchNorm layer (None: leave them); returns how many were set."
     if momentum is None: return 0
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in bns: m.momentum = momentum
     return len(bns)
-
-# %% ../nbs/03_train.ipynb #432ebb97
-def model_config(cfg: dict, keep_backbone_weights: bool = False) -> dict:
-    """`cfg` as `build_model` takes it: without the training keys the model's own schema does not know, and with
-    `model.backbone-weights` null unless `keep_backbone_weights` (training keeps them): a model whose weights come from
-    a checkpoint (predict, test, explain) needs no ImageNet file and no network."""
-    known = CONFIG_SCHEMA["training"]
-    model = cfg["model"] if keep_backbone_weights else {**cfg["model"], "backbone-weights": None}
-    return {**cfg, "model": model, "training": {k: v for k, v in cfg["training"].items() if k in known}}
 
 # %% ../nbs/03_train.ipynb #4f0dd2f7
 def make_optimizer(model: nn.Module, ts: dict) -> torch.optim.Optimizer:
@@ -107,7 +74,7 @@ def bce_pos_weight(labels) -> float:
                          "both real (label 0) and fake (label 1) crops are needed")
     return n_real / n_fake
 
-def epoch_metrics(probs, labels, losses) -> dict:
+def _epoch_metrics(probs, labels, losses) -> dict:
     """An epoch's row: mean loss and `metrics.binary_metrics`' accuracy at p > 0.5 and ROC AUC; as a table row,
     an undefined AUC (one class) is NaN."""
     losses = np.asarray(losses, dtype=np.float64).ravel()
@@ -139,12 +106,7 @@ class EarlyStopping:
         for k in ("best", "best_epoch", "bad_epochs"): setattr(self, k, type(getattr(self, k))(d[k]))
 
 # %% ../nbs/03_train.ipynb #573bd18a
-CHECKPOINT_FORMAT = "deepfake_explain.train/1"
-
-class CheckpointError(ValueError):
-    "A checkpoint file that cannot be used (the message names the file and the problem)."
-
-def rng_state() -> dict:
+def _rng_state() -> dict:
     "torch (CPU and CUDA), numpy and python RNG states as tensors and plain lists."
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
@@ -155,8 +117,8 @@ def rng_state() -> dict:
             "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
 
 # %% ../nbs/03_train.ipynb #b041141f
-def set_rng_state(s: dict):
-    "Restore the states saved by `rng_state`."
+def _set_rng_state(s: dict):
+    "Restore the states saved by `_rng_state`."
     torch.set_rng_state(s["torch"])
     if s.get("cuda") and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -164,60 +126,6 @@ def set_rng_state(s: dict):
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     p = s["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
-
-def save_checkpoint(path, ckpt: dict) -> Path:
-    "Write `ckpt` with `torch.save` atomically."
-    with atomic_write(path, "wb") as f: torch.save(ckpt, f)
-    return Path(path)
-
-# %% ../nbs/03_train.ipynb #65305228
-def read_checkpoint(path) -> dict:
-    "`torch.load(path, weights_only=True)` on CPU; `CheckpointError` naming `path` if it is not a checkpoint."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: checkpoint file not found")
-    try: obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot be loaded as a weights-only torch file ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict): raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a dict")
-    return obj
-
-def is_training_checkpoint(obj) -> bool:
-    "True for a full checkpoint written by `train` (False for a plain state dict)."
-    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
-
-# %% ../nbs/03_train.ipynb #849b7ef0
-class CheckpointMismatchError(CheckpointError):
-    "Checkpoint weights that do not fit the model (the message names the mismatched keys)."
-
-# %% ../nbs/03_train.ipynb #5fc26009
-def _state_dict_of(obj: dict) -> tuple[dict, dict]:
-    "(state dict, metadata) of a full training checkpoint or of a plain state dict (`model.unwrap_state_dict`)."
-    if is_training_checkpoint(obj): return obj["model"], obj.get("meta", {})
-    sd = {k: v for k, v in unwrap_state_dict(obj).items() if isinstance(v, torch.Tensor)}
-    if not sd: raise CheckpointError("holds no tensors: neither a training checkpoint nor a state dict")
-    return sd, {}
-
-def load_weights(model: nn.Module, src, strict: bool = True) -> dict:
-    "Load a full checkpoint or a plain state dict (path or dict) into `model`; report what matched."
-    name = str(src) if isinstance(src, (str, Path)) else "state dict"
-    obj = read_checkpoint(src) if isinstance(src, (str, Path)) else src
-    try: sd, meta = _state_dict_of(obj)
-    except (CheckpointError, TypeError) as e: raise CheckpointError(f"{name}: {e}") from None
-    own = model.state_dict()
-    diff = state_dict_diff(own, sd)
-    missing, unexpected, shapes = diff["missing"], diff["unexpected"], diff["mismatched"]
-    layout, want = meta.get("layout") or checkpoint_layout(sd), getattr(model, "layout", None)
-    report = {"source": name, "kind": "checkpoint" if meta else "state_dict", "layout": layout,
-              "loaded": len(own) - len(missing) - len(shapes), "missing": missing, "unexpected": unexpected, "mismatched": shapes}
-    if strict and (missing or unexpected or shapes or (layout and want and layout != want)):
-        why = (f"checkpoint has layout {layout!r}, the model has layout {want!r} (set 'model.layout: {layout}' in the config)"
-               if layout and want and layout != want else "weights do not fit the model (another size? compare the model sections)")
-        problems = diff_message(diff)
-        raise CheckpointMismatchError(f"{name}: {why}" + (f": {problems}" if problems else ""))
-    bad = set(missing) | {s.split(" ")[0] for s in shapes}
-    model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in bad}, strict=False)
-    if hasattr(model, "backbone_weights"): model.backbone_weights = f"from {report['kind']} {name}"  # not ImageNet/random any more
-    return report
 
 # %% ../nbs/03_train.ipynb #eed4bf62
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "train_auc", "val_loss", "val_acc", "val_auc",
@@ -252,24 +160,25 @@ def plot_curves(rows: list[dict], path) -> Path:
             ax.plot(ep, [r[f"{split}_{key}"] for r in rows], style, ms=3, label=split)
         ax.set(xlabel="epoch", title=title); ax.grid(alpha=0.3); ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO(); fig.savefig(buf, format="png")
-    return write_bytes_atomic(path, buf.getvalue())
+    return write_bytes_atomic(path, figure_png(fig, dpi=100))
 
 # %% ../nbs/03_train.ipynb #ea51bb1b
-def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:
+def _gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:
     "Concatenate each array over all ranks (identity in a one-process job)."
     if not info.enabled: return list(arrays)
     parts = [None] * info.world
     dist.all_gather_object(parts, arrays)
     return [np.concatenate([p[i] for p in parts]) for i in range(len(arrays))]
 
-def precision_dtype(precision: str, device: torch.device):
-    "Autocast dtype for `precision` in {'auto','bf16','fp16','fp32'}: mixed precision is used on CUDA only."
+def training_runtime(device=None, precision: str = "auto", threads: int | None = None) -> Runtime:
+    """The `core.Runtime` of a training run: `precision` in {'auto','bf16','fp16','fp32'}, mixed precision on CUDA only
+    (auto: bf16 where supported, else fp16), fp32 elsewhere; `device` as `core.resolve_device` (None: CUDA when available)."""
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ValueError(f"precision={precision!r}: expected one of auto, bf16, fp16, fp32")
-    if device.type != "cuda" or precision == "fp32": return None
-    if precision == "auto": return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    rt = Runtime(device=device or "auto", threads=threads)
+    if rt.torch_device.type != "cuda" or precision == "fp32": return rt
+    if precision == "auto": precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return dataclasses.replace(rt, precision=precision)
 
 # %% ../nbs/03_train.ipynb #1a9e9280
 class NonFiniteLossError(FloatingPointError, RuntimeError):
@@ -286,18 +195,19 @@ def _unique(idx, *arrays):
     _, first = np.unique(idx, return_index=True)
     return [idx[first], *(a[first] for a in arrays)]
 
-def run_epoch(model: nn.Module, loader, loss_fn, device: torch.device, optimizer=None, *, scaler=None,
-              amp_dtype=None, info: DistInfo = DistInfo(), desc: str = "", progress: bool = True) -> dict:
-    "Train (with `optimizer`) or evaluate one pass over `loader`; metrics over all ranks and the indices seen here."
+def run_epoch(model: nn.Module, loader, loss_fn, runtime: Runtime, optimizer=None, *, scaler=None,
+              info: DistInfo = DistInfo(), desc: str = "", progress: bool = True) -> dict:
+    """Train (with `optimizer`) or evaluate one pass over `loader`, images placed and the forward pass run as `runtime`
+    says (the model is already placed); metrics over all ranks and the indices seen here."""
     training = optimizer is not None
     model.train(training)
     losses, probs, labels, idxs = [], [], [], []
     bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main), dynamic_ncols=True)
     with torch.set_grad_enabled(training):
         for step, (x, y, idx) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True).float(), y.to(device, non_blocking=True).float().reshape(-1)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)                                   # (B, 1)
+            x = runtime.images(x).float()                                                 # (B, 3, H, W)
+            y = y.to(runtime.torch_device, non_blocking=True).float().reshape(-1)          # (B,)
+            with runtime.autocast(): logits = model(x)                                    # (B, 1)
             per_sample = loss_fn(logits.float().reshape(-1), y)    # (B,)
             loss = per_sample.mean()
             if training:
@@ -310,17 +220,17 @@ def run_epoch(model: nn.Module, loader, loss_fn, device: torch.device, optimizer
                     scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()
                 else:
                     loss.backward(); optimizer.step()
-            losses.append(per_sample.detach().cpu()); probs.append(torch.sigmoid(logits.detach().float().reshape(-1)).cpu())
+            losses.append(per_sample.detach().cpu()); probs.append(fake_probability(logits.detach()).cpu())
             labels.append(y.cpu()); idxs.append(idx.reshape(-1).cpu())
             if step % 10 == 0: bar.set_postfix(loss=f"{loss.item():.4f}")
     cat = lambda xs, dt: torch.cat(xs).numpy().astype(dt) if xs else np.zeros(0, dt)
     local_idx = cat(idxs, np.int64)
-    arrays = gather_arrays(info, local_idx, cat(losses, np.float64), cat(probs, np.float64), cat(labels, np.float64))
+    arrays = _gather_arrays(info, local_idx, cat(losses, np.float64), cat(probs, np.float64), cat(labels, np.float64))
     idx, l, p, t = _unique(*arrays)
-    return {**epoch_metrics(p, t, l), "indices": local_idx}
+    return {**_epoch_metrics(p, t, l), "indices": local_idx}
 
 # %% ../nbs/03_train.ipynb #14862498
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     "A 32-bit seed for (`seed`, `epoch`, `rank`)."
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
@@ -348,7 +258,7 @@ def start_epoch(loader: DataLoader, seed: int, epoch: int, rank: int = 0):
     loader.sampler.set_epoch(epoch)
     ds = getattr(loader.dataset, "ds", loader.dataset)
     if hasattr(ds, "set_epoch"): ds.set_epoch(epoch)   # FaceCropDataset draws augmentations from (seed, epoch, item)
-    s = epoch_seed(seed, epoch, rank)
+    s = _epoch_seed(seed, epoch, rank)
     loader.generator.manual_seed(s)
     seed_everything(s)
 
@@ -362,7 +272,7 @@ def select_method(crops: pd.DataFrame, dataset: str = "All", where: str = "") ->
     return crops[crops["method"].isin([ORIGINAL, dataset])]
 
 # %% ../nbs/03_train.ipynb #770f9352
-def limit_videos(crops: pd.DataFrame, max_videos: int | None, seed: int = 0) -> pd.DataFrame:
+def _limit_videos(crops: pd.DataFrame, max_videos: int | None, seed: int = 0) -> pd.DataFrame:
     "At most `max_videos` videos per split, in the split's class proportions (at least one per class), chosen under `seed`."
     if max_videos is None or max_videos < 0: return crops
     rng, keep = np.random.default_rng(seed), []
@@ -389,7 +299,7 @@ def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int |
     cfg = load_train_config(cfg)
     ts, size = cfg["training"], cfg["model"]["image-size"]
     root = Path(crops_root)
-    crops = limit_videos(select_method(index_crops(root), dataset, str(root)), max_videos, seed)
+    crops = _limit_videos(select_method(index_crops(root), dataset, str(root)), max_videos, seed)
     sel = {split: select_training_frames(crops, ts["frames-per-video"], ts["rebalancing_real"], ts["rebalancing_fake"], split=split)
            for split in ("train", "val")}
     for split, df in sel.items():
@@ -411,7 +321,7 @@ def _dataset_of(method: str) -> str:
     if method == CELEBDF_METHOD: return "Celeb-DF v2"
     return "mini" if method in MINI_METHODS else "unknown"
 
-def dataset_names(methods) -> list[str]:
+def _dataset_names(methods) -> list[str]:
     "The datasets the fake `methods` (crop method folders) come from: FaceForensics++, DFDC, Celeb-DF v2, mini or unknown."
     return sorted({_dataset_of(m) for m in methods if m != ORIGINAL})
 
@@ -428,7 +338,7 @@ PROVENANCE_KEYS = ("datasets", "methods", "n_train_videos", "n_val_videos", "bac
 def provenance(cfg: dict, summary: dict, epochs: int) -> dict:
     "What a checkpoint was trained on (`PROVENANCE_KEYS`), from its validated config and `make_datasets`' summary."
     methods = sorted({m for s in ("train", "val") for m in summary[s]["frames_per_method"]} - {ORIGINAL})
-    datasets = dataset_names(methods)
+    datasets = _dataset_names(methods)
     return {"datasets": datasets, "methods": methods, "n_train_videos": int(summary["train"]["videos"]),
             "n_val_videos": int(summary["val"]["videos"]), "backbone_init": backbone_init(cfg["model"]["backbone-weights"]),
             "image_size": int(cfg["model"]["image-size"]), "layout": cfg["model"]["layout"], "epochs": int(epochs),
@@ -448,14 +358,14 @@ def _plain(obj):
 _FIXED_ON_RESUME = tuple(f"training.{k}" for k in ("optimizer", "momentum", "lr", "weight-decay", "scheduler", "gamma", "step-size")
                          ) + ("model.", "spatial.")
 
-def config_changes(old: dict, new: dict) -> list[str]:
+def _config_changes(old: dict, new: dict) -> list[str]:
     "'section.key: old -> new' for every value that differs between two validated configs."
     keys = sorted({(s, k) for c in (old, new) for s in c for k in (c[s] or {})})
     get = lambda c, s, k: (c.get(s) or {}).get(k)
     return [f"{s}.{k}: {get(old, s, k)!r} -> {get(new, s, k)!r}" for s, k in keys if get(old, s, k) != get(new, s, k)]
 
 # %% ../nbs/03_train.ipynb #9461a707
-def library_versions() -> dict:
+def _library_versions() -> dict:
     "Versions of the libraries a checkpoint depends on."
     out = {"python": platform.python_version()}
     for name in ("deepfake_explain", "torch", "numpy", "efficientnet-pytorch", "einops"):
@@ -475,7 +385,7 @@ def _resume_into(ckpt: dict, cfg: dict, resume, model, opt, sched, scaler, stopp
     schedule, scaler, early stopping and RNG states; the first epoch to run. Refuses changes of `_FIXED_ON_RESUME` keys."""
     full = is_training_checkpoint(ckpt)
     if full:
-        changed = config_changes(ckpt["config"], _plain(cfg))
+        changed = _config_changes(ckpt["config"], _plain(cfg))
         if any(c.startswith(_FIXED_ON_RESUME) for c in changed):
             raise ValueError(f"{resume}: cannot continue this checkpoint with another config ({'; '.join(changed)}); "
                              "resume without a config to use the checkpoint's, or fine-tune from its weights in a new run")
@@ -485,27 +395,38 @@ def _resume_into(ckpt: dict, cfg: dict, resume, model, opt, sched, scaler, stopp
     if not full: return 1
     opt.load_state_dict(ckpt["optimizer"]); sched.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"): scaler.load_state_dict(ckpt["scaler"])
-    stopper.load_state_dict(ckpt["early_stopping"]); set_rng_state(ckpt["rng"])
+    stopper.load_state_dict(ckpt["early_stopping"]); _set_rng_state(ckpt["rng"])
     return int(ckpt["epoch"]) + 1
+
+# %% ../nbs/03_train.ipynb #f0151bee
+@dataclass(frozen=True)
+class TrainOptions:
+    "How long and on what a run trains: epochs, early stopping, data selection, loader workers, seed, progress output."
+    num_epochs: int = 100            # maximum number of epochs
+    patience: int = 5                # epochs without a lower validation loss before stopping
+    dataset: str = "All"             # reals plus one method folder, or All
+    max_videos: int | None = None    # at most this many videos per split (None: all)
+    workers: int = 2                 # data-loader worker processes per rank
+    seed: int = 0                    # seed of weights, sampling and augmentations
+    progress: bool = True            # progress bars and epoch lines (rank 0)
 
 # %% ../nbs/03_train.ipynb #b60ba214
 @dataclass
 class _Run:
     "What one training run's epochs share: model (and its DDP wrapper `net`), optimisation, data, files and settings."
     model: nn.Module; net: nn.Module; opt: object; sched: object; scaler: object; stopper: EarlyStopping
-    loss_fn: nn.Module; train_ld: DataLoader; val_ld: DataLoader; dev: torch.device; amp: object; info: DistInfo
-    output: Path; num_epochs: int; seed: int; progress: bool; log: object; ckpt_base: dict
+    loss_fn: nn.Module; train_ld: DataLoader; val_ld: DataLoader; runtime: Runtime; info: DistInfo
+    output: Path; options: TrainOptions; log: object; ckpt_base: dict
 
 def _train_and_validate(r: _Run, epoch: int) -> tuple[dict, dict, float]:
     "Train and validate epoch `epoch`: (train metrics, val metrics, train seconds); a non-finite loss names the last good checkpoint."
-    t0 = time.time()
-    start_epoch(r.train_ld, r.seed, epoch, r.info.rank)
+    t0, o = time.time(), r.options
+    start_epoch(r.train_ld, o.seed, epoch, r.info.rank)
     try:
-        res = run_epoch(r.net, r.train_ld, r.loss_fn, r.dev, r.opt, scaler=r.scaler, amp_dtype=r.amp, info=r.info,
-                        desc=f"epoch {epoch}/{r.num_epochs} train", progress=r.progress)
+        res = run_epoch(r.net, r.train_ld, r.loss_fn, r.runtime, r.opt, scaler=r.scaler, info=r.info,
+                        desc=f"epoch {epoch}/{o.num_epochs} train", progress=o.progress)
         t_train = time.time() - t0
-        va = run_epoch(r.model, r.val_ld, r.loss_fn, r.dev, amp_dtype=r.amp, info=r.info, desc=f"epoch {epoch} val",
-                       progress=r.progress)
+        va = run_epoch(r.model, r.val_ld, r.loss_fn, r.runtime, info=r.info, desc=f"epoch {epoch} val", progress=o.progress)
         if not math.isfinite(va["loss"]): raise NonFiniteLossError(f"epoch {epoch} val: non-finite validation loss ({va['loss']})")
     except NonFiniteLossError as e:
         last = r.output / "last.pt"
@@ -518,7 +439,7 @@ def _save_epoch(r: _Run, epoch: int, row: dict, improved: bool, provenance_: dic
     "Rank 0's files after an epoch: last.pt (and best.pt when `improved`), metrics.csv and curves.png; all metric rows."
     ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": r.model.state_dict(), "optimizer": r.opt.state_dict(),
           "scheduler": r.sched.state_dict(), "scaler": r.scaler.state_dict() if r.scaler else {},
-          "early_stopping": r.stopper.state_dict(), "rng": rng_state(), **r.ckpt_base, "metrics": row,
+          "early_stopping": r.stopper.state_dict(), "rng": _rng_state(), **r.ckpt_base, "metrics": row,
           "provenance": _plain(provenance_)}
     save_checkpoint(r.output / "last.pt", ck)
     if improved: save_checkpoint(r.output / "best.pt", ck)
@@ -527,57 +448,54 @@ def _save_epoch(r: _Run, epoch: int, row: dict, improved: bool, provenance_: dic
     return rows
 
 # %% ../nbs/03_train.ipynb #50b2e4d9
-def _setup_run(info, dev, config, data_root, output, num_epochs, patience, resume, dataset, max_videos, workers, seed,
-               precision, progress) -> tuple[_Run, int, dict, dict]:
+def _setup_run(info, runtime: Runtime, config, data_root, output: Path, options: TrainOptions, resume) -> tuple[_Run, int, dict, dict]:
     "Everything an epoch needs, checked before any work: (run, first epoch, validated config, dataset summary)."
     if data_root is None: raise ValueError("data_root is required: the folder of face crops (<data_root>/train_set, val_set)")
-    ckpt = read_checkpoint(resume) if resume else None
+    ckpt, o, dev = read_checkpoint(resume) if resume else None, options, runtime.torch_device
     if config is None:
         if not is_training_checkpoint(ckpt): raise ValueError("config is required (a YAML file or dict), unless resuming from a checkpoint written by train")
         config = ckpt["config"]
     # refused (frozen random blocks) or ImageNet file missing: before any work; a resumed run has its weights in ckpt
     cfg = load_train_config(config, for_training=True) if ckpt is not None else training_config(config)[0]
     ts = cfg["training"]
-    log = (lambda msg: tqdm.write(msg)) if (progress and info.is_main) else (lambda msg: None)
-    train_ds, val_ds, summary = make_datasets(data_root, cfg, dataset, max_videos, seed)
-    seed_everything(seed)                      # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=ckpt is None).to(dev)
-    set_bn_momentum(model, ts["bn-momentum"])
-    opt, amp = make_optimizer(model, ts), precision_dtype(precision, dev)
-    sched = make_scheduler(opt, ts, num_epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    stopper = EarlyStopping(patience)
+    log = (lambda msg: tqdm.write(msg)) if (o.progress and info.is_main) else (lambda msg: None)
+    train_ds, val_ds, summary = make_datasets(data_root, cfg, o.dataset, o.max_videos, o.seed)
+    seed_everything(o.seed)                    # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = runtime.model(build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=ckpt is None))
+    _set_bn_momentum(model, ts["bn-momentum"])
+    opt = make_optimizer(model, ts)
+    sched = make_scheduler(opt, ts, o.num_epochs)
+    scaler = torch.amp.GradScaler("cuda") if runtime.precision == "fp16" and dev.type == "cuda" else None
+    stopper = EarlyStopping(o.patience)
     first = _resume_into(ckpt, cfg, resume, model, opt, sched, scaler, stopper, log) if ckpt is not None else 1
     net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if info.enabled else model
     loss_fn = nn.BCEWithLogitsLoss(reduction="none", pos_weight=torch.tensor(summary["pos_weight"], device=dev))
-    loaders = [make_loader(ds, ts["bs"], shuffle, info, workers, seed, dev.type == "cuda") for ds, shuffle in ((train_ds, True), (val_ds, False))]
-    meta = {**_model_meta(model, cfg), "versions": library_versions(), "dataset": summary, "seed": seed,
-            "world_size": info.world, "precision": str(amp).replace("torch.", "") if amp else "fp32", "num_epochs": num_epochs}
-    run = _Run(model, net, opt, sched, scaler, stopper, loss_fn, *loaders, dev, amp, info, output, num_epochs, seed, progress,
-               log, {"config": _plain(cfg), "meta": _plain(meta)})
+    loaders = [make_loader(ds, ts["bs"], shuffle, info, o.workers, o.seed, dev.type == "cuda") for ds, shuffle in ((train_ds, True), (val_ds, False))]
+    meta = {**_model_meta(model, cfg), "versions": _library_versions(), "dataset": summary, "seed": o.seed, "world_size": info.world,
+            "precision": runtime.precision, "memory_format": runtime.memory_format, "num_epochs": o.num_epochs}
+    run = _Run(model, net, opt, sched, scaler, stopper, loss_fn, *loaders, runtime, info, output, o, log,
+               {"config": _plain(cfg), "meta": _plain(meta)})
     return run, first, cfg, summary
 
 # %% ../nbs/03_train.ipynb #6102d845
-def train(config=None, data_root=None, output="train", num_epochs: int = 100, patience: int = 5, resume=None,
-          dataset: str = "All", max_videos: int | None = None, workers: int = 2, seed: int = 0, device=None,
-          precision: str = "auto", progress: bool = True) -> dict:
-    """Train the detector on the face crops under `data_root`; checkpoints, metrics and curves go to `output`.
-    Runs as one process or under torchrun (DDP). Returns a summary (rank 0's files, this rank's last indices)."""
-    info, dev = setup_distributed(device)
-    try: return _train(info, dev, config, data_root, Path(output), num_epochs, patience, resume, dataset, max_videos,
-                       workers, seed, precision, progress)
-    finally:
-        if info.owns_group: dist.destroy_process_group()
+def train(config=None, data_root=None, output="train", options: TrainOptions | None = None, runtime: Runtime | None = None,
+          resume=None) -> dict:
+    """Train the detector on the face crops under `data_root` (`options`: `TrainOptions()` by default; `runtime`:
+    `training_runtime()`); checkpoints, metrics and curves go to `output`. `resume`: a checkpoint to continue, or a plain
+    state dict to start from. Runs as one process or under torchrun (DDP). Returns a summary (rank 0's files, this rank's
+    last indices)."""
+    options, runtime = options or TrainOptions(), (runtime or training_runtime()).start()
+    with torchrun_group(runtime.device) as (info, dev):  # one process, or this rank of a torchrun job and its device
+        return _train(info, dataclasses.replace(runtime, device=str(dev)), config, data_root, Path(output), options, resume)
 
 # %% ../nbs/03_train.ipynb #621aa88f
-def _train(info, dev, config, data_root, output, num_epochs, patience, resume, dataset, max_videos, workers, seed,
-           precision, progress) -> dict:
-    r, first, cfg, summary = _setup_run(info, dev, config, data_root, output, num_epochs, patience, resume, dataset,
-                                        max_videos, workers, seed, precision, progress)
+def _train(info, runtime: Runtime, config, data_root, output: Path, options: TrainOptions, resume) -> dict:
+    r, first, cfg, summary = _setup_run(info, runtime, config, data_root, output, options, resume)
+    num_epochs = options.num_epochs
     if info.is_main:
         output.mkdir(parents=True, exist_ok=True)
         r.log(f"training {r.ckpt_base['meta']['layout']} model on {summary['train']['frames']} frames ({summary['train']['videos']} "
-              f"videos), validating on {summary['val']['frames']}; epochs {first}..{num_epochs}, device {dev}, world {info.world}")
+              f"videos), validating on {summary['val']['frames']}; epochs {first}..{num_epochs}, device {runtime.device}, world {info.world}")
     rows, stopped, res = read_metrics(output / "metrics.csv") if info.is_main else [], "num_epochs", {"indices": np.zeros(0, np.int64)}
     if r.stopper.should_stop: stopped = "early_stopping"
     t_start = time.time()
@@ -596,7 +514,7 @@ def _train(info, dev, config, data_root, output, num_epochs, patience, resume, d
                   f"acc {va['acc']:.3f} auc {va['auc']:.3f}{' *' if improved else ''} ({row['seconds']:.0f}s)")
         if r.stopper.should_stop:
             stopped = "early_stopping"
-            r.log(f"early stopping: no lower validation loss for {patience} epochs (best epoch {r.stopper.best_epoch})")
+            r.log(f"early stopping: no lower validation loss for {options.patience} epochs (best epoch {r.stopper.best_epoch})")
     if info.enabled: dist.barrier()
     return {"output": str(output), "last": str(output / "last.pt"), "best": str(output / "best.pt"), "start_epoch": first,
             "stopped": stopped, "best_epoch": r.stopper.best_epoch, "best_val_loss": r.stopper.best, "history": rows,
@@ -623,9 +541,9 @@ def train_cli(
 ):
     "Train the deepfake detector on face crops (one process, or one per GPU under torchrun)."
     with cli_errors("deepfake-explain-train"):
-        res = train(config, data_root, output, num_epochs=num_epochs, patience=patience, resume=resume, dataset=dataset,
-                    max_videos=None if max_videos < 0 else max_videos, workers=workers, seed=seed, device=device,
-                    precision=precision, progress=not quiet)
+        options = TrainOptions(num_epochs=num_epochs, patience=patience, dataset=dataset, workers=workers, seed=seed,
+                               max_videos=None if max_videos < 0 else max_videos, progress=not quiet)
+        res = train(config, data_root, output, options, training_runtime(device, precision), resume=resume)
     if res["rank"] == 0:
         print(f"best epoch {res['best_epoch']} (val loss {res['best_val_loss']:.4f}); stopped by {res['stopped']}; "
               f"checkpoints in {res['output']}")

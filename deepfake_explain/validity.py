@@ -15,8 +15,9 @@ import torch
 from .core import (ORIGINAL, ImageReadError, Runtime, figure_png, read_image_rgb, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic)
 from .data import COMPRESSIONS, ValTransform, ffpp_video_path
-from .evaluate import load_detector
-from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch, fake_probability,
+from .checkpoint import load_detector
+from .model import fake_probability
+from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, read_faces)
 from .localisation import (bootstrap_mean_ci, curve_auc, evenly, masks_for_crops, paired_differences,
                                            quality_images)
@@ -411,7 +412,7 @@ def validity_stage(output_root, data_root=None, opts: ValidityOptions | None = N
     root, opts = Path(output_root), opts or ValidityOptions()
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
-    model, _, _ = load_detector(ckpt, None, opts.runtime.device)
+    model, _, _ = load_detector(ckpt, None, opts.runtime)
     data = Path(data_root) if data_root is not None else root / "mini_forensics"
     try: out = study_validity(model, root / "crops", data, root, root, opts)
     except ValueError as e: out = dict(skipped=str(e))  # no frame-aligned originals (DFDC): the quality table stands alone

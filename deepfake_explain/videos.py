@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import data_uri, figure_png, write_bytes_atomic
+from .checkpoint import provenance_line
+from .core import Runtime, data_uri, figure_png, write_bytes_atomic
 from .data import ValTransform
-from .evaluate import provenance_line, video_score
+from .evaluate import video_score
 from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, explained_figure, faces_to_batch,
-                                      fake_probability, figure_title, input_size)
+                                      figure_title, input_size)
+from .model import fake_probability
 from .preprocess import open_video, square_box
 
 # %% auto #0
@@ -39,16 +41,16 @@ class VideoExplainer:
         self.k, self.method, self.target, self.explain_batch, self.fps, self.max_side = k, method, target, explain_batch, fps, max_side
         self.crops, self.maps, self.layout = [], np.zeros((0, 1, 1), np.float32), "spatial"
 
-    def score(self, model, images, batch_size: int = 32, image_size: int | None = None) -> np.ndarray:
-        "Fake probabilities (N,) of RGB face crops, as `score_crops`; keeps the crops at the model's size and their maps."
-        tf, dev = ValTransform(input_size(model, image_size)), next(model.parameters()).device
+    def score(self, model, images, batch_size: int = 32, image_size: int | None = None, runtime: Runtime | None = None) -> np.ndarray:
+        "Fake probabilities (N,) of RGB face crops, as `score_crops` (on `runtime`); keeps the crops at the model's size and their maps."
+        tf, rt = ValTransform(input_size(model, image_size)), runtime or Runtime(str(next(model.parameters()).device))
         eb = self.explain_batch or (batch_size if getattr(model, "num_tokens", 0) <= 256 else 8)  # one backward per batch where memory allows
         self.crops, self.layout, probs, maps = [tf(im) for im in images], getattr(model, "layout", "spatial"), [], []
         with eval_mode(model):
             for s in range(0, len(self.crops), batch_size):
-                x = faces_to_batch(self.crops[s:s + batch_size], dev)  # (B, 3, S, S)
+                x = rt.images(faces_to_batch(self.crops[s:s + batch_size]))  # (B, 3, S, S)
                 cache = backbone_cache(model, x)                        # the backbone once
-                with torch.no_grad(): probs.append(fake_probability(model.classify_tokens(cache["tokens"])).float().cpu().numpy())
+                with torch.no_grad(), rt.autocast(): probs.append(fake_probability(model.classify_tokens(cache["tokens"])).cpu().numpy())
                 for e in range(0, len(x), eb):
                     sub = {k: v[e:e + eb] for k, v in cache.items()}
                     maps.append(explain_batch(model, x[e:e + eb], self.method, self.target, cache=sub)[1].float().cpu().numpy())

@@ -10,7 +10,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"): torch.set_num_threads(1)  # 2 threads 
 
 from deepfake_explain.model import build_model, load_config
 from deepfake_explain.preprocess import torch_threads
-from deepfake_explain.train import CHECKPOINT_FORMAT
+from deepfake_explain.checkpoint import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

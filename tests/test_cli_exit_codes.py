@@ -99,7 +99,7 @@ def test_directory_as_checkpoint_is_named_a_directory(tmp_path):
 def test_explain_success_exits_0(shared_data, tmp_path):
     "The bug of issue 18: explain succeeded, then exited 1 with its table on stderr."
     from deepfake_explain.model import build_model, load_config
-    from deepfake_explain.train import CHECKPOINT_FORMAT
+    from deepfake_explain.checkpoint import CHECKPOINT_FORMAT
     cfg = load_config({"model": {"image-size": 64}, "spatial": {"depth": 1, "emb-dim": 16, "mlp-dim": 16, "heads": 1, "dim-head": 16}})
     torch.manual_seed(0)
     torch.save({"format": CHECKPOINT_FORMAT, "model": build_model(cfg).state_dict(), "config": cfg}, tmp_path / "tiny.pt")

@@ -11,7 +11,7 @@ import torch
 from deepfake_explain.data import CELEBDF_METHOD, ORIGINAL, index_videos
 from fixtures_crops import synthetic_crops
 from deepfake_explain.study import CROSS_COLUMNS, check_test_sets, cross_dataset_test, write_report
-from deepfake_explain.train import train
+from deepfake_explain.train import TrainOptions, train
 
 from conftest import TINY_TRAIN
 TINY = {**TINY_TRAIN, "training": {**TINY_TRAIN["training"], "augment": False}}
@@ -39,7 +39,7 @@ def test_cross_dataset_table_on_celebdf_layout(shared_data, tmp_path, one_thread
     # a trained run: crops of the three splits, a tiny detector
     run = tmp_path / "run"
     synthetic_crops(run / "crops", n_videos=8, n_frames=4, size=32, splits=("train", "val", "test"))
-    train(TINY, run / "crops", run / "train", num_epochs=1, workers=0, seed=0, progress=False)
+    train(TINY, run / "crops", run / "train", TrainOptions(num_epochs=1, workers=0, seed=0, progress=False))
     sets = [{"dataset": "CELEBDF", "data_root": str(celeb), "name": "celebdf"}]
     table = cross_dataset_test(run, sets, train_dataset="synthetic", frames_per_video=2, device="cpu", n_boot=20)
     assert list(table.columns) == CROSS_COLUMNS and table["test_set"].tolist() == ["synthetic (training set's test split)", "celebdf"]

@@ -13,7 +13,9 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
 
 from deepfake_explain import evaluate as ev
 from deepfake_explain.preprocess import in_shard
+from deepfake_explain.core import Runtime
 from conftest import TINY  # the small detector shared by the tests
+from fixtures_scores import synthetic_frame_scores
 
 
 def reference_video_round(preds):  # noame12/Explainable_Attention_Based_Deepfake_Detector, model_test_train/utils.py
@@ -31,7 +33,7 @@ def frame(method, video, label, face, frame, score, root="/c/test_set"):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("rule", ev.RULES)
 def test_aggregation_and_metrics_equal_sklearn(seed, rule):
-    frames = ev.synthetic_frame_scores(n_videos=15, methods=("Deepfakes", "FaceSwap", "NeuralTextures"),
+    frames = synthetic_frame_scores(n_videos=15, methods=("Deepfakes", "FaceSwap", "NeuralTextures"),
                                        frames_per_track=4, two_faces_every=3, seed=seed)
     videos = ev.aggregate_videos(frames, rule)
     # independent per-track means and video rule
@@ -67,7 +69,7 @@ def test_reference_rule_first_track_over_threshold():
 @pytest.mark.parametrize("criterion", ["eer", "youden"])
 @pytest.mark.parametrize("rule", ev.RULES)
 def test_calibrated_threshold_matches_sklearn_operating_point(criterion, rule):
-    val = ev.synthetic_frame_scores(n_videos=20, seed=11)
+    val = synthetic_frame_scores(n_videos=20, seed=11)
     t, info = ev.choose_threshold(rule, criterion, val)
     assert info["source"] == "calibrated" and info["value"] == t and info["criterion"] == criterion
     vm = ev.aggregate_videos(val, "max" if rule == "reference" else rule)   # the scores calibrated on
@@ -80,7 +82,7 @@ def test_calibrated_threshold_matches_sklearn_operating_point(criterion, rule):
 
 
 def test_bootstrap_matches_sklearn_loop():
-    v = ev.aggregate_videos(ev.synthetic_frame_scores(seed=4))
+    v = ev.aggregate_videos(synthetic_frame_scores(seed=4))
     y, s = v.label.to_numpy(), v.video_score.to_numpy()
     ci = ev.bootstrap_ci(y, s, 0.55, n_boot=400, seed=5, chunk=400)
     idx = np.random.default_rng(5).integers(0, len(y), size=(400, len(y)))
@@ -111,7 +113,7 @@ def test_samples_pick_the_right_frame():
 
 
 def test_report_files_and_formats(tmp_path):
-    frames = ev.synthetic_frame_scores(seed=3)
+    frames = synthetic_frame_scores(seed=3)
     frames.attrs["skipped"] = [{"path": "/c/test_set/Original/bad/0_0.png", "reason": "not a decodable image"}]
     rep = ev.write_test_report(frames, tmp_path, rule="mean", n_boot=100, info={"model_path": "m.pth"})
     out = tmp_path / "test"
@@ -141,7 +143,7 @@ def test_report_files_and_formats(tmp_path):
 
 
 def test_one_class_split_reports_the_rest(tmp_path):
-    frames = ev.synthetic_frame_scores(seed=2)
+    frames = synthetic_frame_scores(seed=2)
     fakes = frames[frames.label == 1]
     rep = ev.write_test_report(fakes, tmp_path, n_boot=50)
     assert rep["auc"] is None and rep["eer"] is None and rep["frame_auc"] is None and rep["ci"]["auc"] is None
@@ -152,7 +154,7 @@ def test_one_class_split_reports_the_rest(tmp_path):
 
 
 def test_bad_input_is_named():
-    frames = ev.synthetic_frame_scores(seed=1)
+    frames = synthetic_frame_scores(seed=1)
     logits = frames.assign(score=frames.score * 6 - 3)
     with pytest.raises(ValueError, match=r"not probabilities in \[0, 1\].*not logits"): ev.aggregate_videos(logits)
     with pytest.raises(ValueError, match="missing columns"): ev.aggregate_videos(frames.drop(columns="path"))
@@ -164,7 +166,8 @@ def test_bad_input_is_named():
 # ---- step 2: scoring crops with a checkpoint ------------------------------------------------------------
 import subprocess, sys
 import torch
-from deepfake_explain.data import crop_path, index_crops, write_png_atomic
+from deepfake_explain.core import write_png_atomic
+from deepfake_explain.data import crop_path, index_crops
 
 
 
@@ -182,7 +185,7 @@ def make_crops(root, splits=("test", "val"), n_frames=6, seed=0):
 
 def save_tiny_checkpoint(path, cfg=TINY, training=True, seed=0):
     from deepfake_explain.model import build_model, load_config
-    from deepfake_explain.train import CHECKPOINT_FORMAT
+    from deepfake_explain.checkpoint import CHECKPOINT_FORMAT
     cfg = load_config(cfg)
     torch.manual_seed(seed)
     net = build_model(cfg)
@@ -201,8 +204,8 @@ def run_cli(tmp_path, *args):
 def test_score_frames_streams_with_workers(tmp_path):
     crops = index_crops(make_crops(tmp_path / "crops", splits=("test",)))
     net = save_tiny_checkpoint(tmp_path / "tiny.pt")
-    a = ev.score_frames(net, crops, frames_per_video=4, batch_size=5, image_size=64, workers=0, progress=False)
-    b = ev.score_frames(net, crops, frames_per_video=4, batch_size=3, image_size=64, workers=2, progress=False)
+    a = ev.score_frames(net, crops, ev.ScoreOptions(frames_per_video=4, batch_size=5, workers=0, progress=False), image_size=64)
+    b = ev.score_frames(net, crops, ev.ScoreOptions(frames_per_video=4, batch_size=3, workers=2, progress=False), image_size=64)
     assert len(a) == 7 * 4 and a.path.tolist() == b.path.tolist()
     np.testing.assert_allclose(a.score, b.score, atol=1e-5)
     assert a.groupby(["method", "video"]).frame.apply(list).map(lambda f: f == [0, 3, 9, 12]).all()  # equidistant(6, 4)
@@ -243,8 +246,8 @@ def test_cli_checkpoint_config_mismatch_names_keys(tmp_path):
     assert r.returncode != 0 and "a plain state dict carries no config" in r.stderr
     # the right config loads the plain state dict
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    m = ev.test_checkpoint(tmp_path / "plain.pt", tmp_path / "tiny.yaml", root, tmp_path / "ok", frames_per_video=2,
-                           device="cpu", n_boot=20, progress=False)
+    m = ev.test_checkpoint(tmp_path / "plain.pt", tmp_path / "tiny.yaml", root, tmp_path / "ok",
+                           ev.TestOptions(scoring=ev.ScoreOptions(frames_per_video=2, progress=False), n_boot=20), Runtime("cpu"))
     assert m["info"]["weights"]["kind"] == "state_dict" and m["n_videos"] == 7
 
 
@@ -257,7 +260,7 @@ def test_real_face_crops(shared_data, tmp_path):
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(f)
     net = save_tiny_checkpoint(tmp_path / "tiny.pt")
-    fs = ev.score_frames(net, index_crops(tmp_path), batch_size=2, image_size=64, progress=False)
+    fs = ev.score_frames(net, index_crops(tmp_path), ev.ScoreOptions(batch_size=2, progress=False), image_size=64)
     assert len(fs) == len(faces) and fs.score.between(0, 1).all()
     from deepfake_explain.data import ValTransform, read_image_rgb
     x = torch.stack([torch.tensor(ValTransform(64)(read_image_rgb(p))).float().permute(2, 0, 1) for p in fs.path])
@@ -272,11 +275,13 @@ def test_torchrun_shares_videos_out(tmp_path):
     keys = {f"{p.parent.name}/{p.name}" for p in root.glob("test_set/*/*")}  # <method>/<video>, the sharding key
     assert all(in_shard(sorted(keys), (r, 2)).any() for r in range(2)), "both ranks must get videos"
     save_tiny_checkpoint(tmp_path / "tiny.pt")
-    kw = dict(frames_per_video=3, batch_size=4, device="cpu", n_boot=30, progress=False)
-    one = ev.test_checkpoint(tmp_path / "tiny.pt", None, root, tmp_path / "one", **kw)
+    opts = "TestOptions(scoring=ScoreOptions(frames_per_video=3, batch_size=4, progress=False), n_boot=30), Runtime('cpu')"
+    one = ev.test_checkpoint(tmp_path / "tiny.pt", None, root, tmp_path / "one",
+                             ev.TestOptions(scoring=ev.ScoreOptions(frames_per_video=3, batch_size=4, progress=False), n_boot=30), Runtime("cpu"))
     script = tmp_path / "run.py"
-    script.write_text("import json, sys, torch.distributed as dist\nfrom deepfake_explain.evaluate import test_checkpoint\n"
-                      f"m = test_checkpoint({str(tmp_path / 'tiny.pt')!r}, None, {str(root)!r}, {str(tmp_path / 'two')!r}, **{kw!r})\n"
+    script.write_text("import json, sys, torch.distributed as dist\nfrom deepfake_explain.evaluate import ScoreOptions, TestOptions, test_checkpoint\n"
+                      "from deepfake_explain.core import Runtime\n"
+                      f"m = test_checkpoint({str(tmp_path / 'tiny.pt')!r}, None, {str(root)!r}, {str(tmp_path / 'two')!r}, {opts})\n"
                       "print('RESULT', json.dumps(m is not None))\n")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
                        capture_output=True, text=True, timeout=600)

@@ -23,6 +23,8 @@ import pytest
 import torch
 
 from deepfake_explain import evaluate as ev
+from deepfake_explain.checkpoint import DEMO_DATA_WARNING
+from deepfake_explain.core import Runtime
 from deepfake_explain.videos import VideoExplainer
 from conftest import TINY  # the small detector shared by the tests
 
@@ -73,8 +75,8 @@ def test_explain_and_predict_one_fake(shared_data, checkpoint, tmp_path):
             "--device", "cpu", "--evidence", 3)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout.splitlines()
-    assert out[0].startswith("detector provenance: trained on mini") and out[1] == f"WARNING: {ev.DEMO_DATA_WARNING}"
-    assert f"[WARNING: {ev.DEMO_DATA_WARNING}]" in out[2] and "decided by track" in out[2]  # on the verdict itself
+    assert out[0].startswith("detector provenance: trained on mini") and out[1] == f"WARNING: {DEMO_DATA_WARNING}"
+    assert f"[WARNING: {DEMO_DATA_WARNING}]" in out[2] and "decided by track" in out[2]  # on the verdict itself
     r2 = run("deepfake-explain-predict", video, "--model_path", checkpoint, "--output", pr, "--frames_per_video", 4, "--device", "cpu")
     assert r2.returncode == 0, r2.stderr[-3000:]
     # one frame budget, one scorer: the same scores from predict and explain at the same settings
@@ -84,16 +86,16 @@ def test_explain_and_predict_one_fake(shared_data, checkpoint, tmp_path):
     assert (je["video_score"], je["verdict"], je["decided_by"]) == (jp["video_score"], jp["verdict"], jp["decided_by"])
     assert je["frames_per_video"] == 4 and je["n_frames"] == 4
     # provenance and warning in the JSON and the CSV summary
-    assert je["provenance"] == dict(PROVENANCE, known=True) and je["warning"] == ev.DEMO_DATA_WARNING
+    assert je["provenance"] == dict(PROVENANCE, known=True) and je["warning"] == DEMO_DATA_WARNING
     summary = pd.read_csv(ex / "predictions.csv")
-    assert summary["warning"].tolist() == [ev.DEMO_DATA_WARNING] and json.loads(summary["decided_by"][0]) == je["decided_by"]
+    assert summary["warning"].tolist() == [DEMO_DATA_WARNING] and json.loads(summary["decided_by"][0]) == je["decided_by"]
     # the explained outputs
     assets = ex / "explained" / name
     assert {p.name for p in assets.iterdir()} >= {"annotated.mp4", "timeline.png", "evidence_1.png"}
     with av.open(str(assets / "annotated.mp4")) as c:  # H.264 (browsers play it), one annotated frame per sampled frame
         assert c.streams.video[0].codec_context.name == "h264" and len(list(c.decode(video=0))) == 4
     page = (ex / "explained" / f"{name}.html").read_text()
-    assert f"WARNING: {ev.DEMO_DATA_WARNING}" in page and "detector provenance: trained on mini" in page
+    assert f"WARNING: {DEMO_DATA_WARNING}" in page and "detector provenance: trained on mini" in page
     assert "decided the verdict" in page and "Strongest evidence" in page and "Skipped frames" in page
     assert f"{name}, frame" in page  # evidence captions name the video and the frame
     assert not re.findall(r"(?:src|href)='(?:https?:)?//", page), "no external asset"
@@ -133,8 +135,8 @@ def test_main_face_decides_not_the_photo(shared_data, checkpoint, tmp_path):
     video.parent.mkdir()
     px0, py0, px1, py1 = compose_video(shared_data, video)
     out = tmp_path / "out"
-    df = ev.predict_videos(video, checkpoint, output=out, frames_per_video=4, batch_size=8, device="cpu", progress=False,
-                           explainer=VideoExplainer(k=2))
+    df = ev.predict_videos(video, checkpoint, output=out, options=ev.PredictOptions(frames_per_video=4, batch_size=8, progress=False),
+                           runtime=Runtime("cpu"), explainer=VideoExplainer(k=2))
     row = df.iloc[0]
     js = json.loads(Path(row.json).read_text())
     assert js["status"] == "ok" and js["n_tracks"] >= 2, js["tracks"]

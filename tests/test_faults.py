@@ -21,12 +21,13 @@ import yaml
 from deepfake_explain.core import (ImageReadError, Runtime, read_image_rgb, write_bytes_atomic, write_json_atomic,
                                    write_png_atomic)
 from deepfake_explain.data import FaceCropDataset, TrainTransform, ValTransform, crop_path, index_crops, read_json_file, video_row
-from deepfake_explain.model import (ConfigError, build_model, default_config, load_checkpoint, load_config,
-                                    make_efficientnet)
+from deepfake_explain.model import ConfigError, build_model, default_config, load_config, make_efficientnet
 from deepfake_explain.preprocess import (DONE_MARKER, DetectOptions, FaceDetector, boxes_path, crop_dataset, crop_face, detect_dataset,
                                          read_boxes, read_frames, shard_videos, square_box, write_boxes)
-from deepfake_explain.train import (CHECKPOINT_FORMAT, CheckpointError, CheckpointMismatchError, load_train_config,
-                                    load_weights, read_checkpoint, train)
+from deepfake_explain.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, CheckpointMismatchError, load_detector,
+                                         load_train_config, load_weights, read_checkpoint)
+from deepfake_explain.core import Runtime
+from deepfake_explain.train import TrainOptions, train
 from deepfake_explain import evaluate as ev
 from deepfake_explain.study import load_params, run_study
 from conftest import TINY  # the small detector shared by the tests
@@ -167,13 +168,13 @@ def test_hostile_crop_folder_is_indexed_and_scored_with_skips(tmp_path):
     assert set(crops.video) == {"vidéo réelle 1", "faux à 2"}
     # scoring: the undecodable crop is a recorded skip naming it, every other crop gets a score
     net = _tiny_checkpoint(tmp_path / "ckpt dir é" / "tiny.pt")
-    frames = ev.score_frames(net, crops, frames_per_video=0, batch_size=3, image_size=64, progress=False)
+    frames = ev.score_frames(net, crops, ev.ScoreOptions(frames_per_video=0, batch_size=3, progress=False), image_size=64)
     assert sorted(frames.path) == sorted(f["good"]) and frames.score.between(0, 1).all()
     why = {s["path"]: s["reason"] for s in frames.attrs["skipped"]}
     assert str(f["text"]) in why and f"{f['text']}: not a decodable image" in why[str(f["text"])]
     # the whole test stage: report written, the skip listed in metrics.json
-    m = ev.test_checkpoint(tmp_path / "ckpt dir é" / "tiny.pt", None, root, tmp_path / ODD / "out", frames_per_video=0,
-                           batch_size=4, device="cpu", n_boot=10, progress=False)
+    m = ev.test_checkpoint(tmp_path / "ckpt dir é" / "tiny.pt", None, root, tmp_path / ODD / "out",
+                           ev.TestOptions(scoring=ev.ScoreOptions(frames_per_video=0, batch_size=4, progress=False), n_boot=10), Runtime("cpu"))
     assert m["n_videos"] == 2 and m["n_fake"] == 1 and m["n_real"] == 1
     saved = json.loads((tmp_path / ODD / "out" / "test" / "metrics.json").read_text(encoding="utf-8"))
     assert any(d["path"] == str(f["text"]) and "not a decodable image" in d["reason"] for d in saved["skipped"])
@@ -303,7 +304,7 @@ def test_one_frame_video_through_detection_and_crops(clips, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ YAML configs
-LOADERS = {"model.load_config": load_config, "train.load_train_config": load_train_config}
+LOADERS = {"model.load_config": load_config, "checkpoint.load_train_config": load_train_config}
 
 
 def _yaml(tmp_path, text: str, name: str = "my config.yaml") -> Path:
@@ -404,7 +405,7 @@ def test_checkpoint_with_invalid_stored_config_names_the_checkpoint(tmp_path):
     ck = torch.load(p, weights_only=True)
     ck["config"]["model"]["image-szie"] = 64  # e.g. a key renamed since this checkpoint was written
     torch.save(ck, p)
-    with pytest.raises(ConfigError) as e: ev.load_detector(p)
+    with pytest.raises(ConfigError) as e: load_detector(p)
     assert "unknown key 'model.image-szie'" in str(e.value)
     assert str(p) in str(e.value)
 
@@ -415,28 +416,25 @@ def test_checkpoint_of_the_other_layout_names_the_keys(tmp_path):
     seed = _tiny_checkpoint(tmp_path / "seed.pt", TINY_SEED, training=False)
     _tiny_checkpoint(tmp_path / "spatial_train.pt")
     seed_model, spatial_model = build_model(TINY_SEED), build_model(TINY)
-    # model.load_checkpoint: names the file, the layout it looks like and the keys
-    with pytest.raises(ValueError) as e: load_checkpoint(seed_model, tmp_path / "spatial.pt")
-    msg = str(e.value)
-    assert msg.startswith(f"{tmp_path / 'spatial.pt'}: checkpoint does not fit this seed model")
-    assert "spatial-layout checkpoint: set 'model.layout: spatial'" in msg
-    assert "2 unexpected keys: feature_to_embedding.weight, feature_to_embedding.bias" in msg and "missing keys: " in msg
-    with pytest.raises(ValueError) as e: load_checkpoint(spatial_model, tmp_path / "seed.pt")
-    assert "seed-layout checkpoint: set 'model.layout: seed'" in str(e.value)
-    assert "2 missing keys: feature_to_embedding.weight, feature_to_embedding.bias" in str(e.value)
-    # train.load_weights and evaluate.load_detector (config of the other layout than the stored weights)
+    # checkpoint.load_weights: names the file, the layout it comes from (the config key to set) and the keys
     with pytest.raises(CheckpointMismatchError) as e: load_weights(seed_model, tmp_path / "spatial.pt")
-    assert f"{tmp_path / 'spatial.pt'}: checkpoint has layout 'spatial', the model has layout 'seed'" in str(e.value)
-    assert "2 unexpected keys: feature_to_embedding.weight, feature_to_embedding.bias" in str(e.value)
-    with pytest.raises(CheckpointMismatchError) as e: ev.load_detector(tmp_path / "spatial_train.pt", TINY_SEED)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'spatial.pt'}: checkpoint has layout 'spatial', the model has layout 'seed'")
+    assert "(set 'model.layout: spatial' in the config)" in msg
+    assert "2 unexpected keys: feature_to_embedding.weight, feature_to_embedding.bias" in msg and "missing keys: " in msg
+    with pytest.raises(CheckpointMismatchError) as e: load_weights(spatial_model, tmp_path / "seed.pt")
+    assert "(set 'model.layout: seed' in the config)" in str(e.value)
+    assert "2 missing keys: feature_to_embedding.weight, feature_to_embedding.bias" in str(e.value)
+    # checkpoint.load_detector (config of the other layout than the stored weights)
+    with pytest.raises(CheckpointMismatchError) as e: load_detector(tmp_path / "spatial_train.pt", TINY_SEED)
     assert "spatial_train.pt: checkpoint has layout 'spatial', the model has layout 'seed'" in str(e.value)
     assert "shape-mismatched keys: pos_embedding" in str(e.value)
     # the model it was refused for is unchanged (nothing half-loaded)
     fresh = build_model(TINY)
     torch.manual_seed(5); target = build_model(TINY); before = {k: v.clone() for k, v in target.state_dict().items()}
-    with pytest.raises(ValueError): load_checkpoint(target, tmp_path / "seed.pt")
+    with pytest.raises(ValueError): load_weights(target, tmp_path / "seed.pt")
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
-    assert load_checkpoint(fresh, tmp_path / "spatial.pt") is fresh  # the right pair loads
+    assert load_weights(fresh, tmp_path / "spatial.pt")["kind"] == "state_dict"  # the right pair loads
     assert all(torch.equal(spatial.state_dict()[k], v) for k, v in fresh.state_dict().items())
     del seed
 
@@ -467,14 +465,13 @@ def test_payload_is_live_without_weights_only(tmp_path):
 
 
 CKPT_LOADERS = {
-    "model.load_checkpoint": lambda p: load_checkpoint(build_model(TINY), p),
     "model.backbone-weights": lambda p: make_efficientnet("efficientnet-b0", weights=p, image_size=64),
-    "train.read_checkpoint": read_checkpoint,
-    "train.load_weights": lambda p: load_weights(build_model(TINY), p),
-    "train.train(resume=)": lambda p: train(TINY, p.parent / "no crops", p.parent / "run", num_epochs=1, resume=p,
-                                            workers=0, device="cpu", progress=False),
-    "evaluate.load_detector": ev.load_detector,
-    "evaluate.load_detector(config)": lambda p: ev.load_detector(p, TINY),
+    "checkpoint.read_checkpoint": read_checkpoint,
+    "checkpoint.load_weights": lambda p: load_weights(build_model(TINY), p),
+    "train.train(resume=)": lambda p: train(TINY, p.parent / "no crops", p.parent / "run",
+                                            TrainOptions(num_epochs=1, workers=0, progress=False), Runtime("cpu"), resume=p),
+    "checkpoint.load_detector": load_detector,
+    "checkpoint.load_detector(config)": lambda p: load_detector(p, TINY),
 }
 
 

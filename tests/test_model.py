@@ -9,7 +9,8 @@ import torch
 from einops import rearrange
 
 from deepfake_explain.data import ValTransform, read_image_rgb
-from deepfake_explain.model import build_model, load_checkpoint, record_attention
+from deepfake_explain.checkpoint import load_weights
+from deepfake_explain.model import build_model, record_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_seed_matches_reference_forward(faces, tmp_path):
     model = build_model({"model": {"layout": "seed"}}).eval()
     torch.save(model.state_dict(), tmp_path / "seed.pt")
     torch.manual_seed(1)
-    model = load_checkpoint(build_model({"model": {"layout": "seed"}}), tmp_path / "seed.pt").eval()
+    model = build_model({"model": {"layout": "seed"}}); load_weights(model, tmp_path / "seed.pt"); model.eval()
     x = faces[:2]
     with torch.no_grad():
         ours = model(x)                                  # RGB 0..255 in; the model flips to BGR itself

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from deepfake_explain import evaluate as ev
+from deepfake_explain.core import Runtime, file_sha256
+from deepfake_explain.evaluate import PredictOptions
 from deepfake_explain.data import equidistant
 from conftest import TINY  # the small detector shared by the tests
 
@@ -77,7 +79,8 @@ def test_predict_every_shared_video(shared_data, checkpoint, tmp_path):
     expected = sorted(os.path.abspath(p) for f in folders for p in f.rglob("*.mp4"))
     assert len(expected) >= 8
     out = tmp_path / "pred"
-    df = ev.predict_videos(folders, checkpoint, output=out, frames_per_video=4, batch_size=8, device="cpu", progress=False)
+    df = ev.predict_videos(folders, checkpoint, output=out, options=PredictOptions(frames_per_video=4, batch_size=8, progress=False),
+                           runtime=Runtime("cpu"))
     assert list(df.columns) == ev.VERDICT_COLUMNS
     assert sorted(df["path"]) == expected  # every video, once
     assert df["name"].is_unique
@@ -88,7 +91,7 @@ def test_predict_every_shared_video(shared_data, checkpoint, tmp_path):
     assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", ["name", "status", "reason"]]
     for r in df.itertuples():
         js = check_verdict_files(r, 4)
-        assert js["n_frames"] == 4 and js["model"]["sha256"] == ev.file_sha256(checkpoint)
+        assert js["n_frames"] == 4 and js["model"]["sha256"] == file_sha256(checkpoint)
         assert set(pd.read_csv(r.csv)["frame"]) <= set(equidistant(frame_count(r.path), 4))
     scores = pd.concat([pd.read_csv(r.csv) for r in df.itertuples()])["score"]
     assert scores.nunique() > len(df), "crops get their own scores"
@@ -121,8 +124,8 @@ def mixed_folder(shared_data, tmp_path) -> Path:
 
 def test_bad_files_get_rows_and_the_rest_continues(mixed_folder, checkpoint, tmp_path):
     out = tmp_path / "pred"
-    df = ev.predict_videos([mixed_folder, mixed_folder / "readme.txt"], checkpoint, output=out, frames_per_video=2,
-                           batch_size=4, device="cpu", progress=False)
+    df = ev.predict_videos([mixed_folder, mixed_folder / "readme.txt"], checkpoint, output=out,
+                           options=PredictOptions(frames_per_video=2, batch_size=4, progress=False), runtime=Runtime("cpu"))
     status = dict(zip(df["name"], df["status"]))
     assert status == {"blank": "no_face", "corrupt": "failed", "empty": "failed", "street": "ok", "truncated": "failed",
                       "readme": "failed"}
@@ -135,24 +138,25 @@ def test_bad_files_get_rows_and_the_rest_continues(mixed_folder, checkpoint, tmp
     # another rule and threshold on the same run: detections and scores reused, verdicts recomputed
     street = json.loads((out / "videos/street.json").read_text())
     thr = float(np.median(street["track_scores"]))
-    again = ev.predict_videos(mixed_folder, checkpoint, output=out, frames_per_video=2, device="cpu", rule="mean",
-                              threshold=thr, progress=False).set_index("name")
+    again = ev.predict_videos(mixed_folder, checkpoint, output=out, options=PredictOptions(frames_per_video=2, rule="mean",
+                              threshold=thr, progress=False), runtime=Runtime("cpu")).set_index("name")
     assert again.loc["street", "reused"] and again.loc["blank", "reused"] and not again.loc["corrupt", "reused"]
     main_scores = [s for f, s in zip(street["faces"], street["track_scores"]) if f in street["voting_faces"]]
     assert again.loc["street", "video_score"] == pytest.approx(np.mean(main_scores), abs=1e-12)
     assert again.loc["street", "prediction"] == int(np.mean(main_scores) > thr)
     assert again.loc["street", "decided_by"] == street["voting_faces"]  # the mean rule: every voting track
     # other settings (frames per video): no reuse
-    third = ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out, frames_per_video=3, device="cpu", progress=False)
+    third = ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out, options=PredictOptions(frames_per_video=3, progress=False),
+                            runtime=Runtime("cpu"))
     assert not third["reused"].any() and json.loads((out / "videos/street.json").read_text())["n_frames"] == 3
     # a minimum face size: the crowd's small faces are left out and counted, the verdict made on the large ones
     sides = [max(f["x1"] - f["x0"], f["y1"] - f["y0"]) for f in json.loads((out / "videos/street.json").read_text())["frames"]]
     cut = float(np.median(sides))
-    big = ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out, frames_per_video=3, device="cpu", min_face=cut,
-                            progress=False).iloc[0]
+    big = ev.predict_videos(mixed_folder / "street.mp4", checkpoint, output=out,
+                            options=PredictOptions(frames_per_video=3, min_face=cut, progress=False), runtime=Runtime("cpu")).iloc[0]
     assert not big.reused and big.small_faces == sum(s < cut for s in sides) > 0 and big.n_crops == sum(s >= cut for s in sides)
     with pytest.raises(ValueError, match="min_face must be a number of pixels >= 0"):
-        ev.predict_videos(mixed_folder, checkpoint, output=out, min_face=-1)
+        ev.predict_videos(mixed_folder, checkpoint, output=out, options=PredictOptions(min_face=-1))
 
 
 def test_predict_arguments_refused(mixed_folder, checkpoint, tmp_path):
@@ -162,7 +166,7 @@ def test_predict_arguments_refused(mixed_folder, checkpoint, tmp_path):
     with pytest.raises(ValueError, match="no video files"):
         ev.predict_videos(tmp_path / "novideo", checkpoint, output=tmp_path)
     with pytest.raises(ValueError, match="unknown video rule 'median'"):
-        ev.predict_videos(mixed_folder, checkpoint, output=tmp_path, rule="median")
+        ev.predict_videos(mixed_folder, checkpoint, output=tmp_path, options=PredictOptions(rule="median"))
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         ev.predict_videos(mixed_folder, tmp_path / "missing.pt", output=tmp_path)
     wrong = dict(TINY, spatial=dict(TINY["spatial"], **{"emb-dim": 48}))
@@ -214,9 +218,11 @@ def test_cli(mixed_folder, checkpoint, tmp_path, run_cli):
 
 def test_predict_into_an_existing_output_merges(mixed_folder, checkpoint, tmp_path):
     "A second run into the same output keeps the first run's rows of other videos and replaces the rows of its own videos."
-    out, kw = tmp_path / "pred", dict(frames_per_video=2, batch_size=4, device="cpu", progress=False)
+    out, po = tmp_path / "pred", PredictOptions(frames_per_video=2, batch_size=4, progress=False)
+    kw = dict(options=po, runtime=Runtime("cpu"))
     first = ev.predict_videos([mixed_folder / "street.mp4", mixed_folder / "empty.mp4"], checkpoint, output=out, **kw)
-    second = ev.predict_videos([mixed_folder / "street.mp4", mixed_folder / "blank.mp4"], checkpoint, output=out, rule="max", **kw)
+    second = ev.predict_videos([mixed_folder / "street.mp4", mixed_folder / "blank.mp4"], checkpoint, output=out, runtime=Runtime("cpu"),
+                             options=PredictOptions(frames_per_video=2, batch_size=4, progress=False, rule="max"))
     assert len(second) == 2 and second["reused"].tolist() == [True, False]  # the returned table: this run only
     summary = pd.read_csv(out / "predictions.csv")
     assert summary["name"].tolist() == ["empty", "street", "blank"]  # the earlier row kept, then this run's rows

@@ -9,7 +9,7 @@ import torch
 
 from fixtures_crops import synthetic_crops
 from deepfake_explain.model import build_model
-from deepfake_explain.train import load_train_config, model_config
+from deepfake_explain.checkpoint import load_train_config, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "configs" / "reference.yaml"

@@ -17,7 +17,8 @@ import yaml
 from deepfake_explain.data import ORIGINAL, crop_path, equidistant, index_crops
 from deepfake_explain.model import imagenet_weights
 from deepfake_explain.study import STAGES, run_study
-from deepfake_explain.train import PROVENANCE_KEYS, load_train_config, read_checkpoint, read_metrics
+from deepfake_explain.checkpoint import load_train_config, read_checkpoint
+from deepfake_explain.train import PROVENANCE_KEYS, read_metrics
 from imagenet_standin import write_standin
 
 ROOT = Path(__file__).resolve().parents[1]

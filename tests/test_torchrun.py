@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from deepfake_explain import evaluate as ev
+from deepfake_explain.checkpoint import load_detector
+from deepfake_explain.core import Runtime
 from deepfake_explain.data import read_image_rgb
 from deepfake_explain.preprocess import crops_cli, detect_cli, in_shard, rank_shard, read_boxes, torchrun_command
 from conftest import TINY  # the small detector shared by the tests
@@ -83,7 +85,8 @@ def test_predict_two_processes_match_one(ffpp, tmp_path, save_tiny_checkpoint):
     videos = ffpp / "original_sequences/youtube/c40/videos"
     assert all(in_shard(IDS + ("866",), (r, 2)).any() for r in range(2)), "both ranks must get videos"
     flags = ["--model_path", ckpt, "--frames_per_video", 2, "--batch_size", 4, "--device", "cpu"]
-    one = ev.predict_videos(videos, ckpt, output=tmp_path / "one", progress=False, frames_per_video=2, batch_size=4, device="cpu")
+    one = ev.predict_videos(videos, ckpt, output=tmp_path / "one", options=ev.PredictOptions(frames_per_video=2, batch_size=4, progress=False),
+                            runtime=Runtime("cpu"))
     r = torchrun("deepfake-explain-predict", [videos, *flags, "--output", tmp_path / "two"])
     assert r.stdout.count("183: ") == 1 and "5 videos" in r.stderr  # one report, by rank 0
     a, b = (pd.read_csv(tmp_path / d / "predictions.csv", dtype={"name": str}) for d in ("one", "two"))
@@ -137,7 +140,7 @@ def test_explanation_pass_two_processes_match_one(fake_crops, tmp_path, save_tin
         if k["seed"] == 4: raise RuntimeError("killed")
         return real(*a, **k)
     monkeypatch.setattr(lo, "quality_batch", dies)
-    model, _, _ = ev.load_detector(ckpt, None, "cpu")
+    model, _, _ = load_detector(ckpt)
     with pytest.raises(RuntimeError, match="killed"):
         lo.study_quality(model, fake_crops, None, None, tmp_path / "three", lo.QualityOptions(("relevancy", "random"), batch_size=2, progress=False))
     assert len(list((tmp_path / "three" / "explanation" / lo.QUALITY_PARTS).glob("*.loc.csv"))) == 2

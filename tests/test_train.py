@@ -11,8 +11,8 @@ import torch
 
 from fixtures_crops import synthetic_crops
 from deepfake_explain.model import build_model
-from deepfake_explain.train import (CHECKPOINT_FORMAT, load_train_config, make_datasets, make_loader, model_config,
-                                    read_checkpoint, read_metrics, seed_everything, train)
+from deepfake_explain.checkpoint import CHECKPOINT_FORMAT, load_train_config, model_config, read_checkpoint
+from deepfake_explain.train import TrainOptions, make_datasets, make_loader, read_metrics, seed_everything, train
 
 from conftest import TINY_TRAIN as TINY  # the small trainable detector shared by the tests
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
@@ -43,7 +43,7 @@ def test_one_epoch_lowers_loss(crops, tmp_path, one_thread):
     cfg = load_train_config(TINY)
     seed_everything(0)                             # train() builds its model after the same seeding
     before = build_model(model_config(cfg))
-    res = train(TINY, crops, tmp_path / "run", num_epochs=1, workers=0, seed=0, progress=False)
+    res = train(TINY, crops, tmp_path / "run", TrainOptions(num_epochs=1, workers=0, seed=0, progress=False))
     after = build_model(model_config(cfg))
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     after.load_state_dict(ck["model"])
@@ -55,8 +55,8 @@ def test_one_epoch_lowers_loss(crops, tmp_path, one_thread):
 RUN = """
 import sys, torch
 torch.set_num_threads(1)
-from deepfake_explain.train import train
-train(dict({tiny!r}), {crops!r}, {out!r}, num_epochs={epochs}, workers=0, seed=3, progress=False, resume={resume!r})
+from deepfake_explain.train import TrainOptions, train
+train(dict({tiny!r}), {crops!r}, {out!r}, TrainOptions(num_epochs={epochs}, workers=0, seed=3, progress=False), resume={resume!r})
 """
 
 
@@ -67,7 +67,7 @@ def _run_script(out: Path, crops: Path, epochs: int, resume=None) -> list[str]:
 
 def test_resume_after_kill_is_exact(crops, tmp_path, one_thread):
     epochs = 3
-    train(TINY, crops, tmp_path / "ref", num_epochs=epochs, workers=0, seed=3, progress=False)  # uninterrupted reference
+    train(TINY, crops, tmp_path / "ref", TrainOptions(num_epochs=epochs, workers=0, seed=3, progress=False))  # uninterrupted reference
     out = tmp_path / "killed"
     proc = subprocess.Popen(_run_script(out, crops, epochs), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, killed_at = time.time() + 150, None
@@ -105,7 +105,7 @@ calls, save = [], T.save_checkpoint
 def logged(path, ck):
     calls.append(os.path.basename(str(path))); return save(path, ck)
 T.save_checkpoint = logged
-res = T.train(dict({tiny!r}), {crops!r}, {out!r}, num_epochs=1, workers=1, seed=0, device="cpu", progress=False)
+res = T.train(dict({tiny!r}), {crops!r}, {out!r}, T.TrainOptions(num_epochs=1, workers=1, seed=0, progress=False), T.training_runtime("cpu"))
 json.dump({{"rank": rank, "world": res["world_size"], "indices": res["train_indices"].tolist(), "saves": calls}},
           open(os.path.join({out!r}, f"rank{{rank}}.json"), "w"))
 """
@@ -166,7 +166,7 @@ def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th")); monkeypatch.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
     write_standin(tmp_path / "th")
     cfg = {**TINY, "model": {**TINY["model"], "backbone-weights": "imagenet", "trainable-blocks": 1}}
-    train(cfg, crops, tmp_path / "run", num_epochs=2, workers=0, seed=0, progress=False)
+    train(cfg, crops, tmp_path / "run", TrainOptions(num_epochs=2, workers=0, seed=0, progress=False))
     for name in ("last.pt", "best.pt"):
         ck = read_checkpoint(tmp_path / "run" / name)
         p = ck["provenance"]
@@ -179,7 +179,7 @@ def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
     assert ck["meta"]["trainable_blocks"] == 1 and ck["meta"]["backbone_weights"].startswith("imagenet (")
     # resuming needs no ImageNet file (the checkpoint holds the backbone): an empty cache, offline
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    res = train(None, crops, tmp_path / "run", num_epochs=3, workers=0, seed=0, progress=False, resume=tmp_path / "run" / "last.pt")
+    res = train(None, crops, tmp_path / "run", TrainOptions(num_epochs=3, workers=0, seed=0, progress=False), resume=tmp_path / "run" / "last.pt")
     assert res["start_epoch"] == 3 and read_checkpoint(tmp_path / "run" / "last.pt")["provenance"]["epochs"] == 3
 
 

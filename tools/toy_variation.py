@@ -26,7 +26,9 @@ sys.path.insert(0, sys.argv[3])
 from test_train import TINY, _train_loss
 from fixtures_crops import synthetic_crops  # tests/ is on the path (argv[3])
 from deepfake_explain.model import build_model
-from deepfake_explain.train import (IndexedDataset, bce_pos_weight, load_train_config, model_config, run_epoch,
+from deepfake_explain.checkpoint import load_train_config, model_config
+from deepfake_explain.core import Runtime
+from deepfake_explain.train import (IndexedDataset, TrainOptions, bce_pos_weight, run_epoch,
                                     seed_everything, train)
 out = {}
 with tempfile.TemporaryDirectory() as td:
@@ -35,7 +37,7 @@ with tempfile.TemporaryDirectory() as td:
     crops = synthetic_crops(td / "crops")
     cfg = load_train_config(TINY)
     seed_everything(seed); before = build_model(model_config(cfg))
-    train(TINY, crops, td / "run", num_epochs=1, workers=0, seed=seed, progress=False)
+    train(TINY, crops, td / "run", TrainOptions(num_epochs=1, workers=0, seed=seed, progress=False))
     after = build_model(model_config(cfg))
     after.load_state_dict(torch.load(td / "run" / "last.pt", weights_only=True)["model"])
     out["test_train.loss_drop"] = _train_loss(before, crops, cfg) - _train_loss(after, crops, cfg)  # asserted > 0
@@ -48,9 +50,9 @@ with tempfile.TemporaryDirectory() as td:
     lossf = nn.BCEWithLogitsLoss(reduction="none", pos_weight=torch.tensor(bce_pos_weight(y)))
     opt = torch.optim.SGD(net.parameters(), lr=0.02)
     ld = DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    b = run_epoch(net, ld, lossf, torch.device("cpu"), progress=False)
-    for _ in range(3): run_epoch(net, ld, lossf, torch.device("cpu"), opt, progress=False)
-    a = run_epoch(net, ld, lossf, torch.device("cpu"), progress=False)
+    b = run_epoch(net, ld, lossf, Runtime("cpu"), progress=False)
+    for _ in range(3): run_epoch(net, ld, lossf, Runtime("cpu"), opt, progress=False)
+    a = run_epoch(net, ld, lossf, Runtime("cpu"), progress=False)
     out["03_train.run_epoch.loss_drop"] = b["loss"] - a["loss"]        # asserted > 0
     out["03_train.run_epoch.auc_minus_0.8"] = a["auc"] - 0.8           # asserted > 0
     # 03_train, train cell: tiny config, 3 epochs on the toy crops (seed 1 there)
@@ -58,7 +60,7 @@ with tempfile.TemporaryDirectory() as td:
             "spatial": {"feature-block": 2, "emb-dim": 32, "depth": 1, "heads": 2, "dim-head": 16, "mlp-dim": 32},
             "training": {"lr": 3e-3, "bs": 8, "optimizer": "adamw", "scheduler": "steplr", "step-size": 2,
                          "bn-momentum": 0.1, "frames-per-video": 4, "rebalancing_fake": 1}}
-    h = train(tiny, synthetic_crops(td / "toy", n_videos=12), td / "a", num_epochs=3, workers=0, progress=False, seed=seed)["history"]
+    h = train(tiny, synthetic_crops(td / "toy", n_videos=12), td / "a", TrainOptions(num_epochs=3, workers=0, progress=False, seed=seed))["history"]
     out["03_train.train.loss_drop"] = h[0]["train_loss"] - h[-1]["train_loss"]  # asserted > 0
 print(json.dumps(out))
 """
