@@ -191,7 +191,7 @@ def _check_call(x, method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
 
-# %% ../nbs/05_explain.ipynb #9862a003
+# %% ../nbs/05_explain.ipynb #0a31c127
 def parse_methods(methods) -> tuple:
     "The methods of a comma-separated string (or a list), checked against `METHODS`; `ValueError` naming the unknown ones."
     ms = tuple(m.strip() for m in (str(methods).split(",") if isinstance(methods, str) else methods) if str(m).strip())
@@ -299,7 +299,7 @@ def gallery_figure(faces, heats, captions, ncols: int = 4, title: str = ""):
     if title: fig.suptitle(title, fontsize=9)
     return fig
 
-# %% ../nbs/05_explain.ipynb #548b88c1
+# %% ../nbs/05_explain.ipynb #bde1f720
 @dataclass
 class ExplainOptions:
     "How faces are explained: the maps drawn, the explained target, the decision threshold, batching and the runtime."
@@ -318,7 +318,7 @@ class ExplainOptions:
         if self.target not in TARGETS: raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if int(self.batch_size) < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
-# %% ../nbs/05_explain.ipynb #ac08ed6f
+# %% ../nbs/05_explain.ipynb #0a4a67df
 EXPLANATION_COLUMNS = ["name", "path", "label", "manipulation", "video_prob", "frame_prob", "classification",
                        "method", "layout", "figure", "map", "warning"]
 
@@ -345,7 +345,7 @@ def rank_batches(n: int, batch_size: int, dist_info=None) -> list[int]:
     rank, world = (dist_info.rank, dist_info.world) if dist_info is not None and dist_info.enabled else (0, 1)
     return list(range(0, n, batch_size))[rank::world]
 
-# %% ../nbs/05_explain.ipynb #eaa518d6
+# %% ../nbs/05_explain.ipynb #664895f8
 def _face_rows(model, xb, faces, idx, names, meta, out: Path, opts: ExplainOptions, seed: int, done) -> list[dict]:
     """Faces `idx` (images `xb`; `meta[i]` = (label, manipulation, video_prob)): for each method not `done` for a face,
     the map and the explained figure written under `out/<method>/`, and its `EXPLANATION_COLUMNS` row."""
@@ -377,7 +377,7 @@ def _galleries(out, faces, names, rows, methods, layout, gallery_max):
         ttl = f"{method}" + (" (seed layout: NOT spatially grounded)" if layout == "seed" and method != "gradcam" else "")
         write_bytes_atomic(out / f"gallery_{method}.png", figure_png(gallery_figure([faces[i] for i in shown], heats, caps, title=ttl)))
 
-# %% ../nbs/05_explain.ipynb #c752cef0
+# %% ../nbs/05_explain.ipynb #dd39bae0
 def explain_faces(model, faces, names, output, opts: ExplainOptions | None = None, labels=None, manipulations=None,
                   video_probs=None, dist_info=None) -> pd.DataFrame:
     """Explain `faces` (RGB uint8 (H, W, 3), already at the model's input size) with every method of `opts`; write
@@ -409,7 +409,7 @@ def explain_faces(model, faces, names, output, opts: ExplainOptions | None = Non
         write_csv_atomic(index, table)
     return table
 
-# %% ../nbs/05_explain.ipynb #f1a7701c
+# %% ../nbs/05_explain.ipynb #bd0ea59f
 def _threshold_near(csv_path) -> float:
     "The evaluation threshold from `metrics.json` beside the samples CSV, else `DEFAULT_THRESHOLD`."
     m = Path(csv_path).parent / "metrics.json"
@@ -450,7 +450,7 @@ def _finish_explained(output, table, skipped, dist_info=None) -> pd.DataFrame:
     table.attrs["skipped"] = skipped
     return table
 
-# %% ../nbs/05_explain.ipynb #c7923a2e
+# %% ../nbs/05_explain.ipynb #6c5190d0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 def explain_folder(images_dir, model, output, opts: ExplainOptions | None = None, dist_info=None) -> pd.DataFrame:
@@ -466,7 +466,7 @@ def explain_folder(images_dir, model, output, opts: ExplainOptions | None = None
     table["path"] = table["name"].map(dict(zip(names, [str(paths[i]) for i in keep]))).fillna(table["path"])
     return _finish_explained(output, table, skipped, dist_info)
 
-# %% ../nbs/05_explain.ipynb #020f5604
+# %% ../nbs/05_explain.ipynb #a333aeb0
 def explain_stage(output_root, methods=METHODS, batch_size: int = 16, device="auto", seed: int = 0) -> pd.DataFrame:
     """The study's explain stage: `<output_root>/train/best.pt` explains every evaluation sample
     (`<output_root>/test/samples.csv`) with each of `methods`; figures, maps and galleries in `<output_root>/explanation/`."""
