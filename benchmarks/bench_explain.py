@@ -1,6 +1,10 @@
 """Explanation throughput (issue 8): inference vs batched relevancy vs one image at a time, both layouts.
 
     .venv/bin/python benchmarks/bench_explain.py --batch_size 8 --iters 3 --out_json outputs/bench/explain.json
+    .venv/bin/python benchmarks/bench_explain.py --captum   # every map's cost per image on the quick study's detector
+
+`--captum`: the cost per image of every method of `explain.METHODS` (Captum's baselines included) on the quick study's
+model (`configs/quick.yaml`, 64 px, batches of 16, the backbone shared as in the quality pass), the table of 05_explain.
 
 For each layout (spatial, seed; default config, 224 px, random weights: the cost does not depend on the
 values) and one input batch, it times round-robin (so a change in machine load hits all alike):
@@ -21,7 +25,9 @@ import torch
 from fastcore.script import call_parse
 
 from deepfake_explain.data import write_json_atomic
-from deepfake_explain.explain import attention_and_grads, chefer_cls_relevance, record_attention_for, relevancy, target_scores
+from deepfake_explain.checkpoint import load_train_config, model_config
+from deepfake_explain.explain import (METHODS, attention_and_grads, backbone_cache, chefer_cls_relevance, explain_batch,
+                                      record_attention_for, relevancy, target_scores)
 from deepfake_explain.model import build_model
 
 TARGET_SPATIAL_VS_INFERENCE = 0.5
@@ -120,6 +126,26 @@ def main(out_json=None, batch_size: int = 8, image_size: int = 224, iters: int =
     return res
 
 
+def method_costs(config: str = "configs/quick.yaml", batch_size: int = 16, iters: int = 2, device: str = "cpu") -> dict:
+    "Seconds per image of every method on `config`'s model (random weights: the cost does not depend on the values)."
+    torch.manual_seed(0)
+    model = build_model(model_config(load_train_config(config))).eval().to(device)
+    size = model.image_size
+    x = (torch.rand(batch_size, 3, size, size) * 255).to(device)
+    t0 = time.perf_counter(); cache = backbone_cache(model, x); _sync(device)
+    out = {"backbone (shared)": (time.perf_counter() - t0) / batch_size}
+    for m in METHODS:
+        ts = []
+        for _ in range(iters):
+            _sync(device); t0 = time.perf_counter()
+            explain_batch(model, x, m, cache=cache)
+            _sync(device); ts.append((time.perf_counter() - t0) / batch_size)
+        out[m] = statistics.median(ts)
+    print(f"cost per image, {config} ({size} px), batch {batch_size}, {torch.get_num_threads()} threads, {device}:")
+    for k, v in out.items(): print(f"  {k:<18}{1000 * v:>9.1f} ms")
+    return out
+
+
 @call_parse
 def cli(out_json: str = None,        # write the results here (JSON)
         batch_size: int = 8,         # images per batch
@@ -129,8 +155,11 @@ def cli(out_json: str = None,        # write the results here (JSON)
         reference_images: int = 2,   # images for the reference procedure's timing (0: skip)
         threads: int = None,         # torch intra-op threads (default: torch's)
         device: str = "cpu",         # cpu | cuda
-        layouts: str = "spatial,seed"  # comma-separated layouts to run
+        layouts: str = "spatial,seed", # comma-separated layouts to run
+        captum: bool = False           # instead: every method's cost per image on the quick study's model
         ):
     "Throughput of inference, batched relevancy and one-image-at-a-time relevancy, spatial and seed layouts."
+    if threads: torch.set_num_threads(threads)
+    if captum: return method_costs(device=device)
     main(out_json, batch_size, image_size, iters, warmup, reference_images, threads, device,
          tuple(l.strip() for l in layouts.split(",") if l.strip()))

@@ -67,8 +67,9 @@ def _check_explain_args(args) -> tuple:
     if a.target not in TARGETS: raise UsageError(f"--target must be one of {TARGETS}, got {a.target!r}")
     if not a.model_path: raise UsageError("--model_path is required (a training checkpoint, or a state dict with --config)")
     if a.rule not in RULES or a.voting not in VOTING: raise UsageError(f"--rule must be one of {RULES} and --voting one of {VOTING}")
-    if a.frames_per_video < 1 or a.evidence < 0 or (a.batch_size is not None and a.batch_size < 1) or (a.max_images is not None and a.max_images < 1):
-        raise UsageError("--frames_per_video, --batch_size and --max_images must be >= 1, --evidence >= 0")
+    if a.frames_per_video < 1 or a.evidence < 0 or (a.batch_size is not None and a.batch_size < 1) or (a.max_images is not None and a.max_images < 1) or \
+            (a.costly_images is not None and a.costly_images < 1):
+        raise UsageError("--frames_per_video, --batch_size, --max_images and --costly_images must be >= 1, --evidence >= 0")
     try: return parse_methods(a.methods)
     except ValueError as e: raise UsageError(f"--{e}") from None
 
@@ -110,7 +111,7 @@ def _explain_faces_cli(args, methods: tuple) -> int:
         warn = provenance_warning(prov)
         if info.is_main: print(provenance_line(prov) + (f"\nWARNING: {warn}" if warn else ""))
         if a.crops:
-            opts = QualityOptions(methods, a.split, a.max_images, a.batch_size or 16, a.seed, rt)
+            opts = QualityOptions(methods, a.split, a.max_images, a.batch_size or 16, a.seed, rt, costly_images=a.costly_images)
             line = _quality_cli(model, a, opts, info)
         else:
             opts = ExplainOptions(methods, a.target, a.threshold, a.batch_size or 8, warning=warn, seed=a.seed, runtime=rt)
@@ -146,6 +147,7 @@ def explain_cli(
     data_root: str = None,      # with --crops: the dataset holding the ground-truth masks (FF++ or mini-forensics; default: no masks)
     boxes: str = None,          # with --crops: 01's output folder holding boxes/ (default: the crop tree's parent folder)
     max_images: int = None,     # with --crops: at most this many fake crops, evenly spread (default: all)
+    costly_images: int = None,  # with --crops: Integrated Gradients and occlusion on about this many of them (default: all)
     seed: int = 0,              # seed of the random baseline
 ):
     """Explained figures of evaluation samples or a folder of faces, explained videos, or the explanation-quality table of a

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from captum.attr import IntegratedGradients, Occlusion, Saliency
 from einops import rearrange
 
 from .core import (ImageReadError, Runtime, atomic_write, figure_png, read_image_rgb, write_bytes_atomic,
@@ -24,12 +25,13 @@ from .model import fake_probability, record_attention
 from .preprocess import gather_rows
 
 # %% auto #0
-__all__ = ['TARGETS', 'METHODS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'target_scores', 'eval_mode', 'record_attention_for',
-           'backbone_cache', 'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'normalize_maps',
-           'scores_to_maps', 'gradcam', 'input_saliency', 'fused_map', 'random_scores', 'parse_methods',
-           'explain_batch', 'explain', 'relevancy', 'overlay_jet', 'classification', 'figure_title', 'explained_figure',
-           'gallery_figure', 'ExplainOptions', 'input_size', 'faces_to_batch', 'read_faces', 'rank_batches',
-           'explain_faces', 'explain_samples', 'explain_folder', 'explain_stage']
+__all__ = ['TARGETS', 'CAPTUM_METHODS', 'CAPTUM_SETTINGS', 'COSTLY_METHODS', 'METHODS', 'PIXEL_METHODS', 'EXPLANATION_COLUMNS',
+           'IMAGE_SUFFIXES', 'target_scores', 'eval_mode', 'record_attention_for', 'backbone_cache',
+           'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'normalize_maps', 'scores_to_maps',
+           'gradcam', 'input_saliency', 'fused_map', 'random_scores', 'target_labels', 'captum_attribution',
+           'captum_map', 'parse_methods', 'explain_batch', 'explain', 'relevancy', 'overlay_jet', 'classification',
+           'figure_title', 'explained_figure', 'gallery_figure', 'ExplainOptions', 'input_size', 'faces_to_batch',
+           'read_faces', 'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #736a53e8
 TARGETS = ("fake", "real", "predicted")
@@ -184,8 +186,42 @@ def random_scores(n_images, n_tokens, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n_images, n_tokens, generator=g).to(device)
 
+# %% ../nbs/05_explain.ipynb #9ffdd148
+CAPTUM_METHODS = ("saliency", "ig", "occlusion")
+CAPTUM_SETTINGS = dict(ig_steps=16, occlusion_grid=8)  # the table above
+COSTLY_METHODS = ("ig", "occlusion")  # 10-20x relevancy's cost per image: the quality pass may take a sample for them (05a)
+
+def target_labels(logits: torch.Tensor, target="fake") -> torch.Tensor:
+    "Per-image labels (B,) (1 fake, 0 real) that fix the logit `target` picks on these `logits` (`target_scores` takes them)."
+    if not isinstance(target, str): return torch.as_tensor(target, device=logits.device).reshape(-1).long()
+    if target not in TARGETS: raise ValueError(f"target must be one of {TARGETS} or per-image labels, got {target!r}")
+    if target == "predicted": return (fake_probability(logits.detach()) >= 0.5).long()
+    return torch.full((len(logits),), int(target == "fake"), dtype=torch.long, device=logits.device)
+
+# %% ../nbs/05_explain.ipynb #a7efce16
+def captum_attribution(model, x, method: str, labels: torch.Tensor) -> torch.Tensor:
+    "Captum's raw attribution (B, 3, H, W) of `method` (`CAPTUM_METHODS`) for the logits that `labels` (B,) pick, in eval mode."
+    f = lambda inp, lab: target_scores(model(inp), lab)  # (B,): Captum expands `lab` with the inputs it perturbs
+    x, s = x.detach().clone().requires_grad_(True), CAPTUM_SETTINGS
+    with eval_mode(model), torch.enable_grad():
+        if method == "saliency": return Saliency(f).attribute(x, additional_forward_args=(labels,), abs=True).detach()
+        if method == "ig": return IntegratedGradients(f).attribute(x, torch.zeros_like(x), additional_forward_args=(labels,),
+                                                                   n_steps=s["ig_steps"]).detach()
+        if method == "occlusion":
+            w = max(1, x.shape[-1] // s["occlusion_grid"])
+            return Occlusion(f).attribute(x, sliding_window_shapes=(3, w, w), strides=(3, w, w), baselines=0,
+                                          additional_forward_args=(labels,), perturbations_per_eval=16).detach()
+    raise ValueError(f"method must be one of {CAPTUM_METHODS}, got {method!r}")
+
+def captum_map(model, x, method: str, labels: torch.Tensor) -> torch.Tensor:
+    "The map (B, H, W) in [0, 1] of a Captum method: saliency max over the channels, IG and occlusion summed and clipped at 0."
+    a = captum_attribution(model, x, method, labels)
+    a = a.amax(1) if method == "saliency" else a.sum(1).clamp(min=0)
+    return normalize_maps(a)
+
 # %% ../nbs/05_explain.ipynb #1abf1907
-METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random")
+METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random", *CAPTUM_METHODS)
+PIXEL_METHODS = ("fused", *CAPTUM_METHODS)  # maps at the input size; their token scores are per-token means
 
 def _check_call(x, method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -201,12 +237,13 @@ def parse_methods(methods) -> tuple:
 
 # %% ../nbs/05_explain.ipynb #18ee57be
 def _raw_scores(model, x, method, target, through_backbone, seed, cache):
-    "(per-token scores (B, N) or, for Grad-CAM, the feature-grid map (B, h, w); logits)."
+    "(per-token scores (B, N), or Grad-CAM's feature-grid map (B, h, w), or a pixel map (B, H, W) of `PIXEL_METHODS`; logits)."
     if method == "gradcam": return gradcam(model, x, target, cache)
     if method == "fused": return fused_map(model, x, target, cache)
-    if method == "random":
+    if method in ("random", *CAPTUM_METHODS):
         with torch.no_grad(), eval_mode(model): logits = model.classify_tokens(cache["tokens"])
-        return random_scores(len(x), cache["tokens"].shape[1], seed, x.device), logits
+        if method == "random": return random_scores(len(x), cache["tokens"].shape[1], seed, x.device), logits
+        return captum_map(model, x, method, target_labels(logits, target)), logits
     need = method == "relevancy"
     attns, grads, logits = attention_and_grads(model, x, target, through_backbone and need, need, cache)
     if method == "relevancy": return chefer_cls_relevance(attns, grads), logits
@@ -223,7 +260,7 @@ def explain_batch(model, x, method="relevancy", target="fake", through_backbone=
     if method == "gradcam":  # spatial in both layouts: from the CNN grid straight to the crop
         maps = normalize_maps(F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0])
         return F.interpolate(s[:, None], size=tuple(model.grid), mode="bilinear", align_corners=False).flatten(1), maps, logits
-    if method == "fused":  # a pixel map at the input size: resized to `size`; the token scores are its per-token means
+    if method in PIXEL_METHODS:  # a pixel map at the input size: resized to `size`; the token scores are its per-token means
         maps = normalize_maps(F.interpolate(s[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]) if size != tuple(s.shape[-2:]) else s
         return F.adaptive_avg_pool2d(s[:, None], tuple(model.grid)).flatten(1), maps, logits
     return s, scores_to_maps(s, model.grid, size, model.layout), logits

@@ -21,7 +21,7 @@ from .data import ValTransform, index_crops, mask_source, read_mask_frames
 from .checkpoint import load_detector
 from .evaluate import DEFAULT_THRESHOLD
 from .model import fake_probability
-from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
+from .explain import (COSTLY_METHODS, METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, rank_batches, read_faces)
 from .preprocess import boxes_path, crop_face, gather_rows, read_boxes
 
@@ -287,7 +287,7 @@ def perturbation_figure(curves: pd.DataFrame):
 # %% ../nbs/05a_localisation.ipynb #a5a00016
 @dataclass
 class QualityOptions:
-    "The settings of a quality pass: the methods, which fake crops, batching, the random baseline's seed and the runtime."
+    "The settings of a quality pass: the methods, which fake crops, batching, the random baseline's seed, the runtime, the costly sample."
     methods: tuple = METHODS
     split: str = "test"               # the split whose fake crops are scored
     max_images: int | None = None     # at most this many fake crops, evenly spread (None: all)
@@ -295,10 +295,18 @@ class QualityOptions:
     seed: int = 0
     runtime: Runtime = field(default_factory=lambda: Runtime("cpu"))
     progress: bool = True             # a progress bar of batches (rank 0)
+    costly_images: int | None = None  # `COSTLY_METHODS` on about this many crops, in evenly spread batches (None: all)
 
     def __post_init__(self):
         self.methods = parse_methods(self.methods)
         if int(self.batch_size) < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.costly_images is not None and int(self.costly_images) < 1: raise ValueError(f"costly_images must be >= 1, got {self.costly_images}")
+
+    def methods_of(self, start: int, n_images: int) -> tuple:
+        "The methods the batch starting at `start` (of `n_images` crops) computes: the costly ones on their sample of batches only."
+        bs, n = int(self.batch_size), -(-n_images // int(self.batch_size))  # batches
+        keep = self.costly_images is None or start // bs in evenly(n, -(-int(self.costly_images) // bs))
+        return tuple(m for m in self.methods if keep or m not in COSTLY_METHODS)
 
 # %% ../nbs/05a_localisation.ipynb #56351d47
 QUALITY_PARTS = "quality_parts"  # <output>/explanation/quality_parts/: the finished batches of a pass under way
@@ -351,6 +359,7 @@ def _quality_key(model, fakes: pd.DataFrame, data_root, opts: QualityOptions, pe
     "The key of a pass: the model's weights, the crop files, the masks' folder, the methods and the settings."
     return dict(model=model_fingerprint(model), crops=files_digest(fakes["path"]), methods=list(opts.methods),
                 masks=None if data_root is None else str(Path(data_root)), batch_size=int(opts.batch_size), seed=opts.seed,
+                costly_images=opts.costly_images,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in perturbation.items()})
 
 def _quality_parts(model, fakes: pd.DataFrame, parts: Path, todo: list, data_root, boxes_root, opts: QualityOptions, bar: bool,
@@ -363,7 +372,7 @@ def _quality_parts(model, fakes: pd.DataFrame, parts: Path, todo: list, data_roo
         if not faces: _save_part(parts, s, pd.DataFrame(), pd.DataFrame(), skipped); continue
         masks = None if data_root is None else masks_for_crops([paths[i] for i in keep], data_root, boxes_root, size)
         curves, loc = quality_batch(model, rt.images(faces_to_batch(faces)), torch.ones(len(faces), dtype=torch.long), masks,
-                                    opts.methods, seed=opts.seed + s, images=s + np.asarray(keep), **perturbation)
+                                    opts.methods_of(s, len(fakes)), seed=opts.seed + s, images=s + np.asarray(keep), **perturbation)
         _save_part(parts, s, curves, loc, skipped)
 
 # %% ../nbs/05a_localisation.ipynb #a5a0001b

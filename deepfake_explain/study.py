@@ -411,7 +411,7 @@ def torchrun_steps(name: str, q: dict, run_dir) -> list[tuple[str, dict]]:
                  workers=q["workers"], device=q["device"], seed=q["seed"]))]
     if name == "quality":
         return [("deepfake-explain-explain", dict(crops=str(run_dir / "crops"), data_root=data, boxes=str(run_dir), model_path=ckpt,
-                 output=str(run_dir), methods=q["explain_methods"], max_images=q["max_quality_images"],
+                 output=str(run_dir), methods=q["explain_methods"], max_images=q["max_quality_images"], costly_images=q["costly_quality_images"],
                  batch_size=q["batch_size"], device=q["device"], seed=q["seed"]))]
     return []
 

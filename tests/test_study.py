@@ -82,7 +82,11 @@ def test_quick_study_completes_with_report(quick_run):
     import pandas as pd
     q = pd.read_csv(quick_run / "explanation" / "quality.csv").set_index("method")
     d = pd.read_csv(quick_run / "explanation" / "quality_vs_baselines.csv")
-    assert set(d.baseline) == {"fused", "attention", "rollout", "gradcam", "random"} and (d.n_images == q.loc["relevancy"].n_masks).all()
+    # the quick study's maps: ours, relevancy, the attention baselines, Grad-CAM, random and Captum's three (configs/study_quick.yaml)
+    assert set(d.baseline) == {"fused", "attention", "rollout", "gradcam", "random", "saliency", "ig", "occlusion"}
+    costly = d.baseline.isin(["ig", "occlusion"])  # a stated sample of the crops (costly_quality_images: 64)
+    assert (d[~costly].n_images == q.loc["relevancy"].n_masks).all() and (d[costly].n_images == q.loc["ig"].n_masks).all()
+    assert q.loc["ig", "n_images"] == q.loc["occlusion", "n_images"] == 64 < q.loc["saliency", "n_images"] == q.loc["relevancy", "n_images"]
     assert set(d.metric) == {"pointing_game", "mass_in_mask", "pixel_auroc", "pos_auc_prob", "neg_auc_prob"}
     got = figures(quick_run)
     # issue 9's target: video AUC >= 0.9 (32 test videos: 8 real, 24 fake); the CI lows must be above 0
