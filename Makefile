@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARAMS ?= configs/study_quick.yaml
 
-.PHONY: install study test docs bench export clean-nbs check
+.PHONY: install study test docs bench export clean-nbs check browser
 
 install: $(STAMP)
 
@@ -29,10 +29,18 @@ study: $(STAMP)
 
 ## The test suite: library/notebook consistency, every notebook (quick defaults), integration tests. pytest runs on two
 ## processes, one test file each at a time, the long study runs first (tests/conftest.py orders them).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) tools/consistency.py
 	$(BIN)/nbdev_test --n_workers 1 --timing
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
+
+## Headless Chromium for the tests that open pages as a user would (the explained video playing in its page): installed
+## with apt-get where it is missing and this is root on Debian/Ubuntu; elsewhere those checks are skipped and say so.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (timeout 600 apt-get update -qq && timeout 600 apt-get install -y -qq chromium) >/dev/null 2>&1 && echo "make: installed chromium"; } || \
+	  echo "make: headless Chromium is not installed (apt-get install chromium): the browser checks will be skipped"
 
 ## Offline docs site in _docs/ (nbdev_docs when Quarto is present).
 docs: $(STAMP)

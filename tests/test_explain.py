@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepfake_explain.data import read_image_rgb
-from deepfake_explain.evaluate import predict_video
+from deepfake_explain.evaluate import PredictOptions, predict_video
 from deepfake_explain.explain import ExplainOptions, explain_folder, relevancy
 from deepfake_explain.videos import VideoExplainer
 from deepfake_explain.model import build_model
@@ -36,7 +36,7 @@ def test_explain_real_face_photos(shared_data, model, tmp_path):
 def test_explain_real_video(shared_data, model, tmp_path):
     video = shared_data / "faces" / "real_face_video.mp4"
     ex = VideoExplainer()  # predict's pass with the explainer as its scorer, then the explained outputs
-    rec = predict_video(video, model, None, frames_per_video=2, batch_size=4, scorer=ex.score, keep_images=True)
+    rec = predict_video(video, model, None, PredictOptions(frames_per_video=2, batch_size=4), scorer=ex.score, keep_images=True)
     rec.update(name=video.stem, provenance={"known": False}, warning=None)
     rec.update(ex.write(rec, tmp_path))
     assert rec["status"] == "ok" and rec["n_crops"] >= 2 and rec["verdict"] in ("fake", "real") and rec["decided_by"]

@@ -148,7 +148,7 @@ def test_rehearsal_spatial(spatial_run, torch_home):
     assert (spatial_run / "logs" / "evaluate-torchrun.log").exists()
     m = json.loads((spatial_run / "test" / "metrics.json").read_text())
     assert m["info"]["frame_scores"].startswith("reused"), m["info"]["frame_scores"]
-    assert "2 process(es)" in (spatial_run / "logs" / "explain-torchrun.log").read_text()
+    assert "2 process(es)" in (spatial_run / "logs" / "quality-torchrun.log").read_text()
     assert "quality table: reused" in (spatial_run / "notebooks" / STAGES["quality"]).read_text()
     _check_run(spatial_run, "spatial", 20, torch_home)
 
