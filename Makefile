@@ -27,11 +27,11 @@ $(STAMP): settings.ini setup.py constraints.txt
 study: $(STAMP)
 	$(BIN)/deepfake-explain-study --params $(PARAMS)
 
-## The test suite: library/notebook consistency, every notebook (quick defaults), integration tests. pytest runs on two
-## processes, one test file each at a time, the long study runs first (tests/conftest.py orders them).
+## The test suite: library/notebook consistency, every notebook (quick defaults, two at a time, one thread each), integration
+## tests. pytest runs on two processes, one test file each at a time, the long study runs first (tests/conftest.py orders them).
 test: $(STAMP) browser
 	$(PY) tools/consistency.py
-	$(BIN)/nbdev_test --n_workers 1 --timing
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 ## Headless Chromium for the tests that open pages as a user would (the explained video playing in its page): installed

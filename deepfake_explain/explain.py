@@ -188,7 +188,7 @@ def random_scores(n_images, n_tokens, seed=0, device="cpu"):
 
 # %% ../nbs/05_explain.ipynb #9ffdd148
 CAPTUM_METHODS = ("saliency", "ig", "occlusion")
-CAPTUM_SETTINGS = dict(ig_steps=16, occlusion_grid=8)  # the table above
+CAPTUM_SETTINGS = dict(ig_steps=8, occlusion_grid=4)  # the table above
 COSTLY_METHODS = ("ig", "occlusion")  # 10-20x relevancy's cost per image: the quality pass may take a sample for them (05a)
 
 def target_labels(logits: torch.Tensor, target="fake") -> torch.Tensor:

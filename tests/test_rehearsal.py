@@ -115,8 +115,9 @@ def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
     ex = pd.read_csv(run / "explanation" / "explanations.csv")
     methods = p.get("explain_methods", "relevancy,fused,attention,rollout,gradcam,random").split(",")  # 05's default
     assert set(ex["method"]) == set(methods) and ex["name"].nunique() >= 1
-    v = json.loads((run / "explanation" / "validity.json").read_text())     # the validity tests ran on the real fake
-    assert v["n_images"] >= 1 and v["n_sanity"] == p["sanity_images"] and (run / "explanation" / "sanity_summary.csv").exists()
+    if layout == "spatial":  # the validity tests ran on the real fake (the seed run leaves them to the spatial one)
+        v = json.loads((run / "explanation" / "validity.json").read_text())
+        assert v["n_images"] >= 1 and v["n_sanity"] == p["sanity_images"] and (run / "explanation" / "sanity_summary.csv").exists()
     assert all(Path(f).is_file() for f in ex["figure"])
     q = pd.read_csv(run / "explanation" / "quality.csv")
     assert set(q["method"]) == set(ex["method"])
