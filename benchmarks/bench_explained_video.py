@@ -6,8 +6,9 @@ For each video (default: two FF++ c23 fakes of ../shared/data, 1280x720) it time
 load hits both alike), with `FRAMES_PER_VIDEO` frames and one face detector:
 
 * `predict`: `04_evaluate.predict_video` (decode the sampled frames, MTCNN, crops, `score_crops`, the verdict);
-* `explain`: the same `predict_video` with `05_explain.VideoExplainer.score` (the same forward pass plus the relevancy
-  maps of the crops) and `VideoExplainer.write` (annotated MP4 + WebM, timeline PNG, evidence figures, HTML page).
+* `explain`: the same `predict_video` with `05c_videos.VideoExplainer.score` (the same forward pass plus the relevancy
+  maps of the crops) and `VideoExplainer.write` (annotated H.264 MP4 written with PyAV, timeline PNG, evidence figures,
+  HTML page with the video inline).
 
 The detector is the default config (EfficientNet-B0 + spatial transformer, 224 px) with random weights: the cost does not
 depend on the values. Target: explain <= 1.5 x predict (median seconds per video, summed over the videos); the median of
