@@ -4,9 +4,11 @@
 
 # %% ../nbs/00_core.ipynb #e03f6296
 from __future__ import annotations
-import base64, contextlib, difflib, hashlib, io, json, math, os, sys, tempfile
+import base64, contextlib, difflib, hashlib, io, json, math, os, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
+try: import fcntl
+except ImportError: fcntl = None  # Windows: no advisory locks (see `file_lock`)
 
 import cv2
 import numpy as np
@@ -15,9 +17,9 @@ import torch
 # %% auto #0
 __all__ = ['PRECISIONS', 'MEMORY_FORMATS', 'ORIGINAL', 'UsageError', 'cli_errors', 'did_you_mean', 'short_list',
            'state_dict_diff', 'diff_message', 'atomic_write', 'write_json_atomic', 'write_bytes_atomic',
-           'write_csv_atomic', 'ImageReadError', 'to_rgb_uint8', 'read_image_rgb', 'write_png_atomic', 'jpeg_compress',
-           'jsonable', 'write_keyed', 'read_keyed', 'figure_png', 'data_uri', 'file_sha256', 'resolve_device',
-           'Runtime']
+           'write_csv_atomic', 'file_lock', 'ImageReadError', 'to_rgb_uint8', 'read_image_rgb', 'write_png_atomic',
+           'jpeg_compress', 'jsonable', 'write_keyed', 'read_keyed', 'figure_png', 'data_uri', 'file_sha256',
+           'resolve_device', 'Runtime']
 
 # %% ../nbs/00_core.ipynb #eb9b619a
 class UsageError(ValueError):
@@ -93,6 +95,38 @@ def write_csv_atomic(path, df) -> Path:
     "Write the DataFrame `df` as CSV (no index) to `path` atomically."
     with atomic_write(path, "w") as f: df.to_csv(f, index=False)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #fb3ab8d4
+_HELD: dict[str, int] = {}   # lock files this process holds -> nesting depth (re-entrancy)
+
+@contextlib.contextmanager
+def file_lock(lock_path, timeout: float | None = None, poll: float = 0.05):
+    "Run the block holding an exclusive lock on `lock_path` (created); wait for other holders, `TimeoutError` after `timeout` s."
+    lock_path = Path(lock_path).absolute()
+    key = str(lock_path)
+    if key in _HELD or fcntl is None:
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try: yield lock_path
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]: del _HELD[key]
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        t0, said = time.monotonic(), False
+        while True:
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+            except BlockingIOError:
+                waited = time.monotonic() - t0
+                if timeout is not None and waited >= timeout:
+                    raise TimeoutError(f"{lock_path}: held by another run for {waited:.1f} s; try again when it ends") from None
+                if not said: print(f"waiting for another run to release {lock_path} ...", file=sys.stderr); said = True
+                time.sleep(poll)
+        _HELD[key] = 1
+        try: yield lock_path
+        finally:
+            del _HELD[key]
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/00_core.ipynb #fed957e8
 class ImageReadError(ValueError):

@@ -13,7 +13,8 @@ import numpy as np
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 from .core import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
-                                   to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL, file_sha256)
+                                   to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL, file_sha256,
+                                   file_lock)
 from .data import ffpp_video_path, ffpp_videos_dir, read_video_index, write_video_index
 
 # %% auto #0
@@ -610,16 +611,17 @@ def make_mini_forensics(root, spec: MiniSpec | None = None, overwrite: bool = Fa
     t0 = time.perf_counter()
     root, spec = Path(root), spec or MiniSpec()
     params = _mini_params(spec)
-    if (done := _finished_or_ready(root, params, overwrite)) is not None: return done
-    partial = root / ".mini_forensics.partial.json"
-    write_json_atomic(partial, params)
-    sources, skipped = _mini_sources(spec.extra_faces, spec.include_builtin)
-    plan = plan_mini_forensics(sources, spec.seed, spec.n_pairs)
-    rows, fakes = _make_pairs(root, plan, sources, spec, progress)
-    _write_labels_and_splits(root, rows, plan["pairs"])
-    manifest = _mini_manifest(root, params, plan, sources, skipped, fakes, spec.n_frames, t0)
-    write_json_atomic(root / "manifest.json", manifest)
-    partial.unlink(missing_ok=True)
+    with file_lock(root.absolute().with_name(f".{root.absolute().name}.lock")):   # one generator per root at a time
+        if (done := _finished_or_ready(root, params, overwrite)) is not None: return done
+        partial = root / ".mini_forensics.partial.json"
+        write_json_atomic(partial, params)
+        sources, skipped = _mini_sources(spec.extra_faces, spec.include_builtin)
+        plan = plan_mini_forensics(sources, spec.seed, spec.n_pairs)
+        rows, fakes = _make_pairs(root, plan, sources, spec, progress)
+        _write_labels_and_splits(root, rows, plan["pairs"])
+        manifest = _mini_manifest(root, params, plan, sources, skipped, fakes, spec.n_frames, t0)
+        write_json_atomic(root / "manifest.json", manifest)
+        partial.unlink(missing_ok=True)
     return manifest
 
 # %% ../nbs/00a_mini_forensics.ipynb #462aa4ae
