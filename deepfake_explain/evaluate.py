@@ -29,12 +29,12 @@ from .model import fake_probability
 from .checkpoint import (
     check_checkpoint_path, checkpoint_provenance, detector_config, load_detector, provenance_line, provenance_warning)
 from .preprocess import FaceDetector, detect_and_crop_video, gather_rows, in_shard, shard_videos, torchrun_group
-from .train import select_method
+from .train import select_method, method_list
 
 # %% auto #0
-__all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SAMPLE_COLUMNS', 'REPORT_FILES',
-           'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICTION_FRAME_COLUMNS', 'PREDICT_STATUSES', 'VIDEO_SUFFIXES',
-           'VERDICT_COLUMNS', 'check_frame_scores', 'track_scores', 'video_score', 'aggregate_videos',
+__all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SEEN_ROWS', 'SAMPLE_COLUMNS',
+           'REPORT_FILES', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICTION_FRAME_COLUMNS', 'PREDICT_STATUSES',
+           'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores', 'track_scores', 'video_score', 'aggregate_videos',
            'calibrate_threshold', 'choose_threshold', 'bootstrap_ci', 'video_metrics', 'per_method_table',
            'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure', 'score_hist_figure',
            'write_test_report', 'sample_track_frames', 'ScoreOptions', 'score_frames', 'cached_frame_scores',
@@ -175,20 +175,34 @@ def video_metrics(videos: pd.DataFrame, frames: pd.DataFrame | None = None, thre
     if m["ci"]["auc"] is None and "auc" in m["undefined"]: m["undefined"]["auc_ci"] = m["undefined"]["auc"]
     return m
 
+def _method_row(name: str, sub: pd.DataFrame, frames, threshold, n_boot, seed, level) -> dict:
+    m = video_metrics(sub, frames, threshold, n_boot, seed, level)
+    ci = m["ci"]
+    return dict(method=name, n_videos=m["n"], n_fake=m["n_fake"], n_real=m["n_real"], threshold=threshold,
+                **{k: m[k] for k in METRIC_COLUMNS},
+                auc_ci_low=ci["auc"][0] if ci["auc"] else None, auc_ci_high=ci["auc"][1] if ci["auc"] else None,
+                accuracy_ci_low=ci["accuracy"][0], accuracy_ci_high=ci["accuracy"][1],
+                undefined="; ".join(f"{k}: {v}" for k, v in m["undefined"].items()))
+
+SEEN_ROWS = ("seen methods", "unseen methods")  # the pooled rows of a test on methods partly outside training
+
 def per_method_table(videos: pd.DataFrame, frames: pd.DataFrame | None = None, threshold: float = DEFAULT_THRESHOLD,
-                     n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    "One row per fake method (its fakes vs all reals) and the pooled row `All`, with metrics and intervals."
-    rows = []
-    for name in sorted(videos.loc[videos["label"] == 1, "method"].unique()) + ["All"]:
-        sub = videos if name == "All" else videos[(videos["method"] == name) | (videos["label"] == 0)]
-        m = video_metrics(sub, frames, threshold, n_boot, seed, level)
-        ci = m["ci"]
-        rows.append(dict(method=name, n_videos=m["n"], n_fake=m["n_fake"], n_real=m["n_real"], threshold=threshold,
-                         **{k: m[k] for k in METRIC_COLUMNS},
-                         auc_ci_low=ci["auc"][0] if ci["auc"] else None, auc_ci_high=ci["auc"][1] if ci["auc"] else None,
-                         accuracy_ci_low=ci["accuracy"][0], accuracy_ci_high=ci["accuracy"][1],
-                         undefined="; ".join(f"{k}: {v}" for k, v in m["undefined"].items())))
-    return pd.DataFrame(rows)
+                     n_boot: int = 1000, seed: int = 0, level: float = 0.95, trained=None) -> pd.DataFrame:
+    """One row per fake method (its fakes vs all reals) and the pooled row `All`, with metrics and intervals. With
+    `trained` (the methods the detector was trained on), a column `in_training` and, when the test holds methods on both
+    sides, the pooled rows `seen methods` and `unseen methods` (each: those fakes vs all reals)."""
+    fakes = sorted(videos.loc[videos["label"] == 1, "method"].unique())
+    rows = [_method_row(name, videos if name == "All" else videos[(videos["method"] == name) | (videos["label"] == 0)],
+                        frames, threshold, n_boot, seed, level) for name in fakes + ["All"]]
+    table = pd.DataFrame(rows)
+    if trained is None: return table
+    seen = [m for m in fakes if m in set(trained)]
+    table.insert(1, "in_training", [("yes" if m in seen else "no") if m != "All" else "" for m in table["method"]])
+    if seen and len(seen) < len(fakes):
+        for name, ms in zip(SEEN_ROWS, (seen, [m for m in fakes if m not in seen])):
+            row = _method_row(name, videos[videos["method"].isin(ms) | (videos["label"] == 0)], frames, threshold, n_boot, seed, level)
+            table = pd.concat([table, pd.DataFrame([dict(row, in_training="yes" if name == SEEN_ROWS[0] else "no")])], ignore_index=True)
+    return table
 
 # %% ../nbs/04_evaluate.ipynb #d080a98d
 SAMPLE_COLUMNS = ["video_name", "label", "video_prob", "high_low_prob", "example_file_name"]
@@ -268,7 +282,8 @@ def write_test_report(frames: pd.DataFrame, output, rule: str = "reference", thr
     threshold, thr_info = choose_threshold(rule, calibrate, val_frames, threshold)
     out = Path(output) / "test"
     videos = aggregate_videos(frames, rule, threshold)
-    table = per_method_table(videos, frames, threshold, n_boot, seed, level)
+    trained = ((info or {}).get("provenance") or {}).get("methods")   # the checkpoint's training methods, when it says
+    table = per_method_table(videos, frames, threshold, n_boot, seed, level, trained)
     pooled = video_metrics(videos, frames, threshold, n_boot, seed, level)
     metrics = dict(rule=rule, threshold=thr_info, n_videos=len(videos), n_tracks=int(videos["n_tracks"].sum()),
                    n_frames=len(frames), **{k: pooled[k] for k in ["n_fake", "n_real", "tp", "fp", "tn", "fn"] + METRIC_COLUMNS},
@@ -467,7 +482,7 @@ def cached_frame_scores(get_model, crops: pd.DataFrame, split: str, out, key: di
 @dataclass(frozen=True)
 class TestOptions:
     "What a test run measures: method selection and split, how crops are scored, the video rule and threshold, calibration, bootstrap."
-    dataset: str = "All"                    # a method folder tested with the reals, or All
+    dataset: str | list = "All"             # method folder(s) tested with the reals ("A", "A,B", ["A", "B"]) or All
     split: str = "test"                     # test | val | train
     scoring: ScoreOptions = field(default_factory=ScoreOptions)
     rule: str = "reference"                 # video score: reference | mean | max
@@ -482,8 +497,11 @@ class TestOptions:
 TestOptions.__test__ = False  # a settings object, not a test class: pytest must not collect it
 
 # %% ../nbs/04_evaluate.ipynb #25dc2809
-def _method_selection(dataset: str | None) -> str:
-    return "All" if dataset is None or str(dataset).upper() in ("ALL", "FACEFORENSICS", "FFPP", "MINI") else str(dataset)
+def _method_selection(dataset) -> str | list[str]:
+    "'All', one method folder, or a list of them (`train.method_list`); a dataset's name means all its methods."
+    if isinstance(dataset, str) and dataset.strip().upper() in ("FACEFORENSICS", "FFPP", "MINI"): return "All"
+    methods = method_list(dataset)
+    return "All" if methods is None else methods[0] if len(methods) == 1 else methods
 
 def test_checkpoint(model_path, config=None, data_root=None, output="results", options: TestOptions | None = None,
                     runtime: Runtime | None = None) -> dict | None:

@@ -15,20 +15,22 @@ import yaml
 from fastcore.script import call_parse
 
 import deepfake_explain
-from .core import Runtime, cli_errors, data_uri, did_you_mean
-from .data import DATASETS, atomic_write, index_videos, write_json_atomic
-from .evaluate import ScoreOptions, TestOptions, test_checkpoint
+from .core import Runtime, cli_errors, data_uri, did_you_mean, write_csv_atomic
+from .data import COMPRESSIONS, DATASETS, atomic_write, index_videos, write_json_atomic
+from .evaluate import SEEN_ROWS, ScoreOptions, TestOptions, test_checkpoint
 from .preprocess import DetectOptions, crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
-from .train import training_config
+from .train import method_list, training_config
+from .validity import identity_note
 
 # %% auto #0
-__all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS',
-           'TEST_SET_SPLITS', 'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell',
-           'notebook_parameters', 'check_parameter_names', 'environment_info', 'markdown_table', 'write_report',
-           'check_test_sets', 'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cell_directives',
-           'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_before_work',
-           'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed',
-           'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
+__all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'GENERALISATION_COLUMNS',
+           'GENERALISATION_ROWS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS', 'TEST_SET_KEYS',
+           'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell', 'notebook_parameters',
+           'check_parameter_names', 'environment_info', 'map_columns', 'test_identities', 'generalisation_table',
+           'markdown_table', 'write_report', 'check_test_sets', 'test_set_crops', 'cross_dataset_row',
+           'cross_dataset_test', 'cell_directives', 'study_notebook', 'params_digest', 'ensure_kernel',
+           'remove_run_temps', 'check_before_work', 'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step',
+           'run_notebook', 'StageFailed', 'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #cb095f9c
 STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c and 05d write nothing, so they are no stage
@@ -132,8 +134,121 @@ def environment_info(root: Path | None = None) -> dict:
     info["git"] = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     return info
 
+# %% ../nbs/06_study.ipynb #8c0e8893
+GENERALISATION_COLUMNS = ["setting", "test_data", "n_videos", "video_auc", "auc_ci_low", "auc_ci_high", "fused_pointing_game",
+                          "fused_mass_in_mask", "best_baseline", "baseline_pointing_game", "baseline_mass_in_mask", "n_map_images", "note"]
+GENERALISATION_ROWS = ("in-distribution", "unseen method", "unseen people", "other compression", "other dataset")
+
+def map_columns(per_image: pd.DataFrame | None, methods=None) -> dict:
+    """Our map's and the best baseline's mean pointing game and mass in mask over the rows of `quality_per_image.csv`
+    whose crop's method is in `methods` (None: all); empty when there are none."""
+    if per_image is None or not len(per_image): return {}
+    df = per_image.assign(fake_method=per_image["path"].map(lambda p: Path(p).parent.parent.name))
+    if methods is not None: df = df[df["fake_method"].isin(list(methods))]
+    df = df.dropna(subset=["pointing_game"])
+    if not len(df): return {}
+    means = df.groupby("method")[["pointing_game", "mass_in_mask"]].mean()
+    out = {"n_map_images": int(df.loc[df["method"] == df["method"].iloc[0], "image"].nunique())}
+    if "fused" in means.index: out.update(fused_pointing_game=means.at["fused", "pointing_game"], fused_mass_in_mask=means.at["fused", "mass_in_mask"])
+    base = means.drop(index=[m for m in ("fused", "random") if m in means.index])
+    if len(base):
+        best = base.sort_values(["pointing_game", "mass_in_mask"], ascending=False).index[0]
+        out.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"])
+    return out
+
+# %% ../nbs/06_study.ipynb #42dfacd3
+def test_identities(run_dir, dataset: str = "mini", data_root=None) -> dict:
+    "`identity_disjoint` (True, False or None: unknown) and a plain `statement` for the run's test split."
+    ds = str(dataset).upper()
+    if ds == "MINI": return identity_note(Path(data_root) if data_root else Path(run_dir) / "mini_forensics")
+    if ds in ("FACEFORENSICS", "FFPP"):
+        return dict(identity_disjoint=True, statement="FaceForensics++ official splits: test ids are source videos absent from training")
+    return dict(identity_disjoint=None, statement=f"{dataset}: the identities of its splits are not known")
+
+# %% ../nbs/06_study.ipynb #413063d7
+def _verdict_row(setting: str, data: str, r) -> dict:
+    return dict(setting=setting, test_data=data, n_videos=int(r["n_videos"]), video_auc=r.get("auc", r.get("video_auc")),
+                auc_ci_low=r.get("auc_ci_low"), auc_ci_high=r.get("auc_ci_high"))
+
+def _method_rows(run_dir: Path, per_image, ident: dict) -> list[dict]:
+    "The in-distribution, unseen-method and unseen-people rows from the test split's per-method table."
+    pm_path = run_dir / "test" / "per_method.csv"
+    if not pm_path.is_file(): return [dict(setting=s, note="not run: no test/per_method.csv (evaluate stage)") for s in GENERALISATION_ROWS[:3]]
+    pm = pd.read_csv(pm_path, keep_default_na=False, na_values=[""]).set_index("method", drop=False)
+    if not {"All", "n_videos", "auc"} <= set(pm.index) | set(pm.columns):
+        return [dict(setting=s, note=f"not measured: {pm_path.name} has no pooled 'All' row with n_videos and auc") for s in GENERALISATION_ROWS[:3]]
+    fakes = [m for m in pm.index if m not in ("All", *SEEN_ROWS)]
+    seen = [m for m in fakes if "in_training" not in pm or pm.at[m, "in_training"] != "no"]
+    unseen = [m for m in fakes if m not in seen]
+    pooled = pm.loc["seen methods"] if unseen and seen else pm.loc["All"]
+    people = "people held out from training" if ident["identity_disjoint"] else "people seen in training"
+    rows = []
+    if ident["identity_disjoint"]:
+        rows.append(dict(setting="in-distribution", note="not measured: the test split's people are all held out (see unseen people)"))
+    elif seen: rows.append({**_verdict_row("in-distribution", f"test split, seen methods ({', '.join(seen)}), {people}", pooled),
+                            **map_columns(per_image, seen)})
+    else: rows.append(dict(setting="in-distribution", note="not measured: every tested method was left out of training"))
+    if unseen:
+        rows.append({**_verdict_row("unseen method", f"test split, {', '.join(unseen)} (not in training), {people}", pm.loc["unseen methods" if seen else "All"]),
+                     **map_columns(per_image, unseen)})
+    else: rows.append(dict(setting="unseen method", note="not run: every tested method was in training (train on a subset: `methods`, `test_methods: All`)"))
+    if ident["identity_disjoint"] and seen:
+        rows.append({**_verdict_row("unseen people", f"test split, seen methods ({', '.join(seen)}), {people}", pooled), **map_columns(per_image, seen)})
+    else: rows.append(dict(setting="unseen people", note=f"not run: {ident['statement']}"))
+    return rows
+
+# %% ../nbs/06_study.ipynb #9a5ac5ae
+def _cross_rows(run_dir: Path, train_dataset: str, compression: str) -> list[dict]:
+    "The other-compression and other-dataset rows from `cross_dataset.csv` (no masks there: verdicts only)."
+    path, rows = run_dir / "cross_dataset.csv", []
+    if not path.is_file(): return [dict(setting=s, note="not run: the study has no `test_sets`") for s in GENERALISATION_ROWS[3:]]
+    cross = pd.read_csv(path).iloc[1:]   # the first row is the training set's own test split
+    same = cross["dataset"].str.upper() == str(train_dataset).upper()
+    for setting, sub in (("other compression", cross[same & (cross["compression"] != compression)]), ("other dataset", cross[~same])):
+        for r in sub.to_dict("records"):
+            rows.append({**_verdict_row(setting, f"{r['test_set']} ({r['dataset']} {r['compression']}, split {r['split']})", r),
+                         "note": "maps not measured: no masks for test sets"})
+        if not len(sub):
+            rows.append(dict(setting=setting, note="not run: no such entry in `test_sets`"))
+    return rows
+
+def _robustness_rows(run_dir: Path) -> list[dict]:
+    "Each perturbation type at its middle level, from the robustness stage's table (`robustness/robustness.csv`)."
+    path = run_dir / "robustness" / "robustness.csv"
+    if not path.is_file(): return [dict(setting="perturbations", note="not run: no robustness stage (study parameter `robustness`)")]
+    rob, rows = pd.read_csv(path), []
+    for kind, sub in rob[rob["level"] > 0].groupby("type", sort=False):
+        levels = sorted(sub["level"].unique()); mid = levels[len(levels) // 2]
+        at = sub[sub["level"] == mid]
+        v = at.iloc[0]
+        maps = at.set_index("method") if "method" in at else pd.DataFrame()
+        row = dict(setting=f"{kind} (level {mid})", test_data=f"test split, {kind} at level {mid}: {v.get('parameter', '')}",
+                   n_videos=int(v["n_videos"]), video_auc=v["video_auc"], auc_ci_low=v.get("video_auc_ci_low"), auc_ci_high=v.get("video_auc_ci_high"))
+        if "fused" in maps.index: row.update(fused_pointing_game=maps.at["fused", "pointing_game"], fused_mass_in_mask=maps.at["fused", "mass_in_mask"])
+        base = maps.drop(index=[m for m in ("fused", "random") if m in maps.index]) if len(maps) else maps
+        if len(base) and base["pointing_game"].notna().any():
+            best = base.sort_values(["pointing_game", "mass_in_mask"], ascending=False).index[0]
+            row.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"])
+        rows.append(row)
+    return rows
+
+# %% ../nbs/06_study.ipynb #6bafc66b
+def generalisation_table(run_dir, run_params: dict | None = None) -> pd.DataFrame:
+    "The run's Generalisation table (`GENERALISATION_COLUMNS`), written to `<run_dir>/generalisation.csv`."
+    run_dir, p = Path(run_dir), run_params or {}
+    dataset = p.get("dataset", "mini")
+    pi_path = run_dir / "explanation" / "quality_per_image.csv"
+    per_image = pd.read_csv(pi_path) if pi_path.is_file() else None
+    ident = test_identities(run_dir, dataset, p.get("data_root"))
+    rows = _method_rows(run_dir, per_image, ident) + _cross_rows(run_dir, dataset, p.get("compression", "c23")) + _robustness_rows(run_dir)
+    table = pd.DataFrame(rows).reindex(columns=GENERALISATION_COLUMNS)
+    write_csv_atomic(run_dir / "generalisation.csv", table)
+    return table
+
 # %% ../nbs/06_study.ipynb #469dae0f
 REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
+    ("Generalisation: what holds and what breaks (video AUC with 95% CI; our map and the best baseline against the masks)",
+     "generalisation.csv", "csv"),
     ("Video-level metrics", "test/metrics.json", "json"),
     ("Cross-dataset test (threshold chosen on the training set's validation split)", "cross_dataset.csv", "csv"),
     ("Per-method metrics", "test/per_method.csv", "csv"),
@@ -152,10 +267,13 @@ REPORT_ITEMS = [  # (section title, path relative to the run folder, kind)
     ("Sanity check: rank correlation of each map with the map of a cascadingly randomised model (top block first; "
      "a map that stays the same explains nothing)", "explanation/sanity.png", "png"),
     ("Sanity check: mean rank correlation per method and randomisation step", "explanation/sanity_summary.csv", "csv"),
+    ("Robustness to perturbations: video and frame AUC, and the maps' localisation, against the level of each perturbation",
+     "robustness/robustness.png", "png"),
+    ("Robustness to perturbations (table)", "robustness/robustness.csv", "csv"),
     ("Perturbation curves (legacy: tokens zeroed, which a fake detector reads as manipulation)", "explanation/perturbation.png", "png"),
 ]
-OPTIONAL_REPORT_ITEMS = {  # only some runs have them: test_sets; fused among the methods; frame-aligned originals
-    "cross_dataset.csv", "explanation/quality_fused_vs_baselines.csv", "explanation/gallery_fused.png",
+OPTIONAL_REPORT_ITEMS = {  # only some runs have them: test_sets; fused among the methods; frame-aligned originals; robustness
+    "cross_dataset.csv", "robustness/robustness.png", "robustness/robustness.csv", "explanation/quality_fused_vs_baselines.csv", "explanation/gallery_fused.png",
     "explanation/restoration.png", "explanation/validity.json", "explanation/validity_vs_baselines.csv",
     "explanation/road.png", "explanation/sanity.png", "explanation/sanity_summary.csv"}
 
@@ -190,6 +308,8 @@ def write_report(run_dir) -> Path:
     "Write `report.md` and a self-contained `report.html` for a run folder; return the HTML path."
     run_dir = Path(run_dir)
     env = json.loads((run_dir / "environment.json").read_text()) if (run_dir / "environment.json").exists() else {}
+    params = yaml.safe_load((run_dir / "params.yaml").read_text()) if (run_dir / "params.yaml").exists() else {}
+    generalisation_table(run_dir, params)   # the headline table, from whatever the stages wrote
     md_parts = [f"# Study report: {run_dir.name}",
                 f"git commit `{env.get('git', {}).get('commit')}`, torch {env.get('packages', {}).get('torch')}, "
                 f"device {env.get('device', {})}"]
@@ -219,11 +339,12 @@ def write_report(run_dir) -> Path:
 
 # %% ../nbs/06_study.ipynb #450c5fff
 TEST_SET_SPLITS = ("train", "val", "test", "all")
-CROSS_COLUMNS = ["test_set", "dataset", "split", "n_videos", "n_fake", "n_real", "video_auc", "frame_auc", "eer", "ap",
+TEST_SET_KEYS = ("dataset", "data_root", "name", "split", "compression", "methods", "frames_per_video")
+CROSS_COLUMNS = ["test_set", "dataset", "split", "compression", "n_videos", "n_fake", "n_real", "video_auc", "frame_auc", "eer", "ap",
                  "accuracy", "threshold", "threshold_source"]
 
 def check_test_sets(test_sets, where: str = "test_sets") -> list[dict]:
-    "Validated cross-dataset test sets: each `{dataset, data_root}` (+ `name`, `split`, `compression`), names unique, folders present."
+    "Validated cross-dataset test sets: each `{dataset, data_root}` (+ `name`, `split`, `compression`, `methods`, `frames_per_video`), names unique, folders present."
     if not isinstance(test_sets, list) or not test_sets:
         raise ValueError(f"{where}: expected a list of {{dataset, data_root}} mappings, got {test_sets!r}")
     out, names = [], set()
@@ -231,8 +352,8 @@ def check_test_sets(test_sets, where: str = "test_sets") -> list[dict]:
         at = f"{where}[{n}]"
         if not isinstance(e, dict) or not {"dataset", "data_root"} <= set(e):
             raise ValueError(f"{at}: expected a mapping with 'dataset' and 'data_root', got {e!r}")
-        if extra := sorted(set(e) - {"dataset", "data_root", "name", "split", "compression"}):
-            raise ValueError(f"{at}: unknown key(s) {extra}; allowed: dataset, data_root, name, split, compression")
+        if extra := sorted(set(e) - set(TEST_SET_KEYS)):
+            raise ValueError(f"{at}: unknown key(s) {extra}; allowed: {', '.join(TEST_SET_KEYS)}")
         ds = str(e["dataset"]).upper()
         if ds not in DATASETS: raise ValueError(f"{at}: dataset {e['dataset']!r}: expected one of {sorted(DATASETS)}")
         split = e.get("split") or ("all" if ds == "DFDC" else "test")
@@ -241,8 +362,13 @@ def check_test_sets(test_sets, where: str = "test_sets") -> list[dict]:
         name = str(e.get("name") or Path(e["data_root"]).name)
         if name in names or name.startswith(".") or "/" in name: raise ValueError(f"{at}: name {name!r} is not a new plain folder name")
         names.add(name)
+        if (comp := e.get("compression", "c23")) not in COMPRESSIONS: raise ValueError(f"{at}: compression {comp!r}: expected one of {COMPRESSIONS}")
+        fpv = e.get("frames_per_video")
+        if fpv is not None and not (isinstance(fpv, int) and not isinstance(fpv, bool) and fpv > 0):
+            raise ValueError(f"{at}: frames_per_video {fpv!r}: expected a positive integer")
+        methods = method_list(e.get("methods"))
         out.append({"name": name, "dataset": ds, "data_root": str(e["data_root"]), "split": split,
-                     "compression": e.get("compression", "c23")})
+                     "compression": comp, **({"methods": methods} if methods else {}), **({"frames_per_video": fpv} if fpv else {})})
     return out
 
 # %% ../nbs/06_study.ipynb #d4522c35
@@ -252,7 +378,16 @@ def test_set_crops(entry: dict, out_dir, frames_per_video: int = 20, device="aut
     kw = {"compression": entry["compression"]} if entry["dataset"] in ("FACEFORENSICS", "FFPP", "MINI") else {}
     videos = index_videos(entry["data_root"], entry["dataset"], **kw)
     sel = videos if entry["split"] == "all" else videos[videos["split"] == entry["split"]]
+    if entry.get("methods"):
+        if missing := sorted(set(entry["methods"]) - set(sel["method"])):
+            raise ValueError(f"{entry['data_root']}: test set {entry['name']!r} has no videos of method(s) {missing}; "
+                             f"methods present: {sorted(set(sel['method']))}")
+        sel = sel[sel["method"].isin(entry["methods"]) | (sel["label"] == 0)]
     if not len(sel): raise ValueError(f"{entry['data_root']}: test set {entry['name']!r} has no videos in split {entry['split']!r}")
+    if not (sel["label"] == 1).any() or not (sel["label"] == 0).any():
+        raise ValueError(f"{entry['data_root']}: test set {entry['name']!r} has {'no fake' if not (sel['label'] == 1).any() else 'no real'} "
+                         f"videos in split {entry['split']!r}: AUC needs both classes")
+    frames_per_video = entry.get("frames_per_video", frames_per_video)
     sel = sel.assign(split="test").reset_index(drop=True)
     out_dir = Path(out_dir)
     detect_dataset(sel, out_dir, entry["dataset"], DetectOptions(frames_per_video, num_workers=1), Runtime(device), progress=progress)
@@ -260,9 +395,9 @@ def test_set_crops(entry: dict, out_dir, frames_per_video: int = 20, device="aut
     return out_dir / "crops"
 
 # %% ../nbs/06_study.ipynb #6ab6a23c
-def cross_dataset_row(name: str, dataset: str, split: str, m: dict) -> dict:
+def cross_dataset_row(name: str, dataset: str, split: str, m: dict, compression: str = "") -> dict:
     "One row of the cross-dataset table from a test report's metrics (`test_checkpoint`'s metrics.json)."
-    return {"test_set": name, "dataset": dataset, "split": split, "n_videos": m["n_videos"], "n_fake": m["n_fake"],
+    return {"test_set": name, "dataset": dataset, "split": split, "compression": compression, "n_videos": m["n_videos"], "n_fake": m["n_fake"],
             "n_real": m["n_real"], "video_auc": m["auc"], "frame_auc": m["frame_auc"], "eer": m["eer"],
             "ap": m["average_precision"], "accuracy": m["accuracy"], "threshold": m["threshold"]["value"],
             "threshold_source": m["threshold"].get("source", "")}
@@ -275,6 +410,7 @@ def _reuse_scores(src: Path, dst: Path, split: str):
 
 # %% ../nbs/06_study.ipynb #e4d7e1c9
 def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", frames_per_video: int = 20,
+                       train_compression: str = "c23",
                        batch_size: int = 32, device="auto", rule: str = "reference", seed: int = 0, n_boot: int = 200,
                        progress: bool = False) -> pd.DataFrame:
     """Test `<run_dir>/train/best.pt` on the training set's test split and on every test set at the threshold chosen
@@ -291,12 +427,13 @@ def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", 
     except ValueError as e:  # a validation split of one class: no threshold can be chosen on it
         if "cannot calibrate" not in str(e): raise
         m = test_checkpoint(model, None, crops, own, opts(), runtime)
-    rows, thr = [cross_dataset_row(f"{train_dataset} (training set's test split)", train_dataset, "test", m)], m["threshold"]["value"]
+    rows = [cross_dataset_row(f"{train_dataset} (training set's test split)", train_dataset, "test", m, train_compression)]
+    thr = m["threshold"]["value"]
     for e in sets:
         out = run_dir / "cross" / e["name"]
         tc = test_set_crops(e, out, frames_per_video, device, progress)
         m = test_checkpoint(model, None, tc, out, opts(threshold=thr), runtime)
-        rows.append({**cross_dataset_row(e["name"], e["dataset"], e["split"], m), "threshold_source": "training set's validation split"})
+        rows.append({**cross_dataset_row(e["name"], e["dataset"], e["split"], m, e["compression"]), "threshold_source": "training set's validation split"})
     if rows[0]["threshold_source"] == "calibrated": rows[0]["threshold_source"] = "training set's validation split"
     table = pd.DataFrame(rows, columns=CROSS_COLUMNS)
     with atomic_write(run_dir / "cross_dataset.csv", "w") as f: table.to_csv(f, index=False)
@@ -430,6 +567,7 @@ def run_step(name: str, p: dict, run_dir: Path):
     "Run the runner's own step `name` (`RUNNER_STEPS`) with the study parameters `p`."
     if name != "cross": raise ValueError(f"unknown runner step {name!r}")
     cross_dataset_test(run_dir, p["test_sets"], train_dataset=str(p.get("dataset", "mini")),
+                       train_compression=str(p.get("compression", "c23")),
                        frames_per_video=int(p.get("frames_per_video", 20)), batch_size=int(p.get("batch_size", 32)),
                        device=p.get("device", "auto"), seed=int(p.get("seed", 0)))
 

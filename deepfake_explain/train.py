@@ -32,8 +32,8 @@ from .data import (CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, FaceCr
 __all__ = ['METRIC_COLUMNS', 'PROVENANCE_KEYS', 'DEFAULT_WORKERS', 'training_config', 'make_optimizer', 'make_scheduler',
            'bce_pos_weight', 'EarlyStopping', 'read_metrics', 'append_metrics', 'plot_curves', 'training_runtime',
            'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'seed_everything', 'make_loader', 'start_epoch',
-           'select_method', 'make_datasets', 'git_commit', 'provenance', 'TrainOptions', 'train', 'train_cli',
-           'resume_point']
+           'method_list', 'select_method', 'make_datasets', 'git_commit', 'provenance', 'TrainOptions', 'train',
+           'train_cli', 'resume_point']
 
 # %% ../nbs/03_train.ipynb #db60754f
 def training_config(src) -> tuple[dict, Path | None]:
@@ -263,13 +263,20 @@ def start_epoch(loader: DataLoader, seed: int, epoch: int, rank: int = 0):
     seed_everything(s)
 
 # %% ../nbs/03_train.ipynb #eed10ec8
-def select_method(crops: pd.DataFrame, dataset: str = "All", where: str = "") -> pd.DataFrame:
-    "The crops of `Original` and method `dataset` (all methods for 'All')."
-    if dataset in (None, "", "All", "all"): return crops
+def method_list(dataset) -> list[str] | None:
+    "The method folders a `dataset` value names: None for 'All' (or None/''), else a list (one name, 'A,B' or ['A', 'B'])."
+    if dataset is None or (isinstance(dataset, str) and dataset.strip() in ("", "All", "all")): return None
+    items = dataset.split(",") if isinstance(dataset, str) else list(dataset)
+    return [str(m).strip() for m in items if str(m).strip()]
+
+def select_method(crops: pd.DataFrame, dataset="All", where: str = "") -> pd.DataFrame:
+    "The crops of `Original` and the method folder(s) `dataset` (`method_list`: one, several, or all for 'All')."
+    if (wanted := method_list(dataset)) is None: return crops
     present = sorted(set(crops["method"]) - {ORIGINAL})
-    if dataset not in present:
-        raise ValueError(f"{where}: dataset {dataset!r} has no crops; method folders present: {present} (or 'All')")
-    return crops[crops["method"].isin([ORIGINAL, dataset])]
+    if missing := [m for m in wanted if m not in present]:
+        name = repr(missing[0]) if len(missing) == 1 else missing
+        raise ValueError(f"{where}: {name} has no crops; method folders present: {present} (or 'All')")
+    return crops[crops["method"].isin([ORIGINAL, *wanted])]
 
 # %% ../nbs/03_train.ipynb #770f9352
 def _limit_videos(crops: pd.DataFrame, max_videos: int | None, seed: int = 0) -> pd.DataFrame:
@@ -404,7 +411,7 @@ class TrainOptions:
     "How long and on what a run trains: epochs, early stopping, data selection, loader workers, seed, progress output."
     num_epochs: int = 100            # maximum number of epochs
     patience: int = 5                # epochs without a lower validation loss before stopping
-    dataset: str = "All"             # reals plus one method folder, or All
+    dataset: str | list = "All"      # reals plus method folder(s): one, several ("A,B" or a list), or All
     max_videos: int | None = None    # at most this many videos per split (None: all)
     workers: int = 2                 # data-loader worker processes per rank
     seed: int = 0                    # seed of weights, sampling and augmentations
@@ -529,7 +536,7 @@ def train_cli(
     num_epochs: int = 100,        # maximum number of epochs
     workers: int = DEFAULT_WORKERS,  # data-loader worker processes per rank
     resume: str = None,           # checkpoint to continue (last.pt), or a plain state dict to start from
-    dataset: str = "All",         # reals plus one method folder: Deepfakes|Face2Face|FaceShifter|FaceSwap|NeuralTextures|<any present>, or All
+    dataset: str = "All",         # reals plus method folder(s): Deepfakes|Face2Face|FaceShifter|FaceSwap|NeuralTextures|<any present>, several as A,B, or All
     max_videos: int = -1,         # at most this many videos per split (-1: all)
     patience: int = 5,            # epochs without a lower validation loss before stopping
     data_root: str = None,        # face-crop folder holding train_set/ and val_set/ (01_preprocess output)
