@@ -16,7 +16,8 @@ from fastcore.script import call_parse
 
 import deepfake_explain
 from .core import Runtime, cli_errors, data_uri, did_you_mean, write_csv_atomic
-from .data import COMPRESSIONS, DATASETS, atomic_write, index_videos, write_json_atomic
+from .data import CELEBDF_METHOD, COMPRESSIONS, DATASETS, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, atomic_write, index_videos, write_json_atomic
+from .mini_forensics import MINI_METHODS
 from .evaluate import SEEN_ROWS, ScoreOptions, TestOptions, test_checkpoint
 from .preprocess import DetectOptions, crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
 from .train import method_list, training_config
@@ -25,12 +26,13 @@ from .validity import identity_note
 # %% auto #0
 __all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'GENERALISATION_COLUMNS',
            'GENERALISATION_ROWS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS', 'TEST_SET_KEYS',
-           'CROSS_COLUMNS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell', 'notebook_parameters',
-           'check_parameter_names', 'environment_info', 'map_columns', 'test_identities', 'generalisation_table',
-           'markdown_table', 'write_report', 'check_test_sets', 'test_set_crops', 'cross_dataset_row',
-           'cross_dataset_test', 'cell_directives', 'study_notebook', 'params_digest', 'ensure_kernel',
-           'remove_run_temps', 'check_before_work', 'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step',
-           'run_notebook', 'StageFailed', 'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
+           'CROSS_COLUMNS', 'DATASET_METHODS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell',
+           'notebook_parameters', 'check_parameter_names', 'environment_info', 'map_columns', 'test_identities',
+           'generalisation_table', 'markdown_table', 'write_report', 'check_test_sets', 'test_set_crops',
+           'cross_dataset_row', 'cross_dataset_test', 'cell_directives', 'study_notebook', 'params_digest',
+           'ensure_kernel', 'remove_run_temps', 'check_methods', 'check_before_work', 'notebook_defaults',
+           'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed', 'run_dir_for', 'start_run',
+           'run_stage', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #cb095f9c
 STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c and 05d write nothing, so they are no stage
@@ -194,6 +196,7 @@ def _method_rows(run_dir: Path, per_image, ident: dict) -> list[dict]:
     else: rows.append(dict(setting="unseen method", note="not run: every tested method was in training (train on a subset: `methods`, `test_methods: All`)"))
     if ident["identity_disjoint"] and seen:
         rows.append({**_verdict_row("unseen people", f"test split, seen methods ({', '.join(seen)}), {people}", pooled), **map_columns(per_image, seen)})
+    elif ident["identity_disjoint"]: rows.append(dict(setting="unseen people", note="not measured apart: every tested method is unseen too (see unseen method)"))
     else: rows.append(dict(setting="unseen people", note=f"not run: {ident['statement']}"))
     return rows
 
@@ -241,7 +244,7 @@ def generalisation_table(run_dir, run_params: dict | None = None) -> pd.DataFram
     per_image = pd.read_csv(pi_path) if pi_path.is_file() else None
     ident = test_identities(run_dir, dataset, p.get("data_root"))
     rows = _method_rows(run_dir, per_image, ident) + _cross_rows(run_dir, dataset, p.get("compression", "c23")) + _robustness_rows(run_dir)
-    table = pd.DataFrame(rows).reindex(columns=GENERALISATION_COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=GENERALISATION_COLUMNS).astype({"n_videos": "Int64", "n_map_images": "Int64"})
     write_csv_atomic(run_dir / "generalisation.csv", table)
     return table
 
@@ -515,9 +518,23 @@ def remove_run_temps(run_dir, skip=("crops", "boxes")) -> int:
         n += remove_stale_temps(d)
     return n
 
+DATASET_METHODS = {"MINI": MINI_METHODS, "FACEFORENSICS": FFPP_METHODS + [DFD_METHOD], "FFPP": FFPP_METHODS + [DFD_METHOD],
+                   "DFDC": [DFDC_METHOD], "CELEBDF": [CELEBDF_METHOD]}  # the fake method folders each dataset can have
+
+def check_methods(p: dict):
+    "`methods` (trained on) and `test_methods` (tested on): 'All' or method folders the study's dataset has; one line naming the choices."
+    choices = DATASET_METHODS.get(str(p.get("dataset", "mini")).upper())
+    for name in ("methods", "test_methods"):
+        wanted = method_list(p.get(name)) if choices and isinstance(p.get(name), (str, list, tuple)) else None
+        if bad := [m for m in wanted or [] if m not in choices]:
+            hint = did_you_mean(bad[0], choices)
+            raise ValueError(f"{name}: {bad[0]!r} is not a method of {p.get('dataset', 'mini')}; choose from {choices} or All{hint}")
+
 def check_before_work(p: dict, names: list, root: Path):
     """Refuse a study that would fail later, before anything is written: a training config that freezes blocks of a
-    random backbone or whose ImageNet weights file is missing offline (`train.training_config`), bad `test_sets`."""
+    random backbone or whose ImageNet weights file is missing offline (`train.training_config`), methods the dataset
+    does not have, bad `test_sets`."""
+    check_methods(p)
     if "train" in names:
         training_config(p.get("config") or root / "configs" / "quick.yaml")  # 03_train's default config
     if p.get("test_sets") is not None: check_test_sets(p["test_sets"])

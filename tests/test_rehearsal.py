@@ -123,13 +123,25 @@ def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
     assert set(q["method"]) == set(ex["method"])
     # cross-dataset: the training set's test split and DFDC at one threshold, chosen on the validation split
     cross = pd.read_csv(run / "cross_dataset.csv")
-    assert cross["test_set"].tolist() == ["FACEFORENSICS (training set's test split)", "dfdc"]
+    sets = ["dfdc", "ffpp-c40"] if layout == "spatial" else ["dfdc"]   # the spatial run adds the c40 samples (cross-compression)
+    assert cross["test_set"].tolist() == ["FACEFORENSICS (training set's test split)", *sets]
     assert cross["threshold"].nunique() == 1 and set(cross["threshold_source"]) == {"training set's validation split"}
     own, dfdc = cross.iloc[0], cross.iloc[1]
     assert (own["n_videos"], own["n_fake"], own["n_real"]) == (m["n_videos"], m["n_fake"], m["n_real"])
     assert own["video_auc"] == pytest.approx(m["auc"]) and own["frame_auc"] == pytest.approx(m["frame_auc"])  # threshold-free
     assert (dfdc["dataset"], dfdc["split"], dfdc["n_videos"], dfdc["n_fake"], dfdc["n_real"]) == ("DFDC", "all", 4, 3, 1)
     for col in ("video_auc", "frame_auc", "eer", "ap", "accuracy"): assert cross[col].between(0, 1).all(), col
+    if layout == "spatial":  # c23 -> c40: the same dataset at the other compression, its reals and Deepfakes
+        c40 = cross.iloc[2]
+        assert (c40["dataset"], c40["compression"], c40["n_fake"], c40["n_real"]) == ("FACEFORENSICS", "c40", 6, 6)
+        assert (own["compression"], dfdc["compression"]) == ("c23", "c23")
+    # the Generalisation table: FF++'s test people are new; its test method (FaceSwap) was not trained on; c40; DFDC
+    g = pd.read_csv(run / "generalisation.csv").set_index("setting")
+    assert g.loc["in-distribution", "note"].startswith("not measured") and "FaceSwap" in g.loc["unseen method", "test_data"]
+    assert g.loc["unseen method", "video_auc"] == pytest.approx(m["auc"])
+    assert g.loc["other dataset", "video_auc"] == pytest.approx(dfdc["video_auc"])
+    if layout == "spatial": assert g.loc["other compression", "video_auc"] == pytest.approx(cross.iloc[2]["video_auc"])
+    print(f"\n{run.name} generalisation table:\n{g.drop(columns='test_data').round(3).to_string()}")
     dm = json.loads((run / "cross" / "dfdc" / "test" / "metrics.json").read_text())
     assert dm["threshold"]["value"] == pytest.approx(own["threshold"]) and dm["info"]["model_sha256"] == m["info"]["model_sha256"]
     # the report has every section, the cross-dataset table included
