@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
 from .core import (ImageReadError, Runtime, figure_png, read_image_rgb, read_keyed, write_bytes_atomic,
