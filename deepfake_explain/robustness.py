@@ -63,13 +63,13 @@ def verdict_metrics(frames: pd.DataFrame, rule: str = "reference", threshold: fl
                 frame_auc=m["frame_auc"], frame_auc_low=fl, frame_auc_high=fh, accuracy=m["accuracy"])
 
 # %% ../nbs/05e_robustness.ipynb #b9430277
-def map_images(crops_root, data_root=None, split: str = "test", max_images: int | None = 32) -> pd.DataFrame:
-    "The fake crops of `split` with a ground-truth mask under `data_root` (None: every fake), `max_images` evenly spread."
+def map_images(crops_root, data_root=None, split: str = "test", max_images: int | None = 32, strict: bool = True) -> pd.DataFrame:
+    "The fake crops of `split` with a ground-truth mask under `data_root` (None: every fake), `max_images` evenly spread; none: an error (`strict`) or empty."
     fakes = quality_images(crops_root, split)
     if data_root is not None:
         has = {k: mask_source(data_root, *k) is not None for k in set(zip(fakes["method"], fakes["video"]))}
         fakes = fakes[[has[k] for k in zip(fakes["method"], fakes["video"])]].reset_index(drop=True)
-        if not len(fakes): raise ValueError(f"{data_root}: none of the fake crops of split {split!r} under {crops_root} has a ground-truth mask")
+        if not len(fakes) and strict: raise ValueError(f"{data_root}: none of the fake crops of split {split!r} under {crops_root} has a ground-truth mask")
     return fakes if not max_images else fakes.iloc[evenly(len(fakes), int(max_images))].reset_index(drop=True)
 
 def read_crops(paths) -> tuple[list, list, list]:
@@ -181,8 +181,14 @@ def _reuse_robustness(out: Path, key: dict) -> pd.DataFrame | None:
 # %% ../nbs/05e_robustness.ipynb #e45472e2
 def _map_setup(crops_root, data_root, boxes_root, o: RobustnessOptions, size: int) -> tuple[list, list, list | None, list]:
     "(crops, paths, masks (None without a dataset), skip records) of the fakes whose maps are compared."
+    skipped = []
+    if data_root is not None and not len(map_images(crops_root, data_root, o.split, None, strict=False)):
+        skipped.append(dict(path=str(data_root), reason="no fake crop of the split has a ground-truth mask: the maps are compared "
+                                                        "with their unperturbed maps only (rank correlation), not localised"))
+        data_root = None
     fakes = map_images(crops_root, data_root, o.split, o.max_map_images)
-    images, keep, skipped = read_crops(fakes["path"])
+    images, keep, unread = read_crops(fakes["path"])
+    skipped += unread
     paths = [fakes["path"].iloc[i] for i in keep]
     if data_root is None: return images, paths, None, skipped
     masks = masks_for_crops(paths, data_root, boxes_root, size)

@@ -18,6 +18,7 @@ import deepfake_explain
 from .core import Runtime, cli_errors, data_uri, did_you_mean, write_csv_atomic
 from .data import CELEBDF_METHOD, COMPRESSIONS, DATASETS, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, atomic_write, index_videos, write_json_atomic
 from .mini_forensics import MINI_METHODS
+from .perturb import parse_perturb
 from .evaluate import SEEN_ROWS, ScoreOptions, TestOptions, test_checkpoint
 from .preprocess import DetectOptions, crop_dataset, detect_dataset, remove_stale_temps, run_torchrun
 from .train import method_list, training_config
@@ -43,6 +44,7 @@ STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c an
     "evaluate": "04_evaluate.ipynb",
     "explain": "05_explain.ipynb",          # the evaluation samples explained
     "quality": "05a_localisation.ipynb",    # the maps against the ground-truth masks
+    "robustness": "05e_robustness.ipynb",   # verdicts and maps under DeeperForensics' perturbations
     "validity": "05b_validity.ipynb",       # restoration, ROAD, sanity checks
 }
 PATH_PARAMS = ("output_root", "data_root", "config", "model_path", "backbone_weights", "extra_faces")
@@ -220,18 +222,19 @@ def _robustness_rows(run_dir: Path) -> list[dict]:
     path = run_dir / "robustness" / "robustness.csv"
     if not path.is_file(): return [dict(setting="perturbations", note="not run: no robustness stage (study parameter `robustness`)")]
     rob, rows = pd.read_csv(path), []
-    for kind, sub in rob[rob["level"] > 0].groupby("type", sort=False):
+    for kind, sub in rob[rob["level"] > 0].groupby("perturbation", sort=False):
         levels = sorted(sub["level"].unique()); mid = levels[len(levels) // 2]
         at = sub[sub["level"] == mid]
         v = at.iloc[0]
-        maps = at.set_index("method") if "method" in at else pd.DataFrame()
-        row = dict(setting=f"{kind} (level {mid})", test_data=f"test split, {kind} at level {mid}: {v.get('parameter', '')}",
-                   n_videos=int(v["n_videos"]), video_auc=v["video_auc"], auc_ci_low=v.get("video_auc_ci_low"), auc_ci_high=v.get("video_auc_ci_high"))
+        row = dict(setting=f"{kind} (level {mid})", test_data=f"test split, {kind} level {mid} ({v['parameter']})", n_videos=int(v["n_videos"]),
+                   video_auc=v["video_auc"], auc_ci_low=v["video_auc_low"], auc_ci_high=v["video_auc_high"])
+        maps = at.dropna(subset=["pointing_game"]).set_index("method")
         if "fused" in maps.index: row.update(fused_pointing_game=maps.at["fused", "pointing_game"], fused_mass_in_mask=maps.at["fused", "mass_in_mask"])
-        base = maps.drop(index=[m for m in ("fused", "random") if m in maps.index]) if len(maps) else maps
-        if len(base) and base["pointing_game"].notna().any():
+        base = maps.drop(index=[m for m in ("fused", "random") if m in maps.index])
+        if len(base):
             best = base.sort_values(["pointing_game", "mass_in_mask"], ascending=False).index[0]
-            row.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"])
+            row.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"],
+                       n_map_images=int(base.at[best, "n_images"]))
         rows.append(row)
     return rows
 
@@ -533,8 +536,11 @@ def check_methods(p: dict):
 def check_before_work(p: dict, names: list, root: Path):
     """Refuse a study that would fail later, before anything is written: a training config that freezes blocks of a
     random backbone or whose ImageNet weights file is missing offline (`train.training_config`), methods the dataset
-    does not have, bad `test_sets`."""
+    does not have, an unknown perturbation or level (`robustness`), bad `test_sets`."""
     check_methods(p)
+    if p.get("robustness"):
+        try: parse_perturb(p["robustness"])
+        except ValueError as e: raise ValueError(f"robustness: {e}") from None
     if "train" in names:
         training_config(p.get("config") or root / "configs" / "quick.yaml")  # 03_train's default config
     if p.get("test_sets") is not None: check_test_sets(p["test_sets"])

@@ -99,6 +99,18 @@ def test_robustness_pass_end_to_end(tree, tiny, tmp_path):
     assert robustness_test(model, tree / "crops", tree / "data", tree, tmp_path / "a", o).attrs["reused"]
 
 
+def test_dataset_without_masks_keeps_the_rank_correlation(tree, tiny, tmp_path):
+    "A dataset with no mask for any test fake (FF++ samples without mask videos): maps compared by rank correlation only, and the record says why."
+    _, model = tiny
+    o = RobustnessOptions("noise:4", methods=("fused", "random"), max_map_images=2, map_batch_size=2, n_boot=20,
+                          progress=False, scoring=ScoreOptions(batch_size=4, progress=False))
+    (tmp_path / "no_masks").mkdir()
+    t = robustness_test(model, tree / "crops", tmp_path / "no_masks", tree, tmp_path, o)
+    assert t.pointing_game.isna().all() and t.rank_correlation.notna().all() and (t.n_images == 2).all()
+    why = json.loads((tmp_path / "robustness" / "robustness.json").read_text())["skipped"]["map_images"]
+    assert len(why) == 1 and "no fake crop of the split has a ground-truth mask" in why[0]["reason"], why
+
+
 def test_console_script_perturb(tmp_path, tiny):
     "deepfake-explain-test --perturb as a shell runs it: a bad spec exits 2 before any work; a good one writes the table."
     exe = BIN / "deepfake-explain-test"

@@ -92,8 +92,13 @@ def test_quick_study_completes_with_report(quick_run):
     # issue 9's target: video AUC >= 0.9 (32 test videos: 8 real, 24 fake); the CI lows must be above 0
     low = {k: got[k] for k, bound in ASSERTED.items() if not (got[k] >= bound if k == "video_auc" else got[k] > bound)}
     assert not low, f"figures below their bound {ASSERTED}: {low}\n{d}"
+    rob = pd.read_csv(quick_run / "robustness" / "robustness.csv")  # 3 types x 3 levels + the unperturbed reference, every cheap map
+    assert set(zip(rob.perturbation, rob.level)) == {("none", 0)} | {(t, l) for t in ("jpeg", "noise", "blur") for l in (1, 3, 5)}
+    assert rob.video_auc.between(0, 1).all() and (quick_run / "robustness" / "robustness.png").stat().st_size > 10_000
     g = pd.read_csv(quick_run / "generalisation.csv").set_index("setting")  # the headline table: every row, filled or saying why not
-    assert list(g.index[:5]) == ["in-distribution", "unseen method", "unseen people", "other compression", "other dataset"]
+    assert list(g.index) == ["in-distribution", "unseen method", "unseen people", "other compression", "other dataset",
+                             "jpeg (level 3)", "noise (level 3)", "blur (level 3)"]
+    assert g.loc[["jpeg (level 3)", "noise (level 3)", "blur (level 3)"], "fused_pointing_game"].between(0, 1).all()
     assert g.loc["in-distribution", "video_auc"] == metrics["auc"] and g.loc[["unseen method", "unseen people"], "note"].str.startswith("not run").all()
     html = (quick_run / "report.html").read_text()
     assert "Generalisation: what holds and what breaks" in html
