@@ -19,10 +19,11 @@ from .core import ORIGINAL, atomic_write, jpeg_compress, read_image_rgb, write_j
 __all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFD_ACTORS', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS',
            'CELEBDF_TEST_LIST', 'CELEBDF_METHOD', 'CELEBDF_FOLDERS', 'DATASETS', 'CROP_COLUMNS',
            'RESIZE_INTERPOLATIONS', 'read_json_file', 'read_ffpp_splits', 'ffpp_videos_dir', 'ffpp_video_path',
-           'video_row', 'index_ffpp', 'mask_source', 'read_mask_frames', 'index_dfdc', 'index_celebdf', 'index_videos',
-           'crop_path', 'index_crops', 'equidistant', 'select_training_frames', 'isotropic_resize', 'pad_to_square',
-           'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate',
-           'ValTransform', 'TrainTransform', 'FaceCropDataset', 'write_video_index', 'read_video_index']
+           'video_row', 'index_ffpp', 'mask_source', 'read_mask_frames', 'difference_mask', 'index_dfdc',
+           'index_celebdf', 'index_videos', 'crop_path', 'index_crops', 'equidistant', 'select_training_frames',
+           'isotropic_resize', 'pad_to_square', 'gauss_noise', 'brightness_contrast', 'fancy_pca',
+           'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform', 'TrainTransform', 'FaceCropDataset',
+           'write_video_index', 'read_video_index']
 
 # %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
@@ -214,6 +215,17 @@ def read_mask_frames(data_root, method: str, video: str, frames, threshold: int 
     src, want = mask_source(data_root, method, video), sorted({int(f) for f in frames})
     if src is None or not want: return {}
     return _png_mask_frames(src, want, threshold) if src.is_dir() else _video_mask_frames(src, want, threshold)
+
+# %% ../nbs/00_data.ipynb #2ce72439
+def difference_mask(fake, original, threshold: float = 12, sigma: float = 0.0) -> np.ndarray:
+    """Where `fake` differs from the frame-aligned `original` (RGB, (..., H, W, 3)): the largest channel difference above
+    `threshold`, after a Gaussian blur of `sigma` pixels of each frame (0: none) -> (..., H, W) bool."""
+    fake, original = np.asarray(fake), np.asarray(original)
+    if fake.shape != original.shape or fake.shape[-1:] != (3,):
+        raise ValueError(f"fake {fake.shape} and original {original.shape}: expected RGB frames (..., H, W, 3) of one shape")
+    if not sigma: return np.abs(fake.astype(np.int16) - original.astype(np.int16)).max(-1) > threshold
+    blur = lambda x: np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in x.reshape(-1, *x.shape[-3:]).astype(np.float32)])
+    return (np.abs(blur(fake) - blur(original)).max(-1) > threshold).reshape(fake.shape[:-1])
 
 # %% ../nbs/00_data.ipynb #6373175a
 def _dfdc_metadata_files(root) -> list[Path]:

@@ -15,7 +15,7 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidget
 from .core import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
                                    to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL, file_sha256,
                                    file_lock)
-from .data import ffpp_video_path, ffpp_videos_dir, read_video_index, write_video_index
+from .data import difference_mask, ffpp_video_path, ffpp_videos_dir, read_video_index, write_video_index
 
 # %% auto #0
 __all__ = ['MINI_METHODS', 'MINI_REAL_METHOD', 'MINI_SPLITS', 'MINI_VERSION', 'MINI_COMPRESSIONS', 'IMAGE_EXTS', 'VIDEO_EXTS',
@@ -533,7 +533,7 @@ def _make_fake(method: str, target: tuple, source_scene: Scene, t: str, s: str, 
     rng = np.random.default_rng([seed, 2, int(t), int(s), MINI_METHODS.index(method)])
     fake_scene, alpha, info = _MANIPULATE[method](sc_t, source_scene, rng)
     frames = film(fake_scene, path, light)
-    masks = np.abs(frames.astype(np.int16) - orig).max(-1) > mask_thresh     # (T, H, W)
+    masks = difference_mask(frames, orig, mask_thresh)     # (T, H, W): uncompressed, no blur
     return frames, masks, info
 
 # %% ../nbs/00a_mini_forensics.ipynb #18736754
@@ -629,12 +629,12 @@ def mask_agreement(root, method: str, video: str, thresh: int = 12, margin: int 
                    compression: str = "c23") -> dict:
     "IoU of decoded |fake - original| > thresh with the ground-truth masks, and the stray-difference rate outside them."
     target = video.split("_")[0]
-    orig = read_video_frames(ffpp_video_path(root, ORIGINAL, compression, target)).astype(np.int16)
-    fake = read_video_frames(ffpp_video_path(root, method, compression, video)).astype(np.int16)
+    orig = read_video_frames(ffpp_video_path(root, ORIGINAL, compression, target))
+    fake = read_video_frames(ffpp_video_path(root, method, compression, video))
     gt = read_masks(root, method, video)
     if not (orig.shape == fake.shape and orig.shape[:3] == gt.shape):
         raise ValueError(f"{method}/{video}: shapes differ (original {orig.shape}, fake {fake.shape}, masks {gt.shape})")
-    diff = np.abs(fake - orig).max(-1) > thresh                                   # (T, H, W)
+    diff = difference_mask(fake, orig, thresh)                                    # (T, H, W)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     far = ~np.stack([cv2.dilate(m.astype(np.uint8), k) > 0 for m in gt])
     return {"iou": float((diff & gt).sum() / max(1, (diff | gt).sum())),
