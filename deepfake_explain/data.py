@@ -13,16 +13,17 @@ import pandas as pd
 import torch
 from einops import rearrange
 
-from .core import ORIGINAL, atomic_write, jpeg_compress, read_image_rgb, write_json_atomic
+from .core import ORIGINAL, atomic_write, jpeg_compress, read_image_rgb, short_list, write_json_atomic
 
 # %% auto #0
 __all__ = ['FFPP_METHODS', 'DFD_METHOD', 'DFD_ACTORS', 'DFDC_METHOD', 'SPLITS', 'COMPRESSIONS', 'VIDEO_COLUMNS',
            'CELEBDF_TEST_LIST', 'CELEBDF_METHOD', 'CELEBDF_FOLDERS', 'DATASETS', 'CROP_COLUMNS',
            'RESIZE_INTERPOLATIONS', 'read_json_file', 'read_ffpp_splits', 'ffpp_videos_dir', 'ffpp_video_path',
-           'video_row', 'index_ffpp', 'mask_source', 'read_mask_frames', 'index_dfdc', 'index_celebdf', 'index_videos',
-           'crop_path', 'index_crops', 'equidistant', 'select_training_frames', 'isotropic_resize', 'pad_to_square',
-           'gauss_noise', 'brightness_contrast', 'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate',
-           'ValTransform', 'TrainTransform', 'FaceCropDataset', 'write_video_index', 'read_video_index']
+           'video_row', 'index_ffpp', 'mask_source', 'read_mask_frames', 'difference_mask', 'index_dfdc',
+           'index_celebdf', 'index_videos', 'identity_disjoint', 'crop_path', 'index_crops', 'equidistant',
+           'select_training_frames', 'isotropic_resize', 'pad_to_square', 'gauss_noise', 'brightness_contrast',
+           'fancy_pca', 'hue_saturation_value', 'to_gray', 'shift_scale_rotate', 'ValTransform', 'TrainTransform',
+           'FaceCropDataset', 'write_video_index', 'read_video_index']
 
 # %% ../nbs/00_data.ipynb #ca679891
 def read_json_file(path):
@@ -215,6 +216,17 @@ def read_mask_frames(data_root, method: str, video: str, frames, threshold: int 
     if src is None or not want: return {}
     return _png_mask_frames(src, want, threshold) if src.is_dir() else _video_mask_frames(src, want, threshold)
 
+# %% ../nbs/00_data.ipynb #2ce72439
+def difference_mask(fake, original, threshold: float = 12, sigma: float = 0.0) -> np.ndarray:
+    """Where `fake` differs from the frame-aligned `original` (RGB, (..., H, W, 3)): the largest channel difference above
+    `threshold`, after a Gaussian blur of `sigma` pixels of each frame (0: none) -> (..., H, W) bool."""
+    fake, original = np.asarray(fake), np.asarray(original)
+    if fake.shape != original.shape or fake.shape[-1:] != (3,):
+        raise ValueError(f"fake {fake.shape} and original {original.shape}: expected RGB frames (..., H, W, 3) of one shape")
+    if not sigma: return np.abs(fake.astype(np.int16) - original.astype(np.int16)).max(-1) > threshold
+    blur = lambda x: np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in x.reshape(-1, *x.shape[-3:]).astype(np.float32)])
+    return (np.abs(blur(fake) - blur(original)).max(-1) > threshold).reshape(fake.shape[:-1])
+
 # %% ../nbs/00_data.ipynb #6373175a
 def _dfdc_metadata_files(root) -> list[Path]:
     "The `metadata.json` files of a DFDC folder: its own, or those of its immediate sub-folders."
@@ -309,6 +321,52 @@ def index_videos(root, dataset: str, **kwargs) -> pd.DataFrame:
     fn = DATASETS.get(str(dataset).upper())
     if fn is None: raise ValueError(f"dataset {dataset!r}: expected one of {sorted(DATASETS)}")
     return fn(root, **kwargs)
+
+# %% ../nbs/00_data.ipynb #524b8aab
+def _people_ffpp(video: str) -> set | None:
+    "Who is in an FF++ video, by name: YouTube ids (`<id>`, `<target>_<source>`) or DeepFakeDetection actors; None if unnamed."
+    if m := re.fullmatch(r"(\d+)_(\d+)__.+", video): return {f"actor {m[1]}", f"actor {m[2]}"}
+    if m := re.fullmatch(r"(\d+)__.+", video): return {f"actor {m[1]}"}
+    if m := re.fullmatch(r"(\d+)_(\d+)", video): return {f"id {m[1]}", f"id {m[2]}"}
+    return {f"id {video}"} if re.fullmatch(r"\d+", video) else None
+
+def _people_celebdf(video: str) -> set | None:
+    "Who is in a Celeb-DF video: `id<a>_id<b>_<n>` (fake), `id<a>_<n>` (real); None for YouTube-real."
+    if m := re.fullmatch(r"(id\d+)_(id\d+)_\d+", video): return {m[1], m[2]}
+    return {m[1]} if (m := re.fullmatch(r"(id\d+)_\d+", video)) else None
+
+_PEOPLE = {"FACEFORENSICS": ("FaceForensics++ by video id", _people_ffpp), "FFPP": ("FaceForensics++ by video id", _people_ffpp),
+           "CELEBDF": ("Celeb-DF by celebrity id", _people_celebdf), "CELEB-DF": ("Celeb-DF by celebrity id", _people_celebdf)}
+
+def _disjoint(what: str, test: set, seen: set, unnamed: int = 0, caveat: str = "") -> dict:
+    shared = sorted(test & seen)
+    if shared: return dict(identity_disjoint=False, shared_identities=shared, reason=(
+        f"{what}: the test split shares {len(shared)} identities with train/val ({short_list(shared, 4)}): "
+        "within-identity figures, not evidence about unseen people"))
+    if unnamed: return dict(identity_disjoint=None, shared_identities=[], reason=f"{what}: {unnamed} test videos name no person; unknown")
+    return dict(identity_disjoint=True, shared_identities=[],
+                reason=f"{what}: none of the test split's {len(test)} identities is in train or val{caveat}")
+
+def identity_disjoint(dataset: str, videos: pd.DataFrame | None = None, manifest: dict | None = None) -> dict:
+    """Is the test split identity-disjoint from train + val? -> {identity_disjoint: True | False | None, reason,
+    shared_identities}. MINI: from the mini-forensics `manifest` (identities per split); FACEFORENSICS and CELEBDF: from
+    the video index `videos` (`VIDEO_COLUMNS`), by the names of the videos; DFDC: unknown (None)."""
+    ds = str(dataset).upper()
+    if ds not in DATASETS: raise ValueError(f"dataset {dataset!r}: expected one of {sorted(DATASETS)}")
+    if ds == "DFDC": return dict(identity_disjoint=None, shared_identities=None,
+                                 reason="DFDC: its metadata names no person, so whether test people are seen in training is unknown")
+    if ds == "MINI":
+        ids = (manifest or {}).get("identities")
+        if not ids: return dict(identity_disjoint=None, shared_identities=None, reason="mini-forensics: no manifest with identities; unknown")
+        return _disjoint("mini-forensics", set(ids.get("test", [])), set(ids.get("train", [])) | set(ids.get("val", [])))
+    what, people = _PEOPLE[ds]
+    if videos is None: raise ValueError(f"dataset {dataset!r}: pass its video index (`index_videos`) as `videos`")
+    test = videos[videos["split"] == "test"]
+    if not len(test): return dict(identity_disjoint=None, shared_identities=None, reason=f"{what}: no test split")
+    named = lambda rows: [p for v in rows["video"].astype(str) if (p := people(v)) is not None]
+    seen = set().union(*named(videos[videos["split"].isin(["train", "val"])]))
+    caveat = " (FF++ labels videos, not persons: one person in two videos would go unnoticed)" if people is _people_ffpp else ""
+    return _disjoint(what, set().union(*named(test)), seen, len(test) - len(named(test)), caveat)
 
 # %% ../nbs/00_data.ipynb #d14ab475
 def crop_path(crops_root, split: str, method: str, video: str, frame: int, face: int) -> Path:

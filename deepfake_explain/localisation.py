@@ -4,8 +4,8 @@
 
 # %% ../nbs/05a_localisation.ipynb #a5a00005
 from __future__ import annotations
-import hashlib, json, shutil, warnings
-from dataclasses import dataclass, field
+import hashlib, json, re, shutil, warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -15,23 +15,25 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import (Runtime, figure_png, read_keyed, write_bytes_atomic, write_csv_atomic, write_json_atomic,
-                                   write_keyed)
-from .data import ValTransform, index_crops, mask_source, read_mask_frames
+from .core import (ORIGINAL, Runtime, figure_png, read_keyed, write_bytes_atomic, write_csv_atomic,
+                                   write_json_atomic, write_keyed)
+from .data import (COMPRESSIONS, ValTransform, difference_mask, ffpp_video_path, index_crops, mask_source,
+                                   read_mask_frames)
 from .checkpoint import load_detector
 from .evaluate import DEFAULT_THRESHOLD
 from .model import fake_probability
 from .explain import (COSTLY_METHODS, METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, rank_batches, read_faces)
-from .preprocess import boxes_path, crop_face, gather_rows, read_boxes
+from .preprocess import boxes_path, crop_face, gather_rows, read_boxes, read_frames, square_box
 
 # %% auto #0
-__all__ = ['LOCALISATION_COLUMNS', 'FRACTIONS', 'PER_IMAGE_COLUMNS', 'QUALITY_COLUMNS', 'HIGHER_IS_BETTER', 'QUALITY_PARTS',
-           'crop_mask', 'masks_for_crops', 'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc',
-           'localisation_metrics', 'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary',
-           'per_image_aucs', 'quality_batch', 'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'evenly',
-           'quality_images', 'files_digest', 'model_fingerprint', 'perturbation_figure', 'QualityOptions',
-           'study_quality', 'quality_stage']
+__all__ = ['DATASET_MASK', 'GENERATED_MASK', 'DIFFERENCE_MASK', 'MASK_SOURCES', 'LOCALISATION_COLUMNS', 'FRACTIONS',
+           'PER_IMAGE_COLUMNS', 'QUALITY_COLUMNS', 'HIGHER_IS_BETTER', 'QUALITY_PARTS', 'crop_mask',
+           'DifferenceMaskOptions', 'box_difference_mask', 'difference_pair', 'difference_frames', 'masks_for_crops',
+           'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'remove_tokens',
+           'perturbation_curves', 'curve_auc', 'perturbation_summary', 'per_image_aucs', 'quality_batch',
+           'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'evenly', 'quality_images', 'files_digest',
+           'model_fingerprint', 'perturbation_figure', 'QualityOptions', 'study_quality', 'quality_stage']
 
 # %% ../nbs/05a_localisation.ipynb #ee33b947
 def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:
@@ -40,24 +42,93 @@ def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np
     m3 = np.repeat((m > 127).astype(np.uint8)[..., None] * 255, 3, axis=2)
     return ValTransform(size)(m3)[..., 0] > 127
 
+# %% ../nbs/05a_localisation.ipynb #3db7737a
+DATASET_MASK, GENERATED_MASK, DIFFERENCE_MASK = "dataset mask", "generated (mini-forensics)", "difference mask"
+MASK_SOURCES = (DATASET_MASK, GENERATED_MASK, DIFFERENCE_MASK)  # the `mask_source` labels of the outputs
+
+@dataclass(frozen=True)
+class DifferenceMaskOptions:
+    "How a fake without a mask gets one from its frame-aligned original (`box_difference_mask`)."
+    threshold: float = 16        # a pixel differs when a channel of the blurred frames changed by more than this (of 255)
+    sigma: float = 2.0           # Gaussian blur of both frames before the difference, in pixels (cancels codec noise)
+    max_stray: float = 0.01      # at most this share of the pixels outside the face may differ, else: not frame-aligned
+    stray_margin: float = 0.25   # "outside the face": outside the face's square box grown by this share of its side each way
+    compressions: tuple = ("raw", "c23", "c40")  # the first compression with both videos present is used
+
+    def __post_init__(self):
+        if self.threshold < 0 or self.sigma < 0: raise ValueError(f"threshold={self.threshold}, sigma={self.sigma}: expected values >= 0")
+        if not 0 <= self.max_stray <= 1: raise ValueError(f"max_stray={self.max_stray}: expected a share in [0, 1]")
+        if bad := [c for c in self.compressions if c not in COMPRESSIONS]: raise ValueError(f"compressions {bad}: expected some of {COMPRESSIONS}")
+
+# %% ../nbs/05a_localisation.ipynb #150907a6
+def box_difference_mask(fake, original, box, opts: DifferenceMaskOptions = DifferenceMaskOptions()) -> np.ndarray:
+    """Where the frame `fake` (H, W, 3) differs from its frame-aligned `original` (`data.difference_mask`), inside the face
+    `box` (x0, y0, x1, y1, ...) -> (H, W) bool. `ValueError` when more than `opts.max_stray` of the pixels outside the
+    face's square box (grown by `opts.stray_margin`) differ: the two frames are not the same frame."""
+    d = difference_mask(fake, original, opts.threshold, opts.sigma)
+    H, W = d.shape
+    sx0, sy0, sx1, sy1 = square_box(box, (H, W), opts.stray_margin)
+    outside = np.ones((H, W), bool); outside[sy0:sy1, sx0:sx1] = False
+    stray = float(d[outside].mean()) if outside.any() else 0.0
+    if stray > opts.max_stray:
+        raise ValueError(f"{stray:.1%} of the pixels outside the face differ (at most {opts.max_stray:.1%}): not frame-aligned")
+    x0, y0, x1, y1 = (int(np.clip(round(float(v)), 0, n)) for v, n in zip(box[:4], (W, H, W, H)))
+    out = np.zeros_like(d); out[y0:y1, x0:x1] = d[y0:y1, x0:x1]
+    return out
+
+# %% ../nbs/05a_localisation.ipynb #fb69d8e1
+def difference_pair(data_root, method: str, video: str, compressions=COMPRESSIONS) -> tuple[Path, Path] | None:
+    "(fake, original) videos of the FF++ fake `<target>_<source>` at the first of `compressions` with both present, else None."
+    if method == ORIGINAL or not re.fullmatch(r"\d+_\d+", str(video)): return None
+    for c in compressions:
+        fake, orig = ffpp_video_path(data_root, method, c, video), ffpp_video_path(data_root, ORIGINAL, c, video.split("_")[0])
+        if fake.is_file() and orig.is_file(): return fake, orig
+    return None
+
+def difference_frames(data_root, method: str, video: str, frames, compressions=COMPRESSIONS) -> dict:
+    """{frame: (fake frame, original frame)} RGB of `frames` of a fake and its original (`difference_pair`); {} without a
+    pair. `ValueError` naming the file when a frame is missing, or both files when their frames differ in size."""
+    pair, want = difference_pair(data_root, method, video, compressions), sorted({int(f) for f in frames})
+    if pair is None or not want: return {}
+    (_, fake), (_, orig) = (read_frames(p, indices=want) for p in pair)
+    if fake[0].shape != orig[0].shape:
+        raise ValueError(f"{pair[0]} {fake[0].shape[1]}x{fake[0].shape[0]} and {pair[1]} {orig[0].shape[1]}x{orig[0].shape[0]}: "
+                         "frame sizes differ, not frame-aligned")
+    return dict(zip(want, zip(fake, orig)))
+
 # %% ../nbs/05a_localisation.ipynb #48f35883
-def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float = 0.0) -> list:
-    """Per crop `<...>/<method>/<video>/<frame>_<face>.png`: its ground-truth mask (size, size) bool, or None where the
-    dataset has none (reals, methods without masks), the box is missing, or the mask is unreadable (a warning names it).
-    Masks are read by `data.read_mask_frames`: mini-forensics' per-frame PNGs or FF++'s own mask videos."""
+def _crop_boxes(boxes: dict, items: list) -> list:
+    "(crop index, frame, box) of the crops `items` (index, frame, face) whose face has a box."
+    rows = [(i, f, (boxes.get(f) or [])[k]) for i, f, k in items if k < len(boxes.get(f) or [])]
+    return [(i, f, b) for i, f, b in rows if b is not None]
+
+def masks_for_crops(crop_paths, data_root, boxes_root, size: int, margin: float = 0.0,
+                    difference: DifferenceMaskOptions | None = DifferenceMaskOptions(), sources: list | None = None) -> list:
+    """Per crop `<...>/<method>/<video>/<frame>_<face>.png`: its ground-truth mask (size, size) bool, or None. The dataset's
+    own mask where it has one (`data.read_mask_frames`: FF++'s mask videos, labelled `DATASET_MASK`; mini-forensics' PNGs,
+    `GENERATED_MASK`); else, for an FF++ fake whose original is present, its difference mask inside the face box
+    (`box_difference_mask`, `DIFFERENCE_MASK`; `difference=None`: none). None for reals, fakes with neither, a missing
+    box, or an unreadable or unaligned frame (a warning names it). `sources`: a list, set to each crop's label (or None)."""
     out, jobs = [None] * len(crop_paths), {}
+    labels = [None] * len(crop_paths)
     for i, p in enumerate(map(Path, crop_paths)):
         frame, face = (int(v) for v in p.stem.split("_")[:2])
         jobs.setdefault((p.parent.parent.name, p.parent.name), []).append((i, frame, face))  # (method, video)
     for (method, video), items in jobs.items():
-        bpath = boxes_path(boxes_root, video, method)
-        if mask_source(data_root, method, video) is None or not bpath.is_file(): continue
-        boxes = read_boxes(bpath)
-        need = [(i, f, (boxes.get(f) or [])[k]) for i, f, k in items if k < len(boxes.get(f) or [])]
-        need = [(i, f, b) for i, f, b in need if b is not None]
-        try: frames = read_mask_frames(data_root, method, video, [f for _, f, _ in need])
+        bpath, src = boxes_path(boxes_root, video, method), mask_source(data_root, method, video)
+        derive = src is None and difference is not None and difference_pair(data_root, method, video, difference.compressions)
+        if not bpath.is_file() or not (src is not None or derive): continue
+        need = _crop_boxes(read_boxes(bpath), items)
+        try: frames = (read_mask_frames(data_root, method, video, [f for _, f, _ in need]) if src is not None
+                       else difference_frames(data_root, method, video, [f for _, f, _ in need], difference.compressions))
         except ValueError as e: warnings.warn(f"no masks for {method}/{video}: {e}"); continue
-        for i, f, box in need: out[i] = crop_mask(frames[f].astype(np.uint8) * 255, box, size, margin)
+        label, unaligned = DIFFERENCE_MASK if src is None else GENERATED_MASK if src.is_dir() else DATASET_MASK, []
+        for i, f, box in need:
+            try: m = frames[f] if src is not None else box_difference_mask(*frames[f], box, difference)
+            except ValueError as e: unaligned.append(f"frame {f}: {e}"); continue
+            out[i], labels[i] = crop_mask(m.astype(np.uint8) * 255, box, size, margin), label
+        if unaligned: warnings.warn(f"no difference mask for {len(unaligned)} crop(s) of {method}/{video} ({unaligned[0]})")
+    if sources is not None: sources[:] = labels
     return out
 
 # %% ../nbs/05a_localisation.ipynb #42ffce33
@@ -158,7 +229,7 @@ def perturbation_summary(curves: pd.DataFrame) -> dict:
     return out
 
 # %% ../nbs/05a_localisation.ipynb #e38ca6a8
-PER_IMAGE_COLUMNS = ["method", "image", "pos_auc_prob", "neg_auc_prob", *LOCALISATION_COLUMNS]
+PER_IMAGE_COLUMNS = ["method", "image", "pos_auc_prob", "neg_auc_prob", *LOCALISATION_COLUMNS, "mask_source"]
 
 def per_image_aucs(curves: pd.DataFrame) -> pd.DataFrame:
     "Per image, the area under its own positive and negative fake-probability perturbation curves: (image, pos_auc_prob, neg_auc_prob)."
@@ -171,30 +242,35 @@ def per_image_aucs(curves: pd.DataFrame) -> pd.DataFrame:
 def _method_summary(method: str, c: pd.DataFrame, l: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     "(table row, per-image rows) of `method` from its curves `c` and localisation rows `l` (the images with a mask)."
     row = dict(method=method, n_images=c["image"].nunique(), **perturbation_summary(c), n_masks=len(l),
-               **{k: float(pd.to_numeric(l[k]).mean()) if len(l) else float("nan") for k in LOCALISATION_COLUMNS})
+               **{k: float(pd.to_numeric(l[k]).mean()) if len(l) else float("nan") for k in LOCALISATION_COLUMNS},
+               mask_source="; ".join(sorted(set(l["mask_source"].dropna()))) if "mask_source" in l else "")
     return row, per_image_aucs(c).merge(l.astype({"image": int}), on="image", how="left").assign(method=method)
 
 # %% ../nbs/05a_localisation.ipynb #6d74a4a0
 QUALITY_COLUMNS = ["method", "n_images", "pos_auc_prob", "neg_auc_prob", "pos_auc_acc", "neg_auc_acc", "n_masks",
-                   "pointing_game", "mass_in_mask", "mask_fraction", "pixel_auroc"]
+                   "pointing_game", "mass_in_mask", "mask_fraction", "pixel_auroc",
+                   "mask_source"]  # where the masks came from (`MASK_SOURCES`, "; "-joined when mixed)
 
 # %% ../nbs/05a_localisation.ipynb #a5a0000b
 def quality_batch(model, x, labels=None, masks=None, methods=METHODS, target="fake", seed=0, images=None, size=None,
-                  **perturbation) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  mask_sources=None, **perturbation) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One batch of the quality table: images `x` (b, 3, H, W), `labels` (b,) or None, `masks` (per image an array or
     None) or None -> (perturbation curves, localisation rows of the images with a mask), both with `image` (numbered
-    `images`, default 0..b-1) and `method` columns. The backbone runs once for every method. `perturbation`:
+    `images`, default 0..b-1) and `method` columns; the localisation rows' `mask_source` is the image's label in
+    `mask_sources` (`masks_for_crops(sources=...)`; None: unlabelled). The backbone runs once for every method. `perturbation`:
     `perturbation_curves`' settings (fractions, replace, threshold)."""
     images = np.arange(len(x)) if images is None else np.asarray(images)
     cache = backbone_cache(model, x)
     keep = [] if masks is None else [i for i, m in enumerate(masks) if m is not None]
+    kept_sources = [None if mask_sources is None else mask_sources[i] for i in keep]
     curves, loc = [], []
     for method in methods:
         sc, maps, _ = explain_batch(model, x, method, target, size=size, seed=seed, cache=cache)
         curves.append(perturbation_curves(model, x, sc, labels, tokens=cache["tokens"], **perturbation)
                       .assign(image=lambda d: images[d["image"]], method=method))
-        if keep: loc.append(localisation_metrics(maps[keep], [masks[i] for i in keep]).assign(image=images[keep], method=method))
-    loc = pd.concat(loc, ignore_index=True) if loc else pd.DataFrame(columns=[*LOCALISATION_COLUMNS, "image", "method"])
+        if keep: loc.append(localisation_metrics(maps[keep], [masks[i] for i in keep])
+                        .assign(image=images[keep], method=method, mask_source=kept_sources))
+    loc = pd.concat(loc, ignore_index=True) if loc else pd.DataFrame(columns=[*LOCALISATION_COLUMNS, "image", "method", "mask_source"])
     return pd.concat(curves, ignore_index=True), loc
 
 # %% ../nbs/05a_localisation.ipynb #d3cd25c9
@@ -289,7 +365,8 @@ def perturbation_figure(curves: pd.DataFrame):
 # %% ../nbs/05a_localisation.ipynb #a5a00016
 @dataclass
 class QualityOptions:
-    "The settings of a quality pass: the methods, which fake crops, batching, the random baseline's seed, the runtime, the costly sample."
+    """The settings of a quality pass: the methods, which fake crops, batching, the random baseline's seed, the runtime, the
+    costly sample, and how fakes without a mask get one (`difference`: `masks_for_crops`; None: they get none)."""
     methods: tuple = METHODS
     split: str = "test"               # the split whose fake crops are scored
     max_images: int | None = None     # at most this many fake crops, evenly spread (None: all)
@@ -298,6 +375,7 @@ class QualityOptions:
     runtime: Runtime = field(default_factory=lambda: Runtime("cpu"))
     progress: bool = True             # a progress bar of batches (rank 0)
     costly_images: int | None = None  # `COSTLY_METHODS` on about this many crops, in evenly spread batches (None: all)
+    difference: DifferenceMaskOptions | None = field(default_factory=DifferenceMaskOptions)  # masks of fakes without one
 
     def __post_init__(self):
         self.methods = parse_methods(self.methods)
@@ -333,7 +411,8 @@ def _reuse_quality(out: Path, key: dict):
     if saved is None: return None
     try: table, per_image, curves = (pd.read_csv(out / f) for f in ("quality.csv", "quality_per_image.csv", "perturbation_curves.csv"))
     except OSError: return None
-    table.attrs.update(per_image=per_image[PER_IMAGE_COLUMNS], skipped=saved.get("skipped", []), reused=True)
+    table.attrs.update(per_image=per_image[PER_IMAGE_COLUMNS], skipped=saved.get("skipped", []), reused=True,
+                       mask_sources=saved.get("mask_sources", {}))
     return table, curves
 
 # %% ../nbs/05a_localisation.ipynb #a5a0001a
@@ -351,9 +430,11 @@ def _write_quality(out: Path, fakes: pd.DataFrame, key: dict, parts: list, metho
         write_csv_atomic(out / "quality_fused_vs_baselines.csv", paired_differences(per_image, "fused", seed=seed))
     write_csv_atomic(out / "perturbation_curves.csv", curves)
     write_bytes_atomic(out / "perturbation.png", figure_png(perturbation_figure(curves)))
-    write_keyed(out / "quality.json", key, n_images=int(table["n_images"].max()), skipped=skipped)  # last: the table is complete
+    masked = per_image.dropna(subset=["mask_source"]).drop_duplicates("image")
+    sources = {str(k): int(v) for k, v in masked["mask_source"].value_counts().items()}  # crops per mask source
+    write_keyed(out / "quality.json", key, n_images=int(table["n_images"].max()), mask_sources=sources, skipped=skipped)  # last: complete
     shutil.rmtree(out / QUALITY_PARTS, ignore_errors=True)
-    table.attrs["skipped"] = skipped
+    table.attrs.update(skipped=skipped, mask_sources=sources)
     return table, curves
 
 # %% ../nbs/05a_localisation.ipynb #a5a00021
@@ -361,7 +442,7 @@ def _quality_key(model, fakes: pd.DataFrame, data_root, opts: QualityOptions, pe
     "The key of a pass: the model's weights, the crop files, the masks' folder, the methods and the settings."
     return dict(model=model_fingerprint(model), crops=files_digest(fakes["path"]), methods=list(opts.methods),
                 masks=None if data_root is None else str(Path(data_root)), batch_size=int(opts.batch_size), seed=opts.seed,
-                costly_images=opts.costly_images,
+                costly_images=opts.costly_images, difference=None if opts.difference is None else asdict(opts.difference),
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in perturbation.items()})
 
 def _quality_parts(model, fakes: pd.DataFrame, parts: Path, todo: list, data_root, boxes_root, opts: QualityOptions, bar: bool,
@@ -372,16 +453,21 @@ def _quality_parts(model, fakes: pd.DataFrame, parts: Path, todo: list, data_roo
         paths, skipped = fakes["path"].iloc[s:s + bs].tolist(), []
         faces, keep = read_faces(paths, size, skipped)
         if not faces: _save_part(parts, s, pd.DataFrame(), pd.DataFrame(), skipped); continue
-        masks = None if data_root is None else masks_for_crops([paths[i] for i in keep], data_root, boxes_root, size)
+        masks, sources = None, []
+        if data_root is not None:
+            masks = masks_for_crops([paths[i] for i in keep], data_root, boxes_root, size, difference=opts.difference, sources=sources)
         curves, loc = quality_batch(model, rt.images(faces_to_batch(faces)), torch.ones(len(faces), dtype=torch.long), masks,
-                                    opts.methods_of(s, len(fakes)), seed=opts.seed + s, images=s + np.asarray(keep), **perturbation)
+                                    opts.methods_of(s, len(fakes)), seed=opts.seed + s, images=s + np.asarray(keep),
+                                    mask_sources=sources or None, **perturbation)
         _save_part(parts, s, curves, loc, skipped)
 
 # %% ../nbs/05a_localisation.ipynb #a5a0001b
 def study_quality(model, crops_root, data_root, boxes_root, output, opts: QualityOptions | None = None, dist_info=None,
                   **perturbation) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The quality table on the fake crops of `opts.split` under `crops_root` (`quality_images`) with their ground-truth
-    masks from `data_root` (None: no masks; boxes from `boxes_root`); writes `quality.csv`, `quality_per_image.csv`,
+    masks from `data_root` (None: no masks; boxes from `boxes_root`; fakes without one get a difference mask unless
+    `opts.difference` is None, and every mask is labelled in the `mask_source` columns and the counts of `quality.json`'s
+    `mask_sources`); writes `quality.csv`, `quality_per_image.csv`,
     `quality_vs_baselines.csv` (`paired_differences` of relevancy against each baseline; `quality_fused_vs_baselines.csv`:
     of `fused`), `perturbation_curves.csv`, `perturbation.png` and `quality.json` (the key) to `<output>/explanation/`.
     A saved table with the same key is reused. Finished batches stay in `quality_parts/` until the table is written: an

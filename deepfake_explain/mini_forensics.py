@@ -15,7 +15,8 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidget
 from .core import (atomic_write, write_json_atomic, write_bytes_atomic, read_image_rgb,
                                    to_rgb_uint8, ImageReadError, jpeg_compress, ORIGINAL, file_sha256,
                                    file_lock)
-from .data import ffpp_video_path, ffpp_videos_dir, read_video_index, write_video_index
+from .data import (difference_mask, ffpp_video_path, ffpp_videos_dir, identity_disjoint, read_video_index,
+                                   write_video_index)
 
 # %% auto #0
 __all__ = ['MINI_METHODS', 'MINI_REAL_METHOD', 'MINI_SPLITS', 'MINI_VERSION', 'MINI_COMPRESSIONS', 'IMAGE_EXTS', 'VIDEO_EXTS',
@@ -335,20 +336,26 @@ def mouth_eyes_edit(tgt: Scene, src: Scene, rng: np.random.Generator) -> tuple[n
     return T * (1 - alpha[..., None]) + S * alpha[..., None], alpha, {"region": region}
 
 # %% ../nbs/00a_mini_forensics.ipynb #bf8b0f4e
-def plan_mini_forensics(sources: list[FaceSource], seed: int = 0, n_pairs=(12, 3, 4)) -> dict:
-    "Clips (id, identity, source, variant, flip, split) and FF++ pairs per split, deterministic in `seed`."
+def plan_mini_forensics(sources: list[FaceSource], seed: int = 0, n_pairs=(12, 3, 4), disjoint_test: bool = False) -> dict:
+    """Clips (id, identity, source, variant, flip, split) and FF++ pairs per split, deterministic in `seed`; `disjoint_test`:
+    the test split's identities held out of train and val (needs >= 4 identities)."""
     if len(n_pairs) != 3 or min(n_pairs) < 1: raise ValueError(f"n_pairs={n_pairs}: need 3 counts >= 1 (train, val, test)")
     by_id: dict[str, list[FaceSource]] = {}
     for s in sources: by_id.setdefault(s.identity, []).append(s)
     idents = sorted(by_id)
     if len(idents) < 2: raise ValueError(f"need faces of >= 2 identities for face swaps, got {idents}")
+    if disjoint_test and len(idents) < 4:
+        raise ValueError(f"disjoint test identities need faces of >= 4 people (2 for the test split, 2 to train on), got "
+                         f"{len(idents)} ({', '.join(idents)}): add faces of other people with extra_faces")
     rng = np.random.default_rng([seed, 0])
-    disjoint = len(idents) >= 6
-    if disjoint:
+    if len(idents) >= 6 or disjoint_test:
         order = [idents[i] for i in rng.permutation(len(idents))]
-        n_test = n_val = max(2, int(round(0.2 * len(idents))))
-        groups = {"train": order[:-n_val - n_test], "val": order[-n_val - n_test:-n_test], "test": order[-n_test:]}
+        if len(idents) >= 6:
+            n_test = n_val = max(2, int(round(0.2 * len(idents))))
+            groups = {"train": order[:-n_val - n_test], "val": order[-n_val - n_test:-n_test], "test": order[-n_test:]}
+        else: groups = {"train": order[:-2], "val": order[:-2], "test": order[-2:]}  # 4-5 people: train and val share theirs
     else: groups = {s: idents for s in MINI_SPLITS}
+    disjoint = not set(groups["test"]) & (set(groups["train"]) | set(groups["val"]))
     uses = {k: 0 for k in idents}
     clips, pairs = [], {}
     for split, n in zip(MINI_SPLITS, n_pairs):
@@ -467,17 +474,23 @@ class MiniSpec:
     methods: list | None = None   # manipulation methods (a subset of MINI_METHODS)
     extra_faces: str | None = None  # optional folder of real face photos/videos
     include_builtin: bool = True  # use the two built-in photos too
+    disjoint_test_identities: bool = False  # hold the test split's people out of train and val (needs >= 4 people: extra_faces)
 
     def __post_init__(self):
         self.methods = list(MINI_METHODS if self.methods is None else self.methods)
         if unknown := [m for m in self.methods if m not in MINI_METHODS]: raise ValueError(f"unknown methods {unknown}; known: {MINI_METHODS}")
         if self.compression not in MINI_COMPRESSIONS: raise ValueError(f"compression={self.compression!r}; known: {list(MINI_COMPRESSIONS)}")
         if self.n_frames < 2 or self.size < 64: raise ValueError(f"n_frames={self.n_frames}, size={self.size}: need n_frames >= 2 and size >= 64")
+        if self.disjoint_test_identities and self.extra_faces is None:
+            raise ValueError("disjoint_test_identities=True needs faces of >= 4 people, the 2 built-in ones are too few: "
+                             "pass extra_faces (a folder of face photos/videos, e.g. ../shared/data/faces/test_images)")
 
 # %% ../nbs/00a_mini_forensics.ipynb #4478c672
 def _mini_params(spec: MiniSpec) -> dict:
-    "The parameter record of `spec` (`params` of `manifest.json`): an `extra_faces` folder as its files and sizes."
-    return {"version": MINI_VERSION, "seed": int(spec.seed), "n_frames": int(spec.n_frames), "size": int(spec.size),
+    """The parameter record of `spec` (`params` of `manifest.json`): an `extra_faces` folder as its files and sizes;
+    `disjoint_test_identities` only when set (the sets made before the option keep their record, and are reused)."""
+    return {**({"disjoint_test_identities": True} if spec.disjoint_test_identities else {}),
+            "version": MINI_VERSION, "seed": int(spec.seed), "n_frames": int(spec.n_frames), "size": int(spec.size),
             "n_pairs": [int(n) for n in spec.n_pairs], "compression": spec.compression, "fps": float(spec.fps),
             "mask_thresh": int(spec.mask_thresh), "methods": list(spec.methods), "include_builtin": bool(spec.include_builtin),
             "extra_faces": None if spec.extra_faces is None else _folder_key(spec.extra_faces)}
@@ -533,7 +546,7 @@ def _make_fake(method: str, target: tuple, source_scene: Scene, t: str, s: str, 
     rng = np.random.default_rng([seed, 2, int(t), int(s), MINI_METHODS.index(method)])
     fake_scene, alpha, info = _MANIPULATE[method](sc_t, source_scene, rng)
     frames = film(fake_scene, path, light)
-    masks = np.abs(frames.astype(np.int16) - orig).max(-1) > mask_thresh     # (T, H, W)
+    masks = difference_mask(frames, orig, mask_thresh)     # (T, H, W): uncompressed, no blur
     return frames, masks, info
 
 # %% ../nbs/00a_mini_forensics.ipynb #18736754
@@ -602,6 +615,7 @@ def _mini_manifest(root: Path, params: dict, plan: dict, sources: list[FaceSourc
             "digest": dataset_digest(root), "seconds": round(time.perf_counter() - t0, 2),
             "counts": {"real": n_real, "fake": len(fakes), "frames": n_frames * (n_real + len(fakes))},
             "identity_disjoint": plan["identity_disjoint"], "identities": plan["identities"],
+            "identity_statement": identity_disjoint("MINI", manifest=plan)["reason"],
             "sources": [{"name": s.name, "identity": s.identity, "digest": s.digest()} for s in sources],
             "skipped": skipped, "clips": plan["clips"], "fakes": fakes}
 
@@ -613,10 +627,10 @@ def make_mini_forensics(root, spec: MiniSpec | None = None, overwrite: bool = Fa
     params = _mini_params(spec)
     with file_lock(root.absolute().with_name(f".{root.absolute().name}.lock")):   # one generator per root at a time
         if (done := _finished_or_ready(root, params, overwrite)) is not None: return done
+        sources, skipped = _mini_sources(spec.extra_faces, spec.include_builtin)
+        plan = plan_mini_forensics(sources, spec.seed, spec.n_pairs, spec.disjoint_test_identities)  # too few people: nothing written
         partial = root / ".mini_forensics.partial.json"
         write_json_atomic(partial, params)
-        sources, skipped = _mini_sources(spec.extra_faces, spec.include_builtin)
-        plan = plan_mini_forensics(sources, spec.seed, spec.n_pairs)
         rows, fakes = _make_pairs(root, plan, sources, spec, progress)
         _write_labels_and_splits(root, rows, plan["pairs"])
         manifest = _mini_manifest(root, params, plan, sources, skipped, fakes, spec.n_frames, t0)
@@ -629,12 +643,12 @@ def mask_agreement(root, method: str, video: str, thresh: int = 12, margin: int 
                    compression: str = "c23") -> dict:
     "IoU of decoded |fake - original| > thresh with the ground-truth masks, and the stray-difference rate outside them."
     target = video.split("_")[0]
-    orig = read_video_frames(ffpp_video_path(root, ORIGINAL, compression, target)).astype(np.int16)
-    fake = read_video_frames(ffpp_video_path(root, method, compression, video)).astype(np.int16)
+    orig = read_video_frames(ffpp_video_path(root, ORIGINAL, compression, target))
+    fake = read_video_frames(ffpp_video_path(root, method, compression, video))
     gt = read_masks(root, method, video)
     if not (orig.shape == fake.shape and orig.shape[:3] == gt.shape):
         raise ValueError(f"{method}/{video}: shapes differ (original {orig.shape}, fake {fake.shape}, masks {gt.shape})")
-    diff = np.abs(fake - orig).max(-1) > thresh                                   # (T, H, W)
+    diff = difference_mask(fake, orig, thresh)                                    # (T, H, W)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     far = ~np.stack([cv2.dilate(m.astype(np.uint8), k) > 0 for m in gt])
     return {"iou": float((diff & gt).sum() / max(1, (diff | gt).sum())),
@@ -660,7 +674,7 @@ def plot_mini_example(root, target: str, source: str, frame: int | None = None, 
 
 # %% ../nbs/00a_mini_forensics.ipynb #2b3dab0c
 from fastcore.script import call_parse
-from .core import cli_errors
+from .core import UsageError, cli_errors
 
 @call_parse
 def mini_forensics_cli(
@@ -674,14 +688,18 @@ def mini_forensics_cli(
     extra_faces: str = None,   # optional folder of real face photos/videos
     compression: str = "c23",  # c23 (mp4v) or c40 (JPEG q40 per frame, then mp4v)
     overwrite: bool = False,   # replace a set made with other parameters
+    disjoint_test_identities: bool = False,  # hold the test split's people out of train and val (needs extra_faces: >= 4 people)
 ):
     "Generate the mini-forensics demo set (FaceForensics++ layout, with masks). Exit status: 0 done, 1 failed, 2 bad command line."
     with cli_errors("deepfake-explain-mini-forensics"):
+        if disjoint_test_identities and extra_faces is None:
+            raise UsageError("--disjoint_test_identities needs --extra_faces: faces of >= 4 people (the 2 built-in ones are too few)")
         spec = MiniSpec(seed=seed, n_frames=n_frames, size=size, n_pairs=(n_train, n_val, n_test), compression=compression,
-                        extra_faces=extra_faces)
+                        extra_faces=extra_faces, disjoint_test_identities=disjoint_test_identities)
         m = make_mini_forensics(root, spec, overwrite=overwrite)
     print(f"{root}: {m['counts']['real']} real + {m['counts']['fake']} fake videos, digest {m['digest'][:12]}, "
           f"{m['seconds']} s")
+    print(m["identity_statement"])
 
 # %% ../nbs/00a_mini_forensics.ipynb #31c31c24
 def study_video_index(output_root, dataset: str = "mini", data_root=None, compression: str = "c23",

@@ -14,7 +14,7 @@ import torch
 
 from .core import (ORIGINAL, ImageReadError, Runtime, figure_png, read_image_rgb, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic)
-from .data import COMPRESSIONS, ValTransform, ffpp_video_path
+from .data import COMPRESSIONS, ValTransform, ffpp_video_path, identity_disjoint
 from .checkpoint import load_detector
 from .model import fake_probability
 from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
@@ -249,16 +249,14 @@ def sanity_summary(sanity: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/05b_validity.ipynb #c3985a4f
 def identity_note(data_root) -> dict:
-    "Whether the dataset's test identities are held out from training (`manifest.json` of mini-forensics), with a plain statement."
+    "Whether the dataset's test identities are held out from training (`data.identity_disjoint` on mini-forensics' `manifest.json`), in words."
     try: man = json.loads((Path(data_root) / "manifest.json").read_text())
     except (OSError, ValueError): return dict(identity_disjoint=None, shared_identities=None, statement="no manifest: identity overlap of the splits unknown")
-    ids = man.get("identities") or {}
-    shared = sorted(set(ids.get("test", [])) & set(ids.get("train", [])))
-    if man.get("identity_disjoint") and not shared:
-        return dict(identity_disjoint=True, shared_identities=[], statement="the test split's identities are held out from training")
-    return dict(identity_disjoint=False, shared_identities=shared,
-                statement=f"the test split shares identities with training ({', '.join(shared) or 'unknown'}): "
-                          "these are within-identity figures, not evidence of generalisation to new people")
+    d = identity_disjoint("MINI", manifest=man)
+    if d["identity_disjoint"] is None: return dict(d, statement="no identities in the manifest: identity overlap of the splits unknown")
+    if d["identity_disjoint"]: return dict(d, statement="the test split's identities are held out from training")
+    return dict(d, statement=f"the test split shares identities with training ({', '.join(d['shared_identities'])}): "
+                             "these are within-identity figures, not evidence of generalisation to new people")
 
 # %% ../nbs/05b_validity.ipynb #fc3b001d
 def restoration_informative(per_image: pd.DataFrame, min_gap: float = 0.05, seed: int = 0) -> dict:

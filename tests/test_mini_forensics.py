@@ -210,3 +210,20 @@ def test_index_ffpp_reads_it(wide):
     assert set(df[df.label == 1].method) == set(MINI_METHODS)
     split_of = {c["id"]: c["split"] for c in m["clips"]}
     for r in df.itertuples(): assert r.split == split_of[r.video.split("_")[0]]
+
+
+def test_cli_identity_disjoint_variant(tmp_path, shared_data):
+    "`deepfake-explain-mini-forensics --disjoint_test_identities`: the test split's people are out of train and val, and it says so."
+    import subprocess, sys
+    from deepfake_explain.data import identity_disjoint
+    run = lambda *a: subprocess.run([sys.executable, "-m", "deepfake_explain.mini_forensics", str(tmp_path / "set"), *a],
+                                    capture_output=True, text=True, timeout=300)
+    bad = run("--disjoint_test_identities")
+    assert bad.returncode == 2 and "--disjoint_test_identities needs --extra_faces" in bad.stderr, bad.stderr
+    ok = run("--disjoint_test_identities", "--extra_faces", str(shared_data / "faces" / "test_images"), "--n_frames", "4", "--size", "64",
+             "--n_train", "1", "--n_val", "1", "--n_test", "1")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    m = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    by = {s: {c["identity"] for c in m["clips"] if c["split"] == s} for s in MINI_SPLITS}
+    assert m["identity_disjoint"] and not by["test"] & (by["train"] | by["val"]) and m["params"]["disjoint_test_identities"]
+    assert identity_disjoint("MINI", manifest=m)["identity_disjoint"] is True and m["identity_statement"] in ok.stdout

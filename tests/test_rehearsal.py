@@ -121,6 +121,9 @@ def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
     assert all(Path(f).is_file() for f in ex["figure"])
     q = pd.read_csv(run / "explanation" / "quality.csv")
     assert set(q["method"]) == set(ex["method"])
+    # localisation on the real test fake: the samples ship no mask videos, but 634_660's original 634 is present, so its
+    # crops get difference masks (|fake - original| inside the face box), labelled so
+    assert (q["mask_source"] == "difference mask").all() and (q["n_masks"] >= 1).all(), q[["method", "n_masks", "mask_source"]]
     # cross-dataset: the training set's test split and DFDC at one threshold, chosen on the validation split
     cross = pd.read_csv(run / "cross_dataset.csv")
     sets = ["dfdc", "ffpp-c40"] if layout == "spatial" else ["dfdc"]   # the spatial run adds the c40 samples (cross-compression)
