@@ -16,7 +16,8 @@ from fastcore.script import call_parse
 
 import deepfake_explain
 from .core import Runtime, cli_errors, data_uri, did_you_mean, write_csv_atomic
-from .data import CELEBDF_METHOD, COMPRESSIONS, DATASETS, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, atomic_write, index_videos, write_json_atomic
+from .data import (CELEBDF_METHOD, COMPRESSIONS, DATASETS, DFD_METHOD, DFDC_METHOD, FFPP_METHODS,
+                                   identity_disjoint, read_video_index, atomic_write, index_videos, write_json_atomic)
 from .mini_forensics import MINI_METHODS
 from .perturb import parse_perturb
 from .evaluate import SEEN_ROWS, ScoreOptions, TestOptions, test_checkpoint
@@ -162,12 +163,14 @@ def map_columns(per_image: pd.DataFrame | None, methods=None) -> dict:
 
 # %% ../nbs/06_study.ipynb #42dfacd3
 def test_identities(run_dir, dataset: str = "mini", data_root=None) -> dict:
-    "`identity_disjoint` (True, False or None: unknown) and a plain `statement` for the run's test split."
+    "`identity_disjoint` (True, False or None: unknown) and a plain `statement` for the run's test split (`data.identity_disjoint`)."
     ds = str(dataset).upper()
     if ds == "MINI": return identity_note(Path(data_root) if data_root else Path(run_dir) / "mini_forensics")
-    if ds in ("FACEFORENSICS", "FFPP"):
-        return dict(identity_disjoint=True, statement="FaceForensics++ official splits: test ids are source videos absent from training")
-    return dict(identity_disjoint=None, statement=f"{dataset}: the identities of its splits are not known")
+    index = Path(run_dir) / "index"
+    if ds != "DFDC" and not (index / "videos.csv").is_file():
+        return dict(identity_disjoint=None, statement=f"{dataset}: no video index in {index}, so the split's identities are unknown")
+    d = identity_disjoint(ds, read_video_index(index) if ds != "DFDC" else None)
+    return dict(d, statement=d["reason"])
 
 # %% ../nbs/06_study.ipynb #413063d7
 def _verdict_row(setting: str, data: str, r) -> dict:
