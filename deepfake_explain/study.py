@@ -18,6 +18,9 @@ import deepfake_explain
 from .core import Runtime, cli_errors, data_uri, did_you_mean, write_csv_atomic
 from .data import (CELEBDF_METHOD, COMPRESSIONS, DATASETS, DFD_METHOD, DFDC_METHOD, FFPP_METHODS,
                                    identity_disjoint, read_video_index, atomic_write, index_videos, write_json_atomic)
+from .checkpoint import load_detector
+from .explain import COSTLY_METHODS, parse_methods
+from .localisation import QualityOptions, study_quality
 from .mini_forensics import MINI_METHODS
 from .perturb import parse_perturb
 from .evaluate import SEEN_ROWS, ScoreOptions, TestOptions, test_checkpoint
@@ -28,13 +31,13 @@ from .validity import identity_note
 # %% auto #0
 __all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'GENERALISATION_COLUMNS',
            'GENERALISATION_ROWS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS', 'TEST_SET_KEYS',
-           'CROSS_COLUMNS', 'DATASET_METHODS', 'repo_root', 'load_params', 'select_stages', 'parameters_cell',
-           'notebook_parameters', 'check_parameter_names', 'environment_info', 'map_columns', 'test_identities',
-           'generalisation_table', 'markdown_table', 'write_report', 'check_test_sets', 'test_set_crops',
-           'cross_dataset_row', 'cross_dataset_test', 'cell_directives', 'study_notebook', 'params_digest',
-           'ensure_kernel', 'remove_run_temps', 'check_methods', 'check_before_work', 'notebook_defaults',
-           'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed', 'run_dir_for', 'start_run',
-           'run_stage', 'run_study', 'study_cli']
+           'CROSS_COLUMNS', 'ALIGNED_DATASETS', 'DATASET_METHODS', 'repo_root', 'load_params', 'select_stages',
+           'parameters_cell', 'notebook_parameters', 'check_parameter_names', 'environment_info', 'map_columns',
+           'test_identities', 'generalisation_table', 'markdown_table', 'write_report', 'check_test_sets',
+           'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cross_localisation', 'cell_directives',
+           'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_methods', 'check_before_work',
+           'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed',
+           'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #cb095f9c
 STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c and 05d write nothing, so they are no stage
@@ -207,15 +210,19 @@ def _method_rows(run_dir: Path, per_image, ident: dict) -> list[dict]:
 
 # %% ../nbs/06_study.ipynb #9a5ac5ae
 def _cross_rows(run_dir: Path, train_dataset: str, compression: str) -> list[dict]:
-    "The other-compression and other-dataset rows from `cross_dataset.csv` (no masks there: verdicts only)."
+    "The other-compression and other-dataset rows from `cross_dataset.csv`, with the maps where `cross_localisation` scored them."
     path, rows = run_dir / "cross_dataset.csv", []
     if not path.is_file(): return [dict(setting=s, note="not run: the study has no `test_sets`") for s in GENERALISATION_ROWS[3:]]
     cross = pd.read_csv(path).iloc[1:]   # the first row is the training set's own test split
     same = cross["dataset"].str.upper() == str(train_dataset).upper()
     for setting, sub in (("other compression", cross[same & (cross["compression"] != compression)]), ("other dataset", cross[~same])):
         for r in sub.to_dict("records"):
-            rows.append({**_verdict_row(setting, f"{r['test_set']} ({r['dataset']} {r['compression']}, split {r['split']})", r),
-                         "note": "maps not measured: no masks for test sets"})
+            pi_path = run_dir / "cross" / str(r["test_set"]) / "explanation" / "quality_per_image.csv"
+            pi = pd.read_csv(pi_path) if pi_path.is_file() else None
+            maps = map_columns(pi)
+            note = (f"maps against {', '.join(sorted(pi['mask_source'].dropna().unique()))}" if maps and "mask_source" in pi
+                    else "maps not measured: no frame-aligned originals to derive masks from" if not maps else "")
+            rows.append({**_verdict_row(setting, f"{r['test_set']} ({r['dataset']} {r['compression']}, split {r['split']})", r), **maps, "note": note})
         if not len(sub):
             rows.append(dict(setting=setting, note="not run: no such entry in `test_sets`"))
     return rows
@@ -448,6 +455,20 @@ def cross_dataset_test(run_dir, test_sets, train_dataset: str = "training set", 
     with atomic_write(run_dir / "cross_dataset.csv", "w") as f: table.to_csv(f, index=False)
     return table
 
+# %% ../nbs/06_study.ipynb #b2ce467c
+ALIGNED_DATASETS = ("FACEFORENSICS", "FFPP", "MINI")  # fakes frame-aligned with an original in the folder: masks can be derived
+
+def cross_localisation(run_dir, test_sets, opts: QualityOptions) -> dict:
+    "`localisation.study_quality` of `<run_dir>/train/best.pt` on each aligned test set's fakes (`cross/<name>/explanation/`); name -> table."
+    run_dir, out = Path(run_dir), {}
+    sets = [e for e in check_test_sets(test_sets) if e["dataset"] in ALIGNED_DATASETS]
+    if not sets: return out
+    model, _, _ = load_detector(run_dir / "train" / "best.pt", None, opts.runtime)
+    for e in sets:
+        d = run_dir / "cross" / e["name"]
+        out[e["name"]], _ = study_quality(model, d / "crops", e["data_root"], d, d, opts)
+    return out
+
 # %% ../nbs/06_study.ipynb #a37f3da5
 def cell_directives(source: str) -> dict[str, str]:
     "The `#| name value` directives at the top of a code cell (nbdev's syntax): name -> value ('' when none)."
@@ -596,6 +617,11 @@ def run_step(name: str, p: dict, run_dir: Path):
                        train_compression=str(p.get("compression", "c23")),
                        frames_per_video=int(p.get("frames_per_video", 20)), batch_size=int(p.get("batch_size", 32)),
                        device=p.get("device", "auto"), seed=int(p.get("seed", 0)))
+    methods = p.get("explain_methods") or notebook_defaults(repo_root() / "nbs" / STAGES["quality"])["explain_methods"]
+    cheap = [m for m in parse_methods(methods) if m not in COSTLY_METHODS]   # as the quality stage's sample, without IG and occlusion
+    mq = p.get("max_quality_images")
+    cross_localisation(run_dir, p["test_sets"], QualityOptions(cheap, max_images=None if mq is None else int(mq), seed=int(p.get("seed", 0)),
+                                                               runtime=Runtime(p.get("device", "auto")), progress=False))
 
 # %% ../nbs/06_study.ipynb #11ccb68c
 class _StageOutput:
