@@ -32,12 +32,12 @@ from .validity import identity_note
 __all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'GENERALISATION_COLUMNS',
            'GENERALISATION_ROWS', 'REPORT_ITEMS', 'OPTIONAL_REPORT_ITEMS', 'TEST_SET_SPLITS', 'TEST_SET_KEYS',
            'CROSS_COLUMNS', 'ALIGNED_DATASETS', 'DATASET_METHODS', 'repo_root', 'load_params', 'select_stages',
-           'parameters_cell', 'notebook_parameters', 'check_parameter_names', 'environment_info', 'map_columns',
-           'test_identities', 'generalisation_table', 'markdown_table', 'write_report', 'check_test_sets',
-           'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cross_localisation', 'cell_directives',
-           'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_methods', 'check_before_work',
-           'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed',
-           'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
+           'parameters_cell', 'notebook_parameters', 'check_parameter_names', 'environment_info', 'ours_and_best',
+           'map_columns', 'test_identities', 'generalisation_table', 'markdown_table', 'write_report',
+           'check_test_sets', 'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cross_localisation',
+           'cell_directives', 'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_methods',
+           'check_before_work', 'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook',
+           'StageFailed', 'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #cb095f9c
 STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c and 05d write nothing, so they are no stage
@@ -147,22 +147,26 @@ GENERALISATION_COLUMNS = ["setting", "test_data", "n_videos", "video_auc", "auc_
                           "fused_mass_in_mask", "best_baseline", "baseline_pointing_game", "baseline_mass_in_mask", "n_map_images", "note"]
 GENERALISATION_ROWS = ("in-distribution", "unseen method", "unseen people", "other compression", "other dataset")
 
-def map_columns(per_image: pd.DataFrame | None, methods=None) -> dict:
-    """Our map's and the best baseline's mean pointing game and mass in mask over the rows of `quality_per_image.csv`
-    whose crop's method is in `methods` (None: all); empty when there are none."""
-    if per_image is None or not len(per_image): return {}
-    df = per_image.assign(fake_method=per_image["path"].map(lambda p: Path(p).parent.parent.name))
-    if methods is not None: df = df[df["fake_method"].isin(list(methods))]
-    df = df.dropna(subset=["pointing_game"])
-    if not len(df): return {}
-    means = df.groupby("method")[["pointing_game", "mass_in_mask"]].mean()
-    out = {"n_map_images": int(df.loc[df["method"] == df["method"].iloc[0], "image"].nunique())}
+def ours_and_best(means: pd.DataFrame) -> dict:
+    "Our map's (`fused`) and the best baseline's (highest pointing game, then mass in mask; random excluded) columns from per-method means."
+    out = {}
     if "fused" in means.index: out.update(fused_pointing_game=means.at["fused", "pointing_game"], fused_mass_in_mask=means.at["fused", "mass_in_mask"])
     base = means.drop(index=[m for m in ("fused", "random") if m in means.index])
     if len(base):
         best = base.sort_values(["pointing_game", "mass_in_mask"], ascending=False).index[0]
         out.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"])
     return out
+
+def map_columns(per_image: pd.DataFrame | None, methods=None) -> dict:
+    """`ours_and_best` over the rows of `quality_per_image.csv` whose crop's method is in `methods` (None: all), with the
+    number of crops; empty when there are none."""
+    if per_image is None or not len(per_image): return {}
+    df = per_image.assign(fake_method=per_image["path"].map(lambda p: Path(p).parent.parent.name))
+    if methods is not None: df = df[df["fake_method"].isin(list(methods))]
+    df = df.dropna(subset=["pointing_game"])
+    if not len(df): return {}
+    means = df.groupby("method")[["pointing_game", "mass_in_mask"]].mean()
+    return {"n_map_images": int(df.loc[df["method"] == df["method"].iloc[0], "image"].nunique()), **ours_and_best(means)}
 
 # %% ../nbs/06_study.ipynb #42dfacd3
 def test_identities(run_dir, dataset: str = "mini", data_root=None) -> dict:
@@ -239,12 +243,7 @@ def _robustness_rows(run_dir: Path) -> list[dict]:
         row = dict(setting=f"{kind} (level {mid})", test_data=f"test split, {kind} level {mid} ({v['parameter']})", n_videos=int(v["n_videos"]),
                    video_auc=v["video_auc"], auc_ci_low=v["video_auc_low"], auc_ci_high=v["video_auc_high"])
         maps = at.dropna(subset=["pointing_game"]).set_index("method")
-        if "fused" in maps.index: row.update(fused_pointing_game=maps.at["fused", "pointing_game"], fused_mass_in_mask=maps.at["fused", "mass_in_mask"])
-        base = maps.drop(index=[m for m in ("fused", "random") if m in maps.index])
-        if len(base):
-            best = base.sort_values(["pointing_game", "mass_in_mask"], ascending=False).index[0]
-            row.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"],
-                       n_map_images=int(base.at[best, "n_images"]))
+        if len(maps): row.update(n_map_images=int(maps["n_images"].max()), **ours_and_best(maps))
         rows.append(row)
     return rows
 
