@@ -240,7 +240,7 @@ def _robustness_rows(run_dir: Path) -> list[dict]:
         levels = sorted(sub["level"].unique()); mid = levels[len(levels) // 2]
         at = sub[sub["level"] == mid]
         v = at.iloc[0]
-        row = dict(setting=f"{kind} (level {mid})", test_data=f"test split, {kind} level {mid} ({v['parameter']})", n_videos=int(v["n_videos"]),
+        row = dict(setting=f"{kind} (level {mid})", test_data=f"test split, {kind} level {mid} ({v['parameter']:g})", n_videos=int(v["n_videos"]),
                    video_auc=v["video_auc"], auc_ci_low=v["video_auc_low"], auc_ci_high=v["video_auc_high"])
         maps = at.dropna(subset=["pointing_game"]).set_index("method")
         if len(maps): row.update(n_map_images=int(maps["n_images"].max()), **ours_and_best(maps))
