@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from einops import rearrange
-from fastcore.script import Param, call_parse
+from fastcore.script import call_parse
 from scipy.stats import rankdata
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from torch import nn
@@ -28,7 +28,6 @@ from .metrics import binary_metrics, one_class_reason
 from .model import fake_probability
 from .checkpoint import (
     check_checkpoint_path, checkpoint_provenance, detector_config, load_detector, provenance_line, provenance_warning)
-from .perturb import parse_perturb
 from .preprocess import FaceDetector, detect_and_crop_video, gather_rows, in_shard, shard_videos, torchrun_group
 from .train import select_method, method_list
 
@@ -39,8 +38,8 @@ __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'M
            'calibrate_threshold', 'choose_threshold', 'bootstrap_ci', 'video_metrics', 'per_method_table',
            'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure', 'score_hist_figure',
            'write_test_report', 'sample_track_frames', 'ScoreOptions', 'score_frames', 'cached_frame_scores',
-           'TestOptions', 'test_checkpoint', 'test_cli', 'rank_tracks', 'deciding_tracks', 'score_crops',
-           'verdict_from_frames', 'PredictOptions', 'predict_video', 'list_videos', 'predict_videos', 'report_verdicts']
+           'TestOptions', 'test_checkpoint', 'rank_tracks', 'deciding_tracks', 'score_crops', 'verdict_from_frames',
+           'PredictOptions', 'predict_video', 'list_videos', 'predict_videos', 'report_verdicts']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
@@ -541,61 +540,8 @@ def _test_checkpoint(model_path, config, data_root, output, crops: pd.DataFrame,
     o = options
     return write_test_report(frames, output, o.rule, o.threshold, o.calibrate, val, o.n_boot, o.seed, info=run)
 
-# %% ../nbs/04_evaluate.ipynb #ecf213f8
-@call_parse
-def test_cli(model_path: str = None,             # checkpoint (train's best.pt/last.pt, or a plain state dict)
-             config: str = None,                 # model YAML config (default: the one stored in a training checkpoint)
-             dataset: str = "All",               # method folder to test with the reals (Deepfakes|Face2Face|...|DFDC) or All
-             workers: int = 2,                   # DataLoader workers
-             frames_per_video: int = FRAMES_PER_VIDEO,         # equidistant frames per face track
-             batch_size: int = 32,               # crops per batch
-             data_root: str = None,              # face-crop folder holding <split>_set/<method>/<video>/<frame>_<face>.png
-             output: str = "results",            # report folder: files go to <output>/test/
-             split: str = "test",                # split to test: test | val | train
-             device: str = "auto",               # cpu | cuda | cuda:N | auto
-             rule: str = "reference",            # video score: reference | mean | max
-             threshold: float = DEFAULT_THRESHOLD,  # decision threshold (unless calibrated)
-             calibrate: str = None,              # eer | youden: choose the threshold on the val split
-             n_boot: int = 1000,                 # bootstrap resamples for the 95% intervals
-             seed: int = 0,                      # bootstrap seed (and the perturbations')
-             perturb: Param("TYPE[:LEVELS], e.g. jpeg:1,3,5 (repeat the flag or put ';' between types; levels 1-5, none: all; "
-                            "types: saturation, contrast, block, noise, blur, jpeg, video, resize): instead of the test report, "
-                            "the verdicts unperturbed and at each level, in <output>/robustness/ (verdicts only: the maps need "
-                            "masks, see the study's robustness stage)", str, action="append") = None):
-    """Test a checkpoint on a split of face crops: video-level metrics, per-method table, samples list and figures.
-    With --perturb: video and frame AUC with bootstrap intervals, unperturbed and under each perturbation (05e_robustness).
-    Exit status 0 done, 1 failed (a missing or bad checkpoint or crop folder), 2 bad command line."""
-    with cli_errors("deepfake-explain-test"):
-        if not model_path: raise UsageError("--model_path is required")
-        if not data_root: raise UsageError("--data_root is required (the face-crop folder)")
-        if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
-        if calibrate not in (None, "", "none", "eer", "youden"): raise UsageError(f"--calibrate must be eer or youden, got {calibrate!r}")
-        try: spec = parse_perturb(perturb)  # before any work
-        except ValueError as e: raise UsageError(f"--perturb: {e}") from None
-        if spec and calibrate not in (None, "", "none"): raise UsageError("--calibrate does not apply with --perturb (its verdicts use --threshold)")
-        if spec and int(os.environ.get("WORLD_SIZE", "1")) > 1: raise UsageError("--perturb runs in one process, not under torchrun")
-        scoring = ScoreOptions(frames_per_video=frames_per_video, batch_size=batch_size, workers=workers)
-        if spec:  # 05e_robustness imports this module: it is loaded here, when asked for
-            from deepfake_explain.robustness import RobustnessOptions, robustness_lines, test_perturbed
-            ro = RobustnessOptions(spec, (), dataset=dataset, split=split, scoring=scoring, rule=rule, threshold=threshold, n_boot=n_boot, seed=seed)
-            t = test_perturbed(model_path, config, data_root, output, ro, Runtime(device=device))
-            print(provenance_line(checkpoint_provenance(model_path)))
-            print("\n".join(robustness_lines(t)) + f"\n-> {Path(output) / 'robustness'}")
-            return
-        options = TestOptions(dataset=dataset, split=split, scoring=scoring, rule=rule, threshold=threshold, calibrate=calibrate,
-                              n_boot=n_boot, seed=seed)
-        m = test_checkpoint(model_path, config, data_root, output, options, Runtime(device=device))
-    if m is None: return  # not rank 0 of a torchrun job
-    print(provenance_line(m["info"]["provenance"]))
-    if m["warning"]: print(f"WARNING: {m['warning']}")
-    fmt = lambda v: "undefined" if v is None else f"{v:.4f}"
-    print(f"{Path(model_path).name} [{dataset}, {split}, {m['n_videos']} videos, threshold {m['threshold']['value']:.4g}] "
-          f"accuracy {fmt(m['accuracy'])} AUC {fmt(m['auc'])} F1 {fmt(m['f1'])} EER {fmt(m['eer'])} -> {Path(output) / 'test'}")
-    for k, why in m["undefined"].items(): print(f"  {k}: {why}")
-    if m["warning"]: print(f"  (these verdicts: {m['warning']})")
-    if m["skipped"]: print(f"  skipped {len(m['skipped'])} inputs (listed in metrics.json)")
-
-test_checkpoint.__test__ = test_cli.__test__ = False  # library functions, not tests: pytest must not collect them
+# %% ../nbs/04_evaluate.ipynb #b41123ba
+test_checkpoint.__test__ = False  # a library function, not a test: pytest must not collect it
 
 # %% ../nbs/04_evaluate.ipynb #21067828
 MAIN_RATIO = 0.5  # a track is a main face when its prominence is at least this share of the most prominent track's

@@ -197,7 +197,7 @@ def save_tiny_checkpoint(path, cfg=TINY, training=True, seed=0):
 def run_cli(tmp_path, *args):
     "Run `test_cli` the way the console script `deepfake-explain-test` does (a generated file calling it)."
     script = tmp_path / "deepfake-explain-test"
-    script.write_text("import sys\nfrom deepfake_explain.evaluate import test_cli\nsys.exit(test_cli())\n")
+    script.write_text("import sys\nfrom deepfake_explain.cli import test_cli\nsys.exit(test_cli())\n")
     return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
