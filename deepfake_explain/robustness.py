@@ -20,7 +20,7 @@ from .evaluate import (DEFAULT_THRESHOLD, RULES, ScoreOptions, _method_selection
                                        cached_frame_scores, video_metrics)
 from .train import select_method
 from .explain import COSTLY_METHODS, backbone_cache, explain_batch, faces_to_batch, input_size, parse_methods
-from .localisation import (evenly, files_digest, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
+from .localisation import (difference_pair, evenly, files_digest, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
                                            pointing_game, quality_images)
 from .validity import rank_correlation
 from .perturb import PERTURBATIONS, VERSION, PerturbTransform, format_perturb, parse_perturb, unavailable
@@ -64,10 +64,11 @@ def verdict_metrics(frames: pd.DataFrame, rule: str = "reference", threshold: fl
 
 # %% ../nbs/05e_robustness.ipynb #b9430277
 def map_images(crops_root, data_root=None, split: str = "test", max_images: int | None = 32, strict: bool = True) -> pd.DataFrame:
-    "The fake crops of `split` with a ground-truth mask under `data_root` (None: every fake), `max_images` evenly spread; none: an error (`strict`) or empty."
+    "The fake crops of `split` with a ground-truth mask under `data_root` (the dataset's, or a difference mask from an aligned original; None: every fake), `max_images` evenly spread; none: an error (`strict`) or empty."
     fakes = quality_images(crops_root, split)
     if data_root is not None:
-        has = {k: mask_source(data_root, *k) is not None for k in set(zip(fakes["method"], fakes["video"]))}
+        has = {k: mask_source(data_root, *k) is not None or difference_pair(data_root, *k) is not None   # its own mask, or
+               for k in set(zip(fakes["method"], fakes["video"]))}                                          # a difference mask
         fakes = fakes[[has[k] for k in zip(fakes["method"], fakes["video"])]].reset_index(drop=True)
         if not len(fakes) and strict: raise ValueError(f"{data_root}: none of the fake crops of split {split!r} under {crops_root} has a ground-truth mask")
     return fakes if not max_images else fakes.iloc[evenly(len(fakes), int(max_images))].reset_index(drop=True)

@@ -125,14 +125,14 @@ def _metric_rows(path: Path) -> list[list[str]]:
     return pd.read_csv(path).drop(columns=["train_seconds", "seconds"]).values.tolist()
 
 
-LOMO = dict(methods=["FaceSwapBlend", "SelfBlended"], test_methods="All", num_epochs=3,
+LOMO = dict(methods=["FaceSwapBlend", "SelfBlended"], test_methods="All", num_epochs=2,
             explain_methods="fused,relevancy,attention,random", max_quality_images=96)  # the rotation's changes to study_quick
 
 
 @pytest.fixture(scope="module")
 def lomo_run(quick_run, tmp_path_factory) -> Path:
     """One leave-one-method-out rotation on the quick study's data (issue 27): trained on two of mini-forensics' three
-    methods (3 epochs), tested on all three, four maps on 96 test crops. Its parameters are `lomo.yaml` beside it."""
+    methods (2 epochs), tested on all three, four maps on 96 test crops. Its parameters are `lomo.yaml` beside it."""
     import yaml
     tmp = tmp_path_factory.mktemp("lomo")
     run = tmp / "lomo"
@@ -174,7 +174,7 @@ def test_leave_one_method_out_rotation(lomo_run):
 def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, lomo_run, tmp_path):
     """SIGKILL the study runner and its kernel in the middle of training, rerun it with --resume: finished work is not
     redone, nothing half-written is left, and every result equals the uninterrupted run's. The uninterrupted run is the
-    leave-one-method-out rotation (`lomo_run`: 3 epochs, so a kill after the first leaves two to resume); its data
+    leave-one-method-out rotation (`lomo_run`: 2 epochs, so a kill after the first leaves one to resume); its data
     stages' outputs (mini-forensics, index, boxes, crops) are copied from the quick study to keep the suite short;
     training and evaluation run again from scratch with the same seed, so this is also the determinism test of the
     detector (generation and detection are checked for determinism in test_mini_forensics; the explanation stages,
