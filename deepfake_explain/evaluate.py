@@ -192,16 +192,14 @@ def per_method_table(videos: pd.DataFrame, frames: pd.DataFrame | None = None, t
     `trained` (the methods the detector was trained on), a column `in_training` and, when the test holds methods on both
     sides, the pooled rows `seen methods` and `unseen methods` (each: those fakes vs all reals)."""
     fakes = sorted(videos.loc[videos["label"] == 1, "method"].unique())
-    rows = [_method_row(name, videos if name == "All" else videos[(videos["method"] == name) | (videos["label"] == 0)],
-                        frames, threshold, n_boot, seed, level) for name in fakes + ["All"]]
-    table = pd.DataFrame(rows)
-    if trained is None: return table
-    seen = [m for m in fakes if m in set(trained)]
-    table.insert(1, "in_training", [("yes" if m in seen else "no") if m != "All" else "" for m in table["method"]])
-    if seen and len(seen) < len(fakes):
-        for name, ms in zip(SEEN_ROWS, (seen, [m for m in fakes if m not in seen])):
-            row = _method_row(name, videos[videos["method"].isin(ms) | (videos["label"] == 0)], frames, threshold, n_boot, seed, level)
-            table = pd.concat([table, pd.DataFrame([dict(row, in_training="yes" if name == SEEN_ROWS[0] else "no")])], ignore_index=True)
+    seen = None if trained is None else [m for m in fakes if m in set(trained)]
+    groups = [(m, [m]) for m in fakes] + [("All", fakes)]   # (row, its fake methods): those fakes vs all reals
+    if seen and len(seen) < len(fakes): groups += list(zip(SEEN_ROWS, (seen, [m for m in fakes if m not in seen])))
+    table = pd.DataFrame([_method_row(name, videos[videos["method"].isin(ms) | (videos["label"] == 0)], frames, threshold, n_boot, seed, level)
+                          for name, ms in groups])
+    if seen is not None:
+        marks = {**{m: "yes" if m in seen else "no" for m in fakes}, "All": "", SEEN_ROWS[0]: "yes", SEEN_ROWS[1]: "no"}
+        table.insert(1, "in_training", table["method"].map(marks))
     return table
 
 # %% ../nbs/04_evaluate.ipynb #d080a98d

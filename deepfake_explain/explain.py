@@ -368,8 +368,8 @@ def faces_to_batch(faces, device="cpu") -> torch.Tensor:
     return torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().to(device)
 
 def read_faces(paths, size, skipped):
-    "The readable images of `paths` at the model's input `size` and their indices; the others appended to `skipped`."
-    tf, faces, keep = ValTransform(size), [], []
+    "The readable images of `paths` at the model's input `size` (None: as stored) and their indices; the others appended to `skipped`."
+    tf, faces, keep = ValTransform(size) if size else (lambda im: im), [], []
     for i, p in enumerate(paths):
         try: faces.append(tf(read_image_rgb(p))); keep.append(i)
         except (ImageReadError, OSError) as e: skipped.append(dict(path=str(p), reason=str(e)))

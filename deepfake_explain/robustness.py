@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import (ImageReadError, Runtime, figure_png, read_image_rgb, read_keyed, write_bytes_atomic,
+from .core import (Runtime, figure_png, read_keyed, write_bytes_atomic,
                                    write_csv_atomic, write_keyed)
 from .data import ValTransform, index_crops, mask_source
 from .checkpoint import check_checkpoint_path, load_detector
 from .evaluate import (DEFAULT_THRESHOLD, RULES, ScoreOptions, _method_selection, aggregate_videos, bootstrap_ci,
                                        cached_frame_scores, video_metrics)
 from .train import select_method
-from .explain import COSTLY_METHODS, backbone_cache, explain_batch, faces_to_batch, input_size, parse_methods
+from .explain import COSTLY_METHODS, backbone_cache, explain_batch, faces_to_batch, input_size, parse_methods, read_faces
 from .localisation import (difference_pair, evenly, files_digest, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
                                            pointing_game, quality_images)
 from .validity import rank_correlation
@@ -27,9 +27,9 @@ from .perturb import PERTURBATIONS, VERSION, PerturbTransform, format_perturb, p
 
 # %% auto #0
 __all__ = ['REFERENCE', 'VERDICT_METRICS', 'MAP_METRICS', 'ROBUSTNESS_COLUMNS', 'PER_IMAGE_COLUMNS', 'ROBUSTNESS_FILES',
-           'conditions', 'condition_transform', 'parameter_of', 'verdict_metrics', 'map_images', 'read_crops',
-           'condition_maps', 'map_metrics', 'RobustnessOptions', 'study_methods', 'robustness_figure',
-           'robustness_test', 'test_perturbed', 'robustness_lines', 'robustness_stage']
+           'conditions', 'condition_transform', 'parameter_of', 'verdict_metrics', 'map_images', 'condition_maps',
+           'map_metrics', 'RobustnessOptions', 'study_methods', 'robustness_figure', 'robustness_test',
+           'test_perturbed', 'robustness_lines', 'robustness_stage']
 
 # %% ../nbs/05e_robustness.ipynb #554d4b87
 REFERENCE = ("none", 0)  # the unperturbed crops: level 0 of every type
@@ -72,14 +72,6 @@ def map_images(crops_root, data_root=None, split: str = "test", max_images: int 
         fakes = fakes[[has[k] for k in zip(fakes["method"], fakes["video"])]].reset_index(drop=True)
         if not len(fakes) and strict: raise ValueError(f"{data_root}: none of the fake crops of split {split!r} under {crops_root} has a ground-truth mask")
     return fakes if not max_images else fakes.iloc[evenly(len(fakes), int(max_images))].reset_index(drop=True)
-
-def read_crops(paths) -> tuple[list, list, list]:
-    "The readable crops of `paths` (RGB uint8), their indices, and a skip record for each unreadable one."
-    images, keep, skipped = [], [], []
-    for i, p in enumerate(paths):
-        try: images.append(read_image_rgb(p)); keep.append(i)
-        except (ImageReadError, OSError) as e: skipped.append(dict(path=str(p), reason=str(e)))
-    return images, keep, skipped
 
 # %% ../nbs/05e_robustness.ipynb #1b579927
 def condition_maps(model, images, transform, methods, seed: int = 0, batch_size: int = 16, runtime: Runtime | None = None) -> dict:
@@ -188,8 +180,7 @@ def _map_setup(crops_root, data_root, boxes_root, o: RobustnessOptions, size: in
                                                         "with their unperturbed maps only (rank correlation), not localised"))
         data_root = None
     fakes = map_images(crops_root, data_root, o.split, o.max_map_images)
-    images, keep, unread = read_crops(fakes["path"])
-    skipped += unread
+    images, keep = read_faces(fakes["path"], None, skipped)   # RGB uint8 as stored: each condition perturbs, then resizes
     paths = [fakes["path"].iloc[i] for i in keep]
     if data_root is None: return images, paths, None, skipped
     masks = masks_for_crops(paths, data_root, boxes_root, size)

@@ -189,7 +189,7 @@ def _method_rows(run_dir: Path, per_image, ident: dict) -> list[dict]:
     pm_path = run_dir / "test" / "per_method.csv"
     if not pm_path.is_file(): return [dict(setting=s, note="not run: no test/per_method.csv (evaluate stage)") for s in GENERALISATION_ROWS[:3]]
     pm = pd.read_csv(pm_path, keep_default_na=False, na_values=[""]).set_index("method", drop=False)
-    if not {"All", "n_videos", "auc"} <= set(pm.index) | set(pm.columns):
+    if "All" not in pm.index or not {"n_videos", "auc"} <= set(pm.columns):
         return [dict(setting=s, note=f"not measured: {pm_path.name} has no pooled 'All' row with n_videos and auc") for s in GENERALISATION_ROWS[:3]]
     fakes = [m for m in pm.index if m not in ("All", *SEEN_ROWS)]
     seen = [m for m in fakes if "in_training" not in pm or pm.at[m, "in_training"] != "no"]
