@@ -346,7 +346,7 @@ def write_report(run_dir) -> Path:
     body = mistune.html(text)
     for rel, uri in html_imgs.items(): body = body.replace(f'src="{rel}"', f'src="{uri}"')
     html = ("<!doctype html><html><head><meta charset='utf-8'><title>deepfake_explain study report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;display:block;max-width:100%;overflow-x:auto}"
             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
             "em{color:#555}</style></head><body>" + body + "</body></html>")
     with atomic_write(run_dir / "report.html", "w") as f: f.write(html)
