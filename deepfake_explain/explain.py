@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from captum.attr import IntegratedGradients, Occlusion, Saliency
 from einops import rearrange
 
 from .core import (ImageReadError, Runtime, atomic_write, figure_png, read_image_rgb, write_bytes_atomic,
@@ -204,6 +203,7 @@ def captum_attribution(model, x, method: str, labels: torch.Tensor) -> torch.Ten
     f = lambda inp, lab: target_scores(model(inp), lab)  # (B,): Captum expands `lab` with the inputs it perturbs
     x, s = x.detach().clone().requires_grad_(True), CAPTUM_SETTINGS
     with eval_mode(model), torch.enable_grad():
+        from captum.attr import IntegratedGradients, Occlusion, Saliency  # here: every console script imports this module
         if method == "saliency": return Saliency(f).attribute(x, additional_forward_args=(labels,), abs=True).detach()
         if method == "ig": return IntegratedGradients(f).attribute(x, torch.zeros_like(x), additional_forward_args=(labels,),
                                                                    n_steps=s["ig_steps"]).detach()
@@ -399,7 +399,7 @@ def _face_rows(model, xb, faces, idx, names, meta, out: Path, opts: ExplainOptio
             title = figure_title(label, manip, vprob, p, result, method, layout, names[i], opts.warning)
             fig_path, map_path = out / method / f"{names[i]}.png", out / method / f"{names[i]}.npy"
             with atomic_write(map_path, "wb") as f: np.save(f, heat)
-            write_bytes_atomic(fig_path, figure_png(explained_figure(faces[i], heat, title)))
+            write_bytes_atomic(fig_path, figure_png(explained_figure(faces[i], heat, title), compress_level=1))  # a figure per face and map: fast PNG
             rows.append(dict(name=names[i], path="", label=label, manipulation=manip, video_prob=vprob, frame_prob=p,
                              classification=result, method=method, layout=layout, figure=str(fig_path), map=str(map_path),
                              warning=opts.warning))
