@@ -777,18 +777,23 @@ def _read_predictions(path) -> pd.DataFrame | None:
 
 # %% ../nbs/04_evaluate.ipynb #9a5b4d4e
 def _output_names(videos: list[tuple[Path, str]], output) -> list[tuple[Path, str]]:
-    """`videos` ((path, name) of `list_videos`) with each name unique in `output` across runs: a name an earlier run gave to
-    another path (its `predictions.csv` row, else its `videos/<name>.json`) gets the suffix `-<first 8 hex of the path's SHA-1>`."""
-    earlier = _read_predictions(Path(output) / "predictions.csv")
-    taken = {} if earlier is None else dict(zip(earlier["name"].astype(str), earlier["path"].astype(str)))
-    named = []
-    for path, name in videos:
-        other = taken.get(name)
-        if other is None:
-            try: other = json.loads(_verdict_files(output, name)[0].read_text()).get("path")
-            except (OSError, ValueError, AttributeError): other = None
-        if other is not None and other != str(path): name = f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-        named.append((path, name))
+    """`videos` ((path, name) of `list_videos`) with each name unique in `output` across runs: a name an earlier or concurrent
+    run gave to another path (its `predictions.csv` row, else its `videos/<name>.json`) gets the suffix `-<first 8 hex of the
+    path's SHA-1>`. Under the output's lock, a new name is claimed at once (a `videos/<name>.json` naming the path, status
+    `pending`, replaced by the verdict), so two runs at once never share a name."""
+    with file_lock(Path(output) / ".lock"):
+        earlier = _read_predictions(Path(output) / "predictions.csv")
+        taken = {} if earlier is None else dict(zip(earlier["name"].astype(str), earlier["path"].astype(str)))
+        named = []
+        for path, name in videos:
+            other, js = taken.get(name), _verdict_files(output, name)[0]
+            if other is None:
+                try: other = json.loads(js.read_text()).get("path")
+                except (OSError, ValueError, AttributeError): other = None
+            if other is not None and other != str(path):
+                name = f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"; js = _verdict_files(output, name)[0]
+            if not js.exists(): write_json_atomic(js, dict(path=str(path), status="pending"))  # claimed
+            named.append((path, name))
     return named
 
 # %% ../nbs/04_evaluate.ipynb #3095a225
