@@ -260,14 +260,16 @@ def write_index(summary: pd.DataFrame, output) -> Path:
 
 # %% ../nbs/05c_videos.ipynb #67ccfbf5
 def _evidence_figures(rec: dict, crops, maps, ev: list[int], folder: Path, name: str, method: str, layout: str) -> list:
-    "The explained figure of each evidence crop `ev` (indices into `rec[\"frames\"]`) written as `<folder>/evidence_<j>.png`: [(caption, PNG)]."
+    """The explained figure of each evidence crop `ev` (indices into `rec[\"frames\"]`) written as `<folder>/evidence_<j>.png`:
+    [(caption, PNG)]. A raw video has no label or method: those title lines are left out."""
     fr, warn, evidence = rec["frames"], rec.get("warning"), []
     for j, i in enumerate(ev):
         r = fr[i]
         cap = f"{name}, frame {r['frame']}, track {r['face']}"
         title = figure_title(None, None, rec["video_score"], r["score"], "fake" if r["score"] > rec["threshold"] else "real", method,
                              layout, cap, warn)
-        png = figure_png(explained_figure(crops[i], maps[i], title), dpi=80, compress_level=1)
+        title = "\n".join(t for t in title.split("\n") if t not in ("Label: unknown", "Method: unknown"))  # nothing known: not shown
+        png = figure_png(explained_figure(crops[i], maps[i], title), dpi=100, compress_level=1)
         write_bytes_atomic(folder / f"evidence_{j + 1}.png", png); evidence.append((cap + f": p={r['score']:.3f}", png))
     return evidence
 
