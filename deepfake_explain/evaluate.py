@@ -34,13 +34,13 @@ from .train import select_method, method_list
 # %% auto #0
 __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SEEN_ROWS', 'SAMPLE_COLUMNS',
            'REPORT_FILES', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICTION_FRAME_COLUMNS', 'MAX_FRAMES_PER_VIDEO',
-           'PREDICT_STATUSES', 'VIDEO_SUFFIXES', 'INT_COLUMNS', 'VERDICT_COLUMNS', 'check_frame_scores', 'track_scores',
-           'video_score', 'aggregate_videos', 'calibrate_threshold', 'choose_threshold', 'bootstrap_ci',
-           'video_metrics', 'per_method_table', 'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure',
-           'score_hist_figure', 'write_test_report', 'sample_track_frames', 'ScoreOptions', 'score_frames',
-           'cached_frame_scores', 'TestOptions', 'test_checkpoint', 'rank_tracks', 'deciding_tracks', 'score_crops',
-           'verdict_from_frames', 'PredictOptions', 'predict_video', 'list_videos', 'verdict_line', 'RunInterrupted',
-           'predict_videos', 'report_verdicts']
+           'PREDICT_STATUSES', 'VIDEO_SUFFIXES', 'INT_COLUMNS', 'VERDICT_COLUMNS', 'SUMMARY_EVERY_S',
+           'check_frame_scores', 'track_scores', 'video_score', 'aggregate_videos', 'calibrate_threshold',
+           'choose_threshold', 'bootstrap_ci', 'video_metrics', 'per_method_table', 'reference_lines', 'select_samples',
+           'roc_figure', 'confusion_figure', 'score_hist_figure', 'write_test_report', 'sample_track_frames',
+           'ScoreOptions', 'score_frames', 'cached_frame_scores', 'TestOptions', 'test_checkpoint', 'rank_tracks',
+           'deciding_tracks', 'score_crops', 'verdict_from_frames', 'PredictOptions', 'predict_video', 'list_videos',
+           'verdict_line', 'RunInterrupted', 'predict_videos', 'report_verdicts']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
@@ -852,10 +852,13 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted: {done} of {total} videos done, rerun to resume"); self.done, self.total = done, total
 
 # %% ../nbs/04_evaluate.ipynb #bb2aa3c3
+SUMMARY_EVERY_S = 5.0  # seconds between two merges of a run's finished verdicts into predictions.csv
+
 def _predict_videos(videos, model_path, config, output, options: PredictOptions, runtime: Runtime, face_detector, explainer,
                     index, info) -> pd.DataFrame:
-    """`predict_videos` in one process or one torchrun rank (`info`): this rank's share of `videos`, each verdict merged into
-    `predictions.csv` as soon as it is written (a Ctrl-C raises `RunInterrupted`), every rank's verdicts gathered."""
+    """`predict_videos` in one process or one torchrun rank (`info`): this rank's share of `videos`, the verdicts merged into
+    `predictions.csv` as they are written (the first at once, then at most every `SUMMARY_EVERY_S` seconds, and on a Ctrl-C,
+    which raises `RunInterrupted`), every rank's verdicts gathered."""
     model, cfg, _ = load_detector(model_path, config, runtime)
     prov = checkpoint_provenance(model_path)
     warning = provenance_warning(prov)
@@ -863,7 +866,11 @@ def _predict_videos(videos, model_path, config, output, options: PredictOptions,
     face_detector = face_detector or _LazyFaceDetector(device=runtime.torch_device)
     mine = in_shard([name for _, name in videos], (info.rank, info.world))  # this rank's share of the videos
     explain = explainer.settings if explainer is not None else None
-    rows, todo = [], [(i, v) for i, v in enumerate(videos) if mine[i]]
+    rows, todo, flushed, last = [], [(i, v) for i, v in enumerate(videos) if mine[i]], 0, -math.inf
+    def flush():  # this process's verdicts not yet in predictions.csv
+        nonlocal flushed, last
+        if len(rows) > flushed: _write_summary(pd.DataFrame(rows[flushed:], columns=VERDICT_COLUMNS), output, index, explainer is not None)
+        flushed, last = len(rows), time.monotonic()
     bar = tqdm(todo, desc="explain" if explainer else "predict", unit="video", disable=not (options.progress and info.is_main))
     try:
         for i, (path, name) in bar:
@@ -880,9 +887,10 @@ def _predict_videos(videos, model_path, config, output, options: PredictOptions,
             row = dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i,
                        detector=provenance_line(prov))
             rows.append(dict(row, page_verdict=verdict_line(row) if _is_text(row["html"]) else None))
-            _write_summary(pd.DataFrame(rows[-1:], columns=VERDICT_COLUMNS), output, index, explainer is not None)  # as it goes
+            if time.monotonic() - last >= SUMMARY_EVERY_S: flush()  # as it goes
             bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
-    except KeyboardInterrupt: raise RunInterrupted(len(rows), len(todo)) from None
+    except KeyboardInterrupt:
+        flush(); raise RunInterrupted(len(rows), len(todo)) from None
     rows = sorted(gather_rows(info, rows), key=lambda r: r["_i"])  # every rank's verdicts, in input order
     df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     if info.is_main: _write_summary(df, output, index, explainer is not None)  # the run's rows in input order
