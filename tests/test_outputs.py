@@ -106,8 +106,9 @@ def test_concurrent_runs_same_names_links_and_stale_pages(shared_data, checkpoin
     assert "<h1>take#2 50%</h1>" in dom, dom[-500:]
     # 5. predict without --explain changes b's verdict: its page is kept, not redrawn, and marked stale on the index
     page = Path(rb["html"]).read_bytes()
-    r = run("deepfake-explain-predict", clip_b, "--model_path", checkpoint, "--output", out, "--threshold", 0.0, *FAST)
-    assert r.returncode == 0, r.stderr[-3000:]
+    from deepfake_explain.cli import predict_cli  # the console script's function, in-process (no second start-up)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        predict_cli.__wrapped__(str(clip_b), model_path=str(checkpoint), output=str(out), threshold=0.0, frames_per_video=2, device="cpu")
     s2 = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("path")
     assert s2.loc[str(clip_b.absolute()), "verdict"] == "fake" and s2.loc[str(clip_b.absolute()), "html"] == rb["html"]
     assert Path(rb["html"]).read_bytes() == page and len(s2) == 4
