@@ -4,56 +4,78 @@
 
 # %% ../nbs/05d_cli.ipynb #d5d00005
 from __future__ import annotations
-import math, os, sys
+import contextlib, math, os, sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
+
 from fastcore.script import Param, call_parse
 
-from .core import Runtime, UsageError, cli_errors
+from .core import Runtime, UsageError, cli_errors, write_bytes_atomic
 from .checkpoint import checkpoint_provenance, load_detector, provenance_line, provenance_warning
-from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, RULES, VOTING, PredictOptions, ScoreOptions,
-                                       TestOptions, predict_videos, report_verdicts, test_checkpoint)
+from .evaluate import (DEFAULT_THRESHOLD, FRAMES_PER_VIDEO, MAX_FRAMES_PER_VIDEO, RULES, VOTING, PredictOptions,
+                                       RunInterrupted, ScoreOptions, TestOptions, predict_videos, report_verdicts, test_checkpoint)
 from .explain import TARGETS, ExplainOptions, explain_folder, explain_samples, parse_methods
 from .localisation import QualityOptions, study_quality
 from .perturb import parse_perturb
 from .preprocess import torchrun_group
 from .robustness import RobustnessOptions, robustness_lines, test_perturbed
-from .videos import VideoExplainer
+from .videos import VideoExplainer, write_index
 
 # %% auto #0
-__all__ = ['predict_cli', 'explain_cli', 'test_cli']
+__all__ = ['interruptible', 'predict_cli', 'explain_cli', 'test_cli']
+
+# %% ../nbs/05d_cli.ipynb #d8c268f8
+def _check_ranges(threshold: float | None = None, frames_per_video: int | None = None, max_frames: int | None = MAX_FRAMES_PER_VIDEO):
+    "`UsageError` (exit 2) for a threshold outside [0, 1] or a frame budget outside [1, `max_frames`] (None: not checked)."
+    if threshold is not None and not (math.isfinite(threshold) and 0 <= threshold <= 1):
+        raise UsageError(f"--threshold must be a probability in [0, 1] (fake when the video score is above it), got {threshold!r}")
+    if frames_per_video is not None and not (1 <= frames_per_video <= (max_frames or frames_per_video)):
+        raise UsageError(f"--frames_per_video must be in [1, {max_frames}], got {frames_per_video}" if max_frames else
+                         f"--frames_per_video must be >= 1, got {frames_per_video}")
+
+@contextlib.contextmanager
+def interruptible(prog: str):
+    """Around a console script's body: Ctrl-C ends with one line on stderr, `prog: interrupted: N of M videos done, rerun to
+    resume` (`evaluate.RunInterrupted`; other work: `prog: interrupted, rerun to resume`), and exit status 130, no traceback."""
+    try: yield
+    except KeyboardInterrupt as e:
+        print(f"\n{prog}: {e if isinstance(e, RunInterrupted) else 'interrupted, rerun to resume'}", file=sys.stderr); sys.exit(130)
 
 # %% ../nbs/05d_cli.ipynb #765d9c2a
 @call_parse
 def predict_cli(path: str,                         # a video file or a folder of videos
                 model_path: str = None,            # checkpoint (train's best.pt/last.pt, or a plain state dict with --config)
                 config: str = None,                # model YAML config (default: the one stored in a training checkpoint)
-                output: str = "predictions",       # folder for videos/<name>.json|.csv and predictions.csv (a folder used before: merged by video path, earlier rows kept)
-                frames_per_video: int = FRAMES_PER_VIDEO,  # equidistant frames per video searched for faces
+                output: str = "predictions",       # folder for videos/<name>.json|.csv and predictions.csv (a folder used before: merged by video path, earlier rows kept; concurrent runs: both kept)
+                frames_per_video: int = FRAMES_PER_VIDEO,  # equidistant frames per video searched for faces (1-300)
                 batch_size: int = 32,              # crops per batch
                 device: str = "auto",              # cpu | cuda | cuda:N | auto
                 rule: str = "reference",           # video score: reference | mean | max
-                threshold: float = DEFAULT_THRESHOLD,  # decision threshold: fake when the video score is above it
+                threshold: float = DEFAULT_THRESHOLD,  # decision threshold in [0, 1]: fake when the video score is above it
                 margin: float = 0.0,               # context around the face, as for deepfake-explain-crops (use the training crops' value)
                 min_face: float = 0,               # leave out faces smaller than this (box side, frame pixels), e.g. a crowd behind the subject
                 voting: str = "main",              # face tracks that decide: main (the main faces; background faces only reported) | all (the reference)
-                explain: bool = False,             # also explain: annotated MP4, timeline and HTML page per video, index.html
+                explain: bool = False,             # also explain: annotated MP4, timeline and HTML page per video, index.html (without it, pages already there are kept and marked stale on index.html when the verdict changed)
                 strict: bool = False):             # exit with status 1 if any video failed or showed no face
     """Is it fake? Detect faces in raw videos, score them with a checkpoint, write a JSON + CSV verdict per video.
-    Writing into an output folder used before merges predictions.csv by video path: the rows of other videos are kept.
+    Writing into an output folder used before merges predictions.csv by video path: the rows of other videos are kept; runs at
+    once into one folder keep each other's rows (a lock file, <output>/.lock); a video named like another run's video from another
+    folder gets a short hash suffix. Each finished video is written at once: a rerun after Ctrl-C (exit 130) resumes.
+    Without --explain, explained pages already in the folder are not redrawn: index.html marks a page "stale" whose verdict changed.
     Exit status: 0 done (some videos may have failed: see the last line), 1 failed (a bad checkpoint, every video failed,
     with --strict any video failed), 2 bad command line. Several GPUs: `torchrun --nproc_per_node N $(which deepfake-explain-predict) ...`."""
     prog = "deepfake-explain-predict"
-    with cli_errors(prog):
+    with interruptible(prog), cli_errors(prog):
         if not model_path: raise UsageError("--model_path is required")
         if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
         if voting not in VOTING: raise UsageError(f"--voting must be one of {', '.join(VOTING)}, got {voting!r}")
-        if frames_per_video < 1 or batch_size < 1: raise UsageError("--frames_per_video and --batch_size must be >= 1")
-        if not math.isfinite(threshold): raise UsageError(f"--threshold must be a finite number, got {threshold!r}")
+        if batch_size < 1: raise UsageError("--batch_size must be >= 1")
+        _check_ranges(threshold, frames_per_video)
         explainer = VideoExplainer() if explain else None
         opts = PredictOptions(frames_per_video, margin, min_face, batch_size, rule, threshold, voting)
-        df = predict_videos(path, model_path, config, output, opts, Runtime(device), explainer=explainer)
+        df = predict_videos(path, model_path, config, output, opts, Runtime(device), explainer=explainer, index=write_index)
     if df.attrs.get("rank", 0): bad = int((df["status"] != "ok").sum())  # a torchrun rank > 0: rank 0 reports
     else:
         bad = report_verdicts(df, prog, output)
@@ -68,6 +90,7 @@ def _check_explain_args(args) -> tuple:
         raise UsageError("give exactly one of --samples, --images, --video, --crops")
     if a.target not in TARGETS: raise UsageError(f"--target must be one of {TARGETS}, got {a.target!r}")
     if not a.model_path: raise UsageError("--model_path is required (a training checkpoint, or a state dict with --config)")
+    _check_ranges(a.threshold, a.frames_per_video)
     if a.rule not in RULES or a.voting not in VOTING: raise UsageError(f"--rule must be one of {RULES} and --voting one of {VOTING}")
     if a.frames_per_video < 1 or a.evidence < 0 or (a.batch_size is not None and a.batch_size < 1) or (a.max_images is not None and a.max_images < 1) or \
             (a.costly_images is not None and a.costly_images < 1):
@@ -87,14 +110,30 @@ def _explain_videos(args, methods: tuple, prog: str) -> int:
     else:
         bad = report_verdicts(df, prog, a.output)
         print(f"explained {len(df) - bad} of {len(df)} videos -> {Path(a.output) / 'index.html'}")
-    return int(bad == len(df))
+    return int(bad == len(df) or (a.strict and bad > 0))
 
 # %% ../nbs/05d_cli.ipynb #d5d0000c
+def _no_masks_reason(data_root, n_fakes: int) -> str:
+    "Why the quality table has no localisation values: the `--data_root` given (or not) and what it lacks."
+    if data_root is None: return "no --data_root given (the dataset holding the ground-truth masks)"
+    if not Path(data_root).is_dir(): return f"--data_root {data_root}: no such folder"
+    return (f"--data_root {data_root}: no ground-truth or difference mask for any of the {n_fakes} fake crops' videos "
+            "(FF++: manipulated_sequences/<method>/masks/videos and the originals; mini-forensics: its masks/)")
+
 def _quality_cli(model, args, opts: QualityOptions, info) -> str | None:
-    "--crops: the quality table (`study_quality`); the line rank 0 prints."
+    """--crops: the quality table (`study_quality`); the line rank 0 prints. When no crop got a mask (the localisation columns
+    are empty) a warning on stderr says why, recorded in `<output>/explanation/quality_warning.txt`; with --strict the run
+    then fails (exit 1)."""
     a = args
     table, _ = study_quality(model, a.crops, a.data_root, a.boxes or Path(a.crops).parent, a.output, opts, dist_info=info)
     if table is None: return None
+    note = Path(a.output) / "explanation" / "quality_warning.txt"
+    if int(pd.to_numeric(table["n_masks"], errors="coerce").fillna(0).max()) == 0:
+        why = f"no masks, the localisation columns of quality.csv are empty: {_no_masks_reason(a.data_root, int(table['n_images'].max()))}"
+        write_bytes_atomic(note, (why + "\n").encode())
+        if a.strict: raise ValueError(f"{why} (--strict)")
+        print(f"WARNING: {why}", file=sys.stderr)
+    else: note.unlink(missing_ok=True)
     b = table.attrs.get("batches", {})
     how = ("reused (same model, crops and settings)" if table.attrs.get("reused") else f"{info.world} process(es)"
            + (f", {b['total'] - b['computed']} of {b['total']} batches resumed" if b.get("computed", 0) < b.get("total", 0) else ""))
@@ -139,9 +178,9 @@ def explain_cli(
     device: str = "auto",       # auto | cpu | cuda | cuda:1 ... (under torchrun: cuda means each process's own GPU)
     methods: str = "relevancy", # comma-separated: relevancy,fused,attention,rollout,gradcam,random (--video: the first one)
     target: str = "fake",       # explained logit: fake | real | predicted
-    threshold: float = None,    # decision threshold (default: metrics.json beside --samples, else 0.55)
+    threshold: float = None,    # decision threshold in [0, 1] (default: metrics.json beside --samples, else 0.55)
     images_dir: str = None,     # with --samples: folder holding the example files (default: each row's video_name)
-    frames_per_video: int = FRAMES_PER_VIDEO,  # with --video: equidistant frames to detect faces on (predict's default)
+    frames_per_video: int = FRAMES_PER_VIDEO,  # with --video: equidistant frames to detect faces on (predict's default; 1-300)
     rule: str = "reference",    # with --video: video score rule, reference | mean | max
     voting: str = "main",       # with --video: face tracks that decide, main | all
     evidence: int = 3,          # with --video: frames with the strongest evidence shown as explained figures
@@ -151,12 +190,15 @@ def explain_cli(
     max_images: int = None,     # with --crops: at most this many fake crops, evenly spread (default: all)
     costly_images: int = None,  # with --crops: Integrated Gradients and occlusion on about this many of them (default: all)
     seed: int = 0,              # seed of the random baseline
+    strict: bool = False,       # exit 1 when --crops found no mask (empty localisation columns; else a warning), or --video had a failed video
 ):
     """Explained figures of evaluation samples or a folder of faces, explained videos, or the explanation-quality table of a
-    crop tree. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line.
+    crop tree. Exit status: 0 done, 1 failed (a bad input or checkpoint; --video: every video failed), 2 bad command line,
+    130 interrupted (Ctrl-C: finished videos and quality batches are kept, a rerun resumes). --video writes as
+    deepfake-explain-predict --explain (one output folder for many runs; stale pages marked on index.html).
     Under `torchrun --nproc_per_node N` the work is shared out (videos, or batches of faces) and rank 0 writes and reports."""
     args, prog = SimpleNamespace(**locals()), "deepfake-explain-explain"  # the flags, as argparse would give them
-    with cli_errors(prog):
+    with interruptible(prog), cli_errors(prog):
         ms = _check_explain_args(args)
         code = _explain_videos(args, ms, prog) if video else _explain_faces_cli(args, ms)
     if code: sys.exit(code)
@@ -174,7 +216,7 @@ def test_cli(model_path: str = None,             # checkpoint (train's best.pt/l
              split: str = "test",                # split to test: test | val | train
              device: str = "auto",               # cpu | cuda | cuda:N | auto
              rule: str = "reference",            # video score: reference | mean | max
-             threshold: float = DEFAULT_THRESHOLD,  # decision threshold (unless calibrated)
+             threshold: float = DEFAULT_THRESHOLD,  # decision threshold in [0, 1] (unless calibrated)
              calibrate: str = None,              # eer | youden: choose the threshold on the val split
              n_boot: int = 1000,                 # bootstrap resamples for the 95% intervals
              seed: int = 0,                      # bootstrap seed (and the perturbations')
@@ -184,10 +226,11 @@ def test_cli(model_path: str = None,             # checkpoint (train's best.pt/l
                             "masks, see the study's robustness stage)", str, action="append") = None):
     """Test a checkpoint on a split of face crops: video-level metrics, per-method table, samples list and figures.
     With --perturb: video and frame AUC with bootstrap intervals, unperturbed and under each perturbation (05e_robustness).
-    Exit status 0 done, 1 failed (a missing or bad checkpoint or crop folder), 2 bad command line."""
-    with cli_errors("deepfake-explain-test"):
+    Exit status 0 done, 1 failed (a missing or bad checkpoint or crop folder), 2 bad command line, 130 interrupted (Ctrl-C)."""
+    with interruptible("deepfake-explain-test"), cli_errors("deepfake-explain-test"):
         if not model_path: raise UsageError("--model_path is required")
         if not data_root: raise UsageError("--data_root is required (the face-crop folder)")
+        _check_ranges(threshold, frames_per_video, max_frames=None)
         if rule not in RULES: raise UsageError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
         if calibrate not in (None, "", "none", "eer", "youden"): raise UsageError(f"--calibrate must be eer or youden, got {calibrate!r}")
         try: spec = parse_perturb(perturb)  # before any work

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
 
-from .core import (ImageReadError, Runtime, UsageError, atomic_write, cli_errors, figure_png, file_sha256, jsonable,
+from .core import (ImageReadError, Runtime, UsageError, atomic_write, cli_errors, figure_png, file_lock, file_sha256, jsonable,
                                    read_keyed, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_keyed)
 from .data import (
     FaceCropDataset, ValTransform, equidistant, index_crops)
@@ -33,13 +33,14 @@ from .train import select_method, method_list
 
 # %% auto #0
 __all__ = ['FRAME_COLUMNS', 'RULES', 'DEFAULT_THRESHOLD', 'FRAMES_PER_VIDEO', 'METRIC_COLUMNS', 'SEEN_ROWS', 'SAMPLE_COLUMNS',
-           'REPORT_FILES', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICTION_FRAME_COLUMNS', 'PREDICT_STATUSES',
-           'VIDEO_SUFFIXES', 'VERDICT_COLUMNS', 'check_frame_scores', 'track_scores', 'video_score', 'aggregate_videos',
-           'calibrate_threshold', 'choose_threshold', 'bootstrap_ci', 'video_metrics', 'per_method_table',
-           'reference_lines', 'select_samples', 'roc_figure', 'confusion_figure', 'score_hist_figure',
-           'write_test_report', 'sample_track_frames', 'ScoreOptions', 'score_frames', 'cached_frame_scores',
-           'TestOptions', 'test_checkpoint', 'rank_tracks', 'deciding_tracks', 'score_crops', 'verdict_from_frames',
-           'PredictOptions', 'predict_video', 'list_videos', 'predict_videos', 'report_verdicts']
+           'REPORT_FILES', 'MAIN_RATIO', 'VOTING', 'TRACK_COLUMNS', 'PREDICTION_FRAME_COLUMNS', 'MAX_FRAMES_PER_VIDEO',
+           'PREDICT_STATUSES', 'VIDEO_SUFFIXES', 'INT_COLUMNS', 'VERDICT_COLUMNS', 'SUMMARY_EVERY_S',
+           'check_frame_scores', 'track_scores', 'video_score', 'aggregate_videos', 'calibrate_threshold',
+           'choose_threshold', 'bootstrap_ci', 'video_metrics', 'per_method_table', 'reference_lines', 'select_samples',
+           'roc_figure', 'confusion_figure', 'score_hist_figure', 'write_test_report', 'sample_track_frames',
+           'ScoreOptions', 'score_frames', 'cached_frame_scores', 'TestOptions', 'test_checkpoint', 'rank_tracks',
+           'deciding_tracks', 'score_crops', 'verdict_from_frames', 'PredictOptions', 'predict_video', 'list_videos',
+           'verdict_line', 'RunInterrupted', 'predict_videos', 'report_verdicts']
 
 # %% ../nbs/04_evaluate.ipynb #84694e25
 FRAME_COLUMNS = ["video", "method", "label", "face", "frame", "path", "score"]
@@ -623,6 +624,8 @@ def verdict_from_frames(frames: pd.DataFrame, rule: str = "reference", threshold
                 tracks=_track_records(tracks))
 
 # %% ../nbs/04_evaluate.ipynb #2e8193c6
+MAX_FRAMES_PER_VIDEO = 300  # the most frames searched per video: an explained run keeps them in memory (1080p: 6 MB each)
+
 @dataclass(frozen=True)
 class PredictOptions:
     "How raw videos are judged: frames searched and faces kept, crops per batch, video rule, threshold and voting; reuse, progress."
@@ -639,7 +642,10 @@ class PredictOptions:
     def __post_init__(self):
         if self.rule not in RULES: raise ValueError(f"unknown video rule {self.rule!r}: use one of {RULES}")
         if self.voting not in VOTING: raise ValueError(f"unknown voting {self.voting!r}: use one of {VOTING}")
-        if not math.isfinite(self.threshold): raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+        if not (math.isfinite(self.threshold) and 0 <= self.threshold <= 1):
+            raise ValueError(f"threshold must be a probability in [0, 1], got {self.threshold!r}")
+        if not 1 <= self.frames_per_video <= MAX_FRAMES_PER_VIDEO:
+            raise ValueError(f"frames_per_video must be in [1, {MAX_FRAMES_PER_VIDEO}], got {self.frames_per_video!r}")
         if self.batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.min_face) and self.min_face >= 0):
             raise ValueError(f"min_face must be a number of pixels >= 0, got {self.min_face!r}")
@@ -723,15 +729,21 @@ def list_videos(paths_or_folder) -> list[tuple[Path, str]]:
 def _verdict_files(output, name: str) -> tuple[Path, Path]:
     return Path(output) / "videos" / f"{name}.json", Path(output) / "videos" / f"{name}.csv"
 def _video_key(path: Path, model_sha256: str, cfg: dict, o: PredictOptions) -> dict:
-    "The key a saved verdict is reused under: checkpoint, config, face settings of `o`, and the video file's size and modification time."
+    """The key a saved verdict is reused under: checkpoint, config, face settings of `o`, and the video file's path, size and
+    modification time (two videos of one name in different folders never share a verdict)."""
     st = path.stat()
     return dict(model_sha256=model_sha256, config=cfg, frames_per_video=o.frames_per_video, margin=o.margin,
-                min_face=o.min_face, video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
+                min_face=o.min_face, video_path=os.path.abspath(path), video_bytes=st.st_size, video_mtime_ns=st.st_mtime_ns)
 
-def _reusable(json_path: Path, key: dict, o: PredictOptions) -> dict | None:
-    "The saved verdict of `json_path` if it was made with `key` (and did not fail), re-aggregated for `o`'s rule, threshold and voting."
+def _reusable(json_path: Path, key: dict, o: PredictOptions, explain: dict | None = None) -> dict | None:
+    """The saved verdict of `json_path` if it was made with `key` (and did not fail), re-aggregated for `o`'s rule, threshold and
+    voting. An explained run (`explain`: the explainer's settings) reuses only a verdict explained with the same settings, rule,
+    threshold and voting whose page is still there (the page shows the verdict: it is not re-aggregated)."""
     rec = read_keyed(json_path, key)
     if rec is None or rec.get("status") not in ("ok", "no_face"): return None
+    if explain is not None:
+        same = rec.get("explain") == jsonable(explain) and (rec.get("rule"), rec.get("threshold"), rec.get("voting")) == (o.rule, float(o.threshold), o.voting)
+        return rec if same and isinstance(rec.get("html"), str) and Path(rec["html"]).is_file() else None
     rec.update(rule=o.rule, threshold=float(o.threshold), voting=o.voting)
     if rec["status"] == "ok":
         rec.update(verdict_from_frames(pd.DataFrame(rec["frames"], columns=PREDICTION_FRAME_COLUMNS), o.rule, o.threshold, rec.get("n_frames"), o.voting))
@@ -747,6 +759,12 @@ class _LazyFaceDetector:
         return getattr(self.fd, name)
 
 # %% ../nbs/04_evaluate.ipynb #b246be9c
+INT_COLUMNS = ("prediction", "n_tracks", "main_face", "n_background", "n_crops", "small_faces", "n_frames", "frames_with_face")
+
+def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
+    "`df` with its `INT_COLUMNS` as integers with gaps (`Int64`): a video without a verdict does not turn the others' 0/1 into 0.0/1.0."
+    return df.assign(**{c: pd.to_numeric(df[c], errors="coerce").round().astype("Int64") for c in INT_COLUMNS if c in df.columns})
+
 def _read_predictions(path) -> pd.DataFrame | None:
     "An earlier run's summary `predictions.csv` (None when absent); a file that is not one raises, naming it."
     path = Path(path)
@@ -755,14 +773,44 @@ def _read_predictions(path) -> pd.DataFrame | None:
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable predictions table ({type(e).__name__}: {e}); move it away or choose another output") from None
     if "path" not in df.columns: raise ValueError(f"{path}: not a predictions table (no 'path' column); move it away or choose another output")
-    return df
+    return _int_columns(df)
+
+# %% ../nbs/04_evaluate.ipynb #9a5b4d4e
+def _output_names(videos: list[tuple[Path, str]], output) -> list[tuple[Path, str]]:
+    """`videos` ((path, name) of `list_videos`) with each name unique in `output` across runs: a name an earlier or concurrent
+    run gave to another path (its `predictions.csv` row, else its `videos/<name>.json`) gets the suffix `-<first 8 hex of the
+    path's SHA-1>`. Under the output's lock, a new name is claimed at once (a `videos/<name>.json` naming the path, status
+    `pending`, replaced by the verdict), so two runs at once never share a name."""
+    with file_lock(Path(output) / ".lock"):
+        earlier = _read_predictions(Path(output) / "predictions.csv")
+        taken = {} if earlier is None else dict(zip(earlier["name"].astype(str), earlier["path"].astype(str)))
+        named = []
+        for path, name in videos:
+            other, js = taken.get(name), _verdict_files(output, name)[0]
+            if other is None:
+                try: other = json.loads(js.read_text()).get("path")
+                except (OSError, ValueError, AttributeError): other = None
+            if other is not None and other != str(path):
+                name = f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"; js = _verdict_files(output, name)[0]
+            if not js.exists(): write_json_atomic(js, dict(path=str(path), status="pending"))  # claimed
+            named.append((path, name))
+    return named
 
 # %% ../nbs/04_evaluate.ipynb #3095a225
+def _is_text(x) -> bool: return isinstance(x, str) and bool(x)
+
 def _merge_predictions(earlier: pd.DataFrame | None, now: pd.DataFrame) -> pd.DataFrame:
-    "The summary of a run written into an output used before: earlier rows of other videos (by path) kept, then this run's rows."
+    """The summary of a run written into an output used before: earlier rows of other videos (by path) kept, then this run's rows.
+    A row of this run without a page (`html`) keeps the earlier row's page and `page_verdict` (what that page shows), so the
+    index can mark the page stale when the verdict changed (`verdict_line`)."""
     if earlier is None or not len(earlier): return now.reset_index(drop=True)
+    now = now.astype(object).reset_index(drop=True)
+    if {"html", "page_verdict"} <= set(earlier.columns) & set(now.columns):
+        pages = {p: (h, v) for p, h, v in zip(earlier["path"], earlier["html"], earlier["page_verdict"]) if _is_text(h)}
+        for j, (p, h) in enumerate(zip(now["path"], now["html"])):
+            if not _is_text(h) and p in pages: now.loc[j, ["html", "page_verdict"]] = pages[p]
     keep = earlier[~earlier["path"].isin(set(now["path"]))].reindex(columns=now.columns)
-    return pd.concat([keep.astype(object), now.astype(object)], ignore_index=True) if len(keep) else now.reset_index(drop=True)
+    return pd.concat([keep.astype(object), now], ignore_index=True) if len(keep) else now
 
 # %% ../nbs/04_evaluate.ipynb #7be4796f
 def _write_verdict(rec: dict, output, js: Path, cs: Path, explainer=None) -> dict:
@@ -776,68 +824,104 @@ def _write_verdict(rec: dict, output, js: Path, cs: Path, explainer=None) -> dic
 # %% ../nbs/04_evaluate.ipynb #d0dc8f52
 VERDICT_COLUMNS = ["name", "video", "path", "status", "reason", "verdict", "prediction", "video_score", "rule", "threshold", "voting",
                    "n_tracks", "track_scores", "main_face", "decided_by", "n_background", "n_crops", "small_faces", "n_frames",
-                   "frames_with_face", "warning", "reused", "seconds", "json", "csv", "html"]
+                   "frames_with_face", "warning", "detector", "reused", "seconds", "json", "csv", "html", "page_verdict"]
+
+def verdict_line(r) -> str:
+    "What a verdict row (`VERDICT_COLUMNS`, a dict or a row of predictions.csv) says: `fake, score 0.7132 (reference rule, threshold 0.55, main voting)`."
+    get = r.get if isinstance(r, dict) else lambda k: getattr(r, k, None)
+    if get("status") != "ok": return str(get("status"))
+    return f"{get('verdict')}, score {float(get('video_score')):.4f} ({get('rule')} rule, threshold {float(get('threshold')):g}, {get('voting')} voting)"
 
 def _summary_csv(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(track_scores=df["track_scores"].map(json.dumps), decided_by=df["decided_by"].map(json.dumps))
+    return _int_columns(df.assign(track_scores=df["track_scores"].map(json.dumps), decided_by=df["decided_by"].map(json.dumps)))
 
-def _write_summary(df: pd.DataFrame, output, earlier: pd.DataFrame | None, explainer, info):
-    "Rank 0 writes `<output>/predictions.csv` (`df` merged into `earlier`) and the explainer's index page; every rank waits for it."
-    if info.is_main:  # one summary (and index page), written by rank 0
-        merged = _merge_predictions(earlier, _summary_csv(df))
-        write_csv_atomic(Path(output) / "predictions.csv", merged)
-        if explainer is not None: explainer.index(merged, output)
-    if info.enabled: torch.distributed.barrier()
+def _write_summary(df: pd.DataFrame, output, index=None, explained: bool = False) -> pd.DataFrame:
+    """Merge the rows `df` into `<output>/predictions.csv` under the output's lock file `<output>/.lock` (read, merge, write
+    atomically: runs into one output at once keep each other's rows), and write the index page with `index(summary, output)`
+    when this run explains (`explained`) or the output has an index page already (its stale pages are marked). The summary."""
+    out = Path(output)
+    with file_lock(out / ".lock"):
+        merged = _merge_predictions(_read_predictions(out / "predictions.csv"), _summary_csv(df))
+        write_csv_atomic(out / "predictions.csv", merged)
+        if index is not None and (explained or (out / "index.html").exists()): index(merged, output)
+    return merged
+
+class RunInterrupted(KeyboardInterrupt):
+    "Ctrl-C during `predict_videos`: `done` of this process's `total` videos were finished and written before it (a rerun resumes)."
+    def __init__(self, done: int, total: int):
+        super().__init__(f"interrupted: {done} of {total} videos done, rerun to resume"); self.done, self.total = done, total
 
 # %% ../nbs/04_evaluate.ipynb #bb2aa3c3
+SUMMARY_EVERY_S = 5.0  # seconds between two merges of a run's finished verdicts into predictions.csv
+
 def _predict_videos(videos, model_path, config, output, options: PredictOptions, runtime: Runtime, face_detector, explainer,
-                    earlier, info) -> pd.DataFrame:
-    "`predict_videos` in one process or one torchrun rank (`info`): this rank's share of `videos`, every rank's verdicts gathered."
+                    index, info) -> pd.DataFrame:
+    """`predict_videos` in one process or one torchrun rank (`info`): this rank's share of `videos`, the verdicts merged into
+    `predictions.csv` as they are written (the first at once, then at most every `SUMMARY_EVERY_S` seconds, and on a Ctrl-C,
+    which raises `RunInterrupted`), every rank's verdicts gathered."""
     model, cfg, _ = load_detector(model_path, config, runtime)
     prov = checkpoint_provenance(model_path)
     warning = provenance_warning(prov)
     model_info = dict(path=os.path.abspath(model_path), sha256=file_sha256(model_path), config=str(config) if config is not None else "from checkpoint")
     face_detector = face_detector or _LazyFaceDetector(device=runtime.torch_device)
     mine = in_shard([name for _, name in videos], (info.rank, info.world))  # this rank's share of the videos
-    rows = []
-    bar = tqdm([(i, v) for i, v in enumerate(videos) if mine[i]], desc="explain" if explainer else "predict", unit="video", disable=not (options.progress and info.is_main))
-    for i, (path, name) in bar:
-        js, cs = _verdict_files(output, name)
-        key = _video_key(path, model_info["sha256"], cfg, options)
-        rec = _reusable(js, key, options) if options.resume and explainer is None else None
-        reused = rec is not None
-        if not reused:
-            rec = predict_video(path, model, face_detector, options, runtime, cfg["model"]["image-size"],
-                                scorer=explainer.score if explainer else None, keep_images=explainer is not None)
-        rec.update(name=name, key=key, model=model_info, provenance=prov, warning=warning, html=None)
-        rec = _write_verdict(rec, output, js, cs, explainer)
-        rows.append(dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i))
-        bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
+    explain = explainer.settings if explainer is not None else None
+    rows, todo, flushed, last = [], [(i, v) for i, v in enumerate(videos) if mine[i]], 0, -math.inf
+    def flush():  # this process's verdicts not yet in predictions.csv
+        nonlocal flushed, last
+        if len(rows) > flushed: _write_summary(pd.DataFrame(rows[flushed:], columns=VERDICT_COLUMNS), output, index, explainer is not None)
+        flushed, last = len(rows), time.monotonic()
+    bar = tqdm(todo, desc="explain" if explainer else "predict", unit="video", disable=not (options.progress and info.is_main))
+    try:
+        for i, (path, name) in bar:
+            js, cs = _verdict_files(output, name)
+            key = _video_key(path, model_info["sha256"], cfg, options)
+            rec = _reusable(js, key, options, explain) if options.resume else None
+            reused = rec is not None
+            if not reused:
+                rec = predict_video(path, model, face_detector, options, runtime, cfg["model"]["image-size"],
+                                    scorer=explainer.score if explainer else None, keep_images=explainer is not None)
+            if not (reused and explainer):  # (an explained verdict reused: its files and page stand as they are)
+                rec.update(name=name, key=key, model=model_info, provenance=prov, warning=warning, html=None, explain=explain)
+                rec = _write_verdict(rec, output, js, cs, explainer if not reused else None)
+            row = dict({k: rec.get(k) for k in VERDICT_COLUMNS}, reused=reused, json=str(js), csv=str(cs), _i=i,
+                       detector=provenance_line(prov))
+            rows.append(dict(row, page_verdict=verdict_line(row) if _is_text(row["html"]) else None))
+            if time.monotonic() - last >= SUMMARY_EVERY_S: flush()  # as it goes
+            bar.set_postfix_str(f"{name}: {rec['verdict'] or rec['status']}")
+    except KeyboardInterrupt:
+        flush(); raise RunInterrupted(len(rows), len(todo)) from None
     rows = sorted(gather_rows(info, rows), key=lambda r: r["_i"])  # every rank's verdicts, in input order
     df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-    _write_summary(df, output, earlier, explainer, info)
+    if info.is_main: _write_summary(df, output, index, explainer is not None)  # the run's rows in input order
+    if info.enabled: torch.distributed.barrier()
     df.attrs.update(provenance=prov, warning=warning, rank=info.rank, processes=info.world)
     return df
 
 # %% ../nbs/04_evaluate.ipynb #3ef773ad
 def predict_videos(paths_or_folder, model_path, config=None, output="predictions", options: PredictOptions | None = None,
-                   runtime: Runtime | None = None, face_detector=None, explainer=None) -> pd.DataFrame:
+                   runtime: Runtime | None = None, face_detector=None, explainer=None, index=None) -> pd.DataFrame:
     """Verdicts of raw videos (`list_videos(paths_or_folder)`) by a checkpoint, judged with `options` (`PredictOptions()` by
     default) on `runtime` (`core.Runtime()`, CUDA when available): one `predict_video` per video, written to
     `<output>/videos/<name>.json|.csv` and the summary `<output>/predictions.csv`; returns this run's summary (`VERDICT_COLUMNS`;
     `attrs`: provenance, warning). An output used before is merged into: `predictions.csv` keeps the earlier rows of other
     videos, this run's videos replace theirs (by path). Bad videos get status `failed`/`no_face` and the others continue;
     a bad checkpoint or argument raises. `explainer` (05_explain's `VideoExplainer`) scores with relevancy in the same pass
-    and writes each video's explained outputs and `<output>/index.html`; explained videos are never reused.
+    and writes each video's explained outputs and `<output>/index.html`; an explained verdict is reused only with its page
+    (same explainer settings, rule, threshold and voting). Without `explainer`, `index(summary, output)` (05c's `write_index`)
+    rewrites an index page the output already has: a page whose verdict changed is marked stale there (pages are not redrawn).
+    Each verdict is merged into `predictions.csv` as it is written, under the output's lock (`<output>/.lock`): concurrent runs
+    keep each other's rows, an interrupted run (`RunInterrupted`) keeps every finished video. Names are unique per path
+    across runs (`_output_names`).
     Under torchrun each rank (one per GPU) does its share of the videos (`preprocess.in_shard` of their names), every
     rank returns the whole run's summary (`attrs['rank']`: this one's) and rank 0 writes `predictions.csv`."""
     options, runtime = options or PredictOptions(), (runtime or Runtime()).start()
     videos = list_videos(paths_or_folder)  # cheap checks first, the model last
     check_checkpoint_path(model_path)
-    earlier = _read_predictions(Path(output) / "predictions.csv")
+    videos = _output_names(videos, output)  # (and an earlier predictions.csv that is not one is refused here)
     with torchrun_group(runtime.device) as (info, dev):  # one process, or this rank of a torchrun job and its device
         return _predict_videos(videos, model_path, config, output, options, dataclasses.replace(runtime, device=str(dev)),
-                               face_detector, explainer, earlier, info)
+                               face_detector, explainer, explainer.index if explainer is not None else index, info)
 
 # %% ../nbs/04_evaluate.ipynb #0938b802
 def report_verdicts(df: pd.DataFrame, prog: str, output) -> int:

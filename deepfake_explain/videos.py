@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_videos.ipynb #c5c00005
 from __future__ import annotations
-import os
+import json, os, textwrap, urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -17,17 +17,17 @@ import pandas as pd
 import torch
 
 from .checkpoint import provenance_line
-from .core import Runtime, data_uri, figure_png, write_bytes_atomic
+from .core import Runtime, data_uri, figure_png, write_bytes_atomic, write_png_atomic
 from .data import ValTransform
-from .evaluate import video_score
+from .evaluate import verdict_line, video_score
 from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, explained_figure, faces_to_batch,
                                       figure_title, input_size)
 from .model import fake_probability
 from .preprocess import open_video, square_box
 
 # %% auto #0
-__all__ = ['VideoExplainer', 'annotate_frame', 'write_mp4', 'evidence_crops', 'timeline_figure', 'render_page', 'video_page_html',
-           'index_html', 'write_explained_video']
+__all__ = ['MIN_SIDE', 'VideoExplainer', 'annotate_frame', 'write_mp4', 'evidence_crops', 'timeline_figure', 'render_page',
+           'decided_text', 'video_page_html', 'index_html', 'write_index', 'write_explained_video']
 
 # %% ../nbs/05c_videos.ipynb #c5c00007
 class VideoExplainer:
@@ -40,6 +40,11 @@ class VideoExplainer:
         if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.k, self.method, self.target, self.explain_batch, self.fps, self.max_side = k, method, target, explain_batch, fps, max_side
         self.crops, self.maps, self.layout = [], np.zeros((0, 1, 1), np.float32), "spatial"
+
+    @property
+    def settings(self) -> dict:
+        "What its pages depend on besides the verdict (an explained verdict is reused only under the same settings)."
+        return dict(k=self.k, method=self.method, target=self.target, fps=self.fps, max_side=self.max_side)
 
     def score(self, model, images, batch_size: int = 32, image_size: int | None = None, runtime: Runtime | None = None) -> np.ndarray:
         "Fake probabilities (N,) of RGB face crops, as `score_crops` (on `runtime`); keeps the crops at the model's size and their maps."
@@ -64,8 +69,8 @@ class VideoExplainer:
                                      self.max_side, self.method, self.layout)
 
     def index(self, summary: pd.DataFrame, output) -> Path:
-        "`<output>/index.html` over the videos of `summary` (predictions.csv)."
-        return write_bytes_atomic(Path(output) / "index.html", index_html(summary, output).encode())
+        "`<output>/index.html` over the videos of `summary` (predictions.csv): `write_index`."
+        return write_index(summary, output)
 
 # %% ../nbs/05c_videos.ipynb #9a139a94
 _MAIN_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
@@ -74,6 +79,20 @@ def _text(img, txt, org, scale=0.5, colour=(255, 255, 255)):
     "Text with a dark outline (readable on any background)."
     cv2.putText(img, txt, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(img, txt, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+def _fit_lines(txt: str, width: int, scale: float) -> list[str]:
+    """`txt` broken into lines that are each at most `width` px wide as `_text` draws them (at spaces; a word wider than a
+    line is cut), so nothing is drawn past the frame's edge."""
+    fits = lambda s: cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)[0][0] <= width
+    lines, cur = [], ""
+    for word in txt.split():
+        while len(word) > 1 and not fits(word):  # a word wider than a line: its longest head that fits on a line of its own
+            k = max([j for j in range(1, len(word)) if fits(word[:j])], default=1)
+            if cur: lines.append(cur); cur = ""
+            lines.append(word[:k]); word = word[k:]
+        if not cur or fits(f"{cur} {word}"): cur = f"{cur} {word}" if cur else word
+        else: lines.append(cur); cur = word
+    return lines + ([cur] if cur else [])
 
 # %% ../nbs/05c_videos.ipynb #47328ae8
 def _draw_face(out: np.ndarray, f: dict, scale: float, hw, margin: float, alpha: float) -> None:
@@ -94,19 +113,30 @@ def _draw_face(out: np.ndarray, f: dict, scale: float, hw, margin: float, alpha:
     cv2.putText(out, label, (x0 + 3, ly - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0) if sum(colour) > 500 else (255, 255, 255), 1, cv2.LINE_AA)
 
 # %% ../nbs/05c_videos.ipynb #cf9178e2
+def _banner(out: np.ndarray, txt: str, scale: float, fill, colour, top: bool) -> None:
+    """Draw `txt` on a `fill` band across the top or bottom of `out`, wrapped to its width (`_fit_lines`); lines past a third
+    of the frame's height are left out, the last kept line ending in '...'."""
+    H, W = out.shape[:2]
+    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
+    step = th + base + 2
+    lines = _fit_lines(txt, W - 12, scale)
+    n = max(1, min(len(lines), (H // 3) // step))
+    if n < len(lines): lines = lines[:n - 1] + _fit_lines(lines[n - 1] + " ...", W - 12, scale)[-1:]
+    y0 = 0 if top else H - n * step - 6
+    cv2.rectangle(out, (0, y0), (W, y0 + n * step + 6), fill, -1)
+    for j, line in enumerate(lines[:n]): _text(out, line, (6, y0 + 3 + th + j * step), scale, colour)
+
 def annotate_frame(frame: np.ndarray, faces: list[dict], header: str, footer: str | None = None, scale: float = 1.0,
                    margin: float = 0.0, alpha: float = 0.45) -> np.ndarray:
     """A copy of the RGB `frame` (full resolution) resized by `scale`, with per face (dict: box x0, y0, x1, y1; face; main; score;
     heat (S, S) in [0, 1] of its square crop or None) the JET heat blended on its square crop, its box, `track <id> p=<score>`;
-    `header` (frame, frame probability, running verdict) on top, `footer` (e.g. the detector's warning) at the bottom."""
+    `header` (frame, frame probability, running verdict) on top, `footer` (e.g. the detector's warning) at the bottom, each
+    wrapped to the frame's width (`_banner`)."""
     H, W = frame.shape[:2]
     out = cv2.resize(frame, (max(1, round(W * scale)), max(1, round(H * scale))), interpolation=cv2.INTER_AREA) if scale != 1 else frame.copy()
     for f in faces: _draw_face(out, f, scale, (H, W), margin, alpha)
-    cv2.rectangle(out, (0, 0), (out.shape[1], 26), (0, 0, 0), -1)
-    _text(out, header, (6, 18), 0.55)
-    if footer:
-        cv2.rectangle(out, (0, out.shape[0] - 22), (out.shape[1], out.shape[0]), (90, 0, 0), -1)
-        _text(out, footer[:int(out.shape[1] / 7.5)], (6, out.shape[0] - 7), 0.45, (255, 220, 220))
+    _banner(out, header, 0.55, (0, 0, 0), (255, 255, 255), top=True)
+    if footer: _banner(out, footer, 0.45, (90, 0, 0), (255, 220, 220), top=False)
     return out
 
 # %% ../nbs/05c_videos.ipynb #c5c00017
@@ -150,11 +180,11 @@ def timeline_figure(rec: dict, evidence: list[int] = ()):
     for j, i in enumerate(evidence):
         ax.axvline(rec["frames"][i]["frame"], color="red", alpha=0.35, lw=6, label="strongest evidence" if j == 0 else None)
     for f in rec.get("frames_without_face", []): ax.axvline(f, color="0.6", lw=0.8, ls="-.")
-    warn = f"\nWARNING: {rec['warning']}" if rec.get("warning") else ""
+    warn = "\n" + textwrap.fill(f"WARNING: {rec['warning']}", 110) if rec.get("warning") else ""  # wrapped: inside the figure
     ax.set(xlabel="frame", ylabel="fake probability", ylim=(-0.02, 1.02),
            title=f"{rec.get('name', rec['video'])}: {str(rec['verdict']).upper()} (video score {rec['video_score']:.3f}, {rec['rule']} rule){warn}")
     ax.title.set_fontsize(9); ax.legend(fontsize=7, loc="lower right")
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.84 if warn else 0.9)  # fixed: no layout pass (a second draw)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9 - 0.055 * warn.count("\n"))  # fixed: no layout pass (a second draw)
     return fig
 
 # %% ../nbs/05c_videos.ipynb #c5c0000c
@@ -165,6 +195,14 @@ def render_page(template: str, **context) -> str:
     "The page of the package's Jinja2 template `template` (`deepfake_explain/templates/`) filled with `context`, values HTML-escaped."
     return _TEMPLATES.get_template(template).render(**context)
 
+# %% ../nbs/05c_videos.ipynb #c06dc5e7
+def decided_text(decided, main) -> str:
+    """The deciding tracks in words: `track 0 (main face)`, `track 2 (background)`; `main`: {track: is a main face} (or the
+    main face's id: the others are then just named); 'no track' when none decided."""
+    role = (lambda t: main.get(t)) if isinstance(main, dict) else (lambda t: True if t == main else None)
+    words = {True: " (main face)", False: " (background)", None: ""}
+    return ", ".join(f"track {int(t)}{words[role(int(t))]}" for t in decided) or "no track"
+
 # %% ../nbs/05c_videos.ipynb #c5c0000f
 def video_page_html(rec: dict, timeline_png: bytes | None = None, evidence: list[tuple[str, bytes]] = (),
                     labels: list[str] = (), video_href: str | None = None, index_href: str = "../index.html",
@@ -172,38 +210,66 @@ def video_page_html(rec: dict, timeline_png: bytes | None = None, evidence: list
     """The page of one explained verdict `rec`: the timeline and the evidence figures (PNG bytes) embedded, the annotated
     MP4 `video_href` (its frames `labels`, `fps` per second) in a `<video>` element `width` px wide, nothing external."""
     name, v = rec.get("name", rec["video"]), rec.get("verdict")
+    main = {t["face"]: t.get("main", True) for t in rec.get("tracks") or []}
     return render_page("video_page.html", title=f"{name}: {v or rec['status']}", name=name, rec=rec, verdict=v,
-                       index_href=index_href, provenance=provenance_line(rec.get("provenance") or {"known": False}),
-                       video_href=video_href if labels else None, fps=fps, width=width, video=dict(labels=list(labels), fps=fps),
+                       index_href=urllib.parse.quote(index_href), provenance=provenance_line(rec.get("provenance") or {"known": False}),
+                       video_href=urllib.parse.quote(video_href) if labels and video_href else None,
+                       decided=decided_text(rec.get("decided_by") or [], main), fps=fps, width=width, video=dict(labels=list(labels), fps=fps),
                        timeline=data_uri(timeline_png) if timeline_png else None,
                        evidence=[(c, data_uri(p)) for c, p in evidence], skipped=rec.get("frames_without_face") or [])
 
 # %% ../nbs/05c_videos.ipynb #c5c00013
+def _page_href(page, output) -> str | None:
+    "The URL-encoded link, relative to `output`, of the page file `page` (None when there is none)."
+    if not (isinstance(page, str) and page and Path(page).is_file()): return None
+    return urllib.parse.quote(Path(os.path.relpath(page, Path(output))).as_posix())
+
 def index_html(summary: pd.DataFrame, output) -> str:
-    """The index of an output folder's videos (`predictions.csv` rows): name linking its page (when there is one), verdict,
-    score, tracks, deciding track, warning, failure; sortable by clicking a column header (inline script, offline)."""
-    out, rows = Path(output), []
+    """The index of an output folder's videos (`predictions.csv` rows): the detector's provenance and warning once, as a banner
+    (one per detector when the rows come from several), then per video a thumbnail of its strongest-evidence face (when its
+    page has one), its name linking its page (URL-encoded), verdict, score, tracks, the deciding track in words
+    (`decided_text`), failure; a page made for another verdict (a later run without `--explain`) is marked stale.
+    Sortable by clicking a column header (inline script, offline)."""
+    out, rows, detectors = Path(output), [], {}
     for r in summary.itertuples():
-        page = getattr(r, "html", None)
-        link = os.path.relpath(page, out) if isinstance(page, str) and page and Path(page).exists() else None
-        score, warn = float(r.video_score) if pd.notna(r.video_score) else float("nan"), getattr(r, "warning", None)
-        rows.append(dict(name=str(r.name), link=Path(link).as_posix() if link else None, status=r.status,
-                         verdict=r.verdict if isinstance(r.verdict, str) else None,
+        page, warn, det = getattr(r, "html", None), getattr(r, "warning", None), getattr(r, "detector", None)
+        d = (det if isinstance(det, str) else "detector provenance: not recorded", warn if isinstance(warn, str) else "")
+        detectors.setdefault(d, 0); detectors[d] += 1
+        link = _page_href(page, out)
+        thumb = _page_href(str(Path(page).with_suffix("") / "thumb.png"), out) if link else None
+        shows = getattr(r, "page_verdict", None)
+        stale = bool(link) and isinstance(shows, str) and shows != verdict_line(r)
+        score = float(r.video_score) if pd.notna(r.video_score) else float("nan")
+        try: decided = json.loads(r.decided_by) if isinstance(r.decided_by, str) else list(r.decided_by or [])
+        except (ValueError, TypeError): decided = []
+        decided = decided if isinstance(decided, list) else [decided]  # (a bare number)
+        main = int(r.main_face) if pd.notna(getattr(r, "main_face", None)) else None
+        rows.append(dict(name=str(r.name), link=link, thumb=thumb, status=r.status, verdict=r.verdict if isinstance(r.verdict, str) else None,
                          sort_score=score if score == score else -1, score="" if score != score else f"{score:.4f}",
-                         n_tracks="" if pd.isna(r.n_tracks) else int(r.n_tracks), decided_by=str(getattr(r, "decided_by", "") or ""),
-                         warning=warn if isinstance(warn, str) else "", reason=r.reason if isinstance(r.reason, str) else ""))
-    return render_page("index.html", title="Explained videos", rows=rows)
+                         n_tracks="" if pd.isna(r.n_tracks) else int(r.n_tracks),
+                         decided_by=decided_text(decided, main) if r.status == "ok" else "",
+                         stale=shows if stale else None, detector=list(detectors).index(d) + 1,
+                         reason=r.reason if isinstance(r.reason, str) else ""))
+    banners = [dict(provenance=p, warning=w, n=n) for (p, w), n in detectors.items()]
+    return render_page("index.html", title="Explained videos", rows=rows, banners=banners)
+
+# %% ../nbs/05c_videos.ipynb #cf19a2d8
+def write_index(summary: pd.DataFrame, output) -> Path:
+    "`<output>/index.html` (`index_html`) over the videos of `summary` (predictions.csv), written atomically."
+    return write_bytes_atomic(Path(output) / "index.html", index_html(summary, output).encode())
 
 # %% ../nbs/05c_videos.ipynb #67ccfbf5
 def _evidence_figures(rec: dict, crops, maps, ev: list[int], folder: Path, name: str, method: str, layout: str) -> list:
-    "The explained figure of each evidence crop `ev` (indices into `rec[\"frames\"]`) written as `<folder>/evidence_<j>.png`: [(caption, PNG)]."
+    """The explained figure of each evidence crop `ev` (indices into `rec[\"frames\"]`) written as `<folder>/evidence_<j>.png`:
+    [(caption, PNG)]. A raw video has no label or method: those title lines are left out."""
     fr, warn, evidence = rec["frames"], rec.get("warning"), []
     for j, i in enumerate(ev):
         r = fr[i]
         cap = f"{name}, frame {r['frame']}, track {r['face']}"
         title = figure_title(None, None, rec["video_score"], r["score"], "fake" if r["score"] > rec["threshold"] else "real", method,
                              layout, cap, warn)
-        png = figure_png(explained_figure(crops[i], maps[i], title), dpi=80, compress_level=1)
+        title = "\n".join(t for t in title.split("\n") if t not in ("Label: unknown", "Method: unknown"))  # nothing known: not shown
+        png = figure_png(explained_figure(crops[i], maps[i], title), dpi=100, compress_level=1)
         write_bytes_atomic(folder / f"evidence_{j + 1}.png", png); evidence.append((cap + f": p={r['score']:.3f}", png))
     return evidence
 
@@ -228,10 +294,13 @@ def _frame_jobs(rec: dict, frames: dict, maps) -> list[tuple]:
     return jobs
 
 # %% ../nbs/05c_videos.ipynb #c5c0001a
+MIN_SIDE = 480  # the smallest longer side of an annotated frame (px)
+
 def _annotated_frames(rec: dict, frames: dict, maps, max_side: int) -> tuple[list, list]:
-    "The annotated `frames` (RGB, the longer side at most `max_side`) in order, and their labels (`frame <i> (<t> s)`)."
+    """The annotated `frames` (RGB, the longer side at most `max_side`, and at least `MIN_SIDE`: a small video is enlarged, so the
+    header and the warning stay readable) in order, and their labels (`frame <i> (<t> s)`)."""
     H, W = next(iter(frames.values())).shape[:2]
-    scale, warn = min(1.0, max_side / max(H, W)), rec.get("warning")
+    scale, warn = min(max_side, max(MIN_SIDE, H, W)) / max(H, W), rec.get("warning")
     def draw(job):  # OpenCV releases the GIL: the frames are drawn on every core
         f, t, faces, header = job
         return annotate_frame(frames[f], faces, header, f"WARNING: {warn}" if warn else None, scale, rec.get("margin", 0.0)), f"frame {f}{t}"
@@ -242,7 +311,7 @@ def _annotated_frames(rec: dict, frames: dict, maps, max_side: int) -> tuple[lis
 def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fps: float = 2.0, max_side: int = 960,
                           method: str = "relevancy", layout: str = "spatial") -> dict:
     """Write the explained outputs of one verdict (see above) under `<output>/explained/`: the page `<name>.html` and, for a
-    verdict, `<name>/annotated.mp4`, `<name>/timeline.png`, `<name>/evidence_<i>.png` (`crops`/`maps`: per row of
+    verdict, `<name>/annotated.mp4`, `<name>/timeline.png`, `<name>/evidence_<i>.png`, `<name>/thumb.png` (`crops`/`maps`: per row of
     `rec["frames"]`, from `VideoExplainer.score`; the frames from `rec["_frames"]`). Returns {html, mp4, timeline}."""
     name = rec.get("name", rec["video"])
     page, folder = Path(output) / "explained" / f"{name}.html", Path(output) / "explained" / name
@@ -253,6 +322,7 @@ def write_explained_video(rec: dict, output, crops=(), maps=None, k: int = 3, fp
         timeline = figure_png(timeline_figure(rec, ev), dpi=90, compress_level=1)
         res["timeline"] = str(write_bytes_atomic(folder / "timeline.png", timeline))
         evidence = _evidence_figures(rec, crops, maps, ev, folder, name, method, layout)
+        if ev: write_png_atomic(folder / "thumb.png", np.asarray(crops[ev[0]]))  # the index's thumbnail: the strongest-evidence face
         frames = rec.get("_frames") or {}
         if frames:
             images, labels = _annotated_frames(rec, frames, maps, max_side)
