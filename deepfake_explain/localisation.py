@@ -558,7 +558,8 @@ CLAIM_COLUMNS = ["face", "path", "manipulation", "mask_source", "map", "pointing
 
 def claim_stage(output_root, data_root=None, methods=METHODS, n: int = 8, seed: int = 0, runtime: Runtime | None = None) -> pd.DataFrame:
     """The claim grid of `<output_root>/train/best.pt` on `n` test fakes (`claim_faces`) that have a mask in `data_root`
-    (None: `<output_root>/mini_forensics`): `explanation/claim_grid.png` and `claim_grid.csv` (`CLAIM_COLUMNS`)."""
+    (None: `<output_root>/mini_forensics`): `explanation/claim_grid.png` and `claim_grid.csv` (`CLAIM_COLUMNS`). When none
+    of them has a mask (a dataset without masks or aligned originals) it writes neither, says so, and returns an empty table."""
     root = Path(output_root)
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
@@ -567,13 +568,15 @@ def claim_stage(output_root, data_root=None, methods=METHODS, n: int = 8, seed: 
     picked, skipped, sources = claim_faces(quality_images(root / "crops"), n), [], []
     faces, keep = read_faces(picked["path"].tolist(), size, skipped)
     masks = masks_for_crops(picked["path"].iloc[keep].tolist(), data, root, size, sources=sources)
-    ok = [j for j, m in enumerate(masks) if m is not None]
-    if not ok: raise ValueError(f"{data}: none of the {len(picked)} picked test fakes has a ground-truth mask")
+    ok, out = [j for j, m in enumerate(masks) if m is not None], root / "explanation"
+    if not ok:
+        for f in ("claim_grid.png", "claim_grid.csv"): (out / f).unlink(missing_ok=True)   # no stale grid of another run
+        print(f"claim grid: not drawn, none of the {len(picked)} picked test fakes has a ground-truth mask in {data}")
+        return pd.DataFrame(columns=CLAIM_COLUMNS)
     faces, masks, rows = [faces[j] for j in ok], [masks[j] for j in ok], picked.iloc[[keep[j] for j in ok]].reset_index(drop=True)
     maps, table = claim_maps(model, faces, masks, methods, seed)
     title = (f"{len(faces)} test fakes (evenly over methods and crops), the ground-truth mask, our map ({OURS}) and each other map; "
              f"hit/miss: pointing game, number: mass in mask" + (f"; {size} px crops shown upsampled" if size < 128 else ""))
-    out = root / "explanation"
     write_bytes_atomic(out / "claim_grid.png", figure_png(claim_figure(faces, masks, maps, table, rows["method"].tolist(), title)))
     info = rows[["path", "method"]].rename(columns={"method": "manipulation"}).assign(face=range(len(rows)), mask_source=[sources[j] for j in ok])
     table = table.merge(info, on="face")[CLAIM_COLUMNS]

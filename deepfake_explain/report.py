@@ -19,9 +19,10 @@ from .videos import render_page
 
 # %% auto #0
 __all__ = ['GENERALISATION_COLUMNS', 'GENERALISATION_ROWS', 'COLUMN_NAMES', 'GLOSSARY', 'REPORT_SECTIONS', 'REPORT_ITEMS',
-           'OPTIONAL_REPORT_ITEMS', 'ours_and_best', 'map_columns', 'test_identities', 'generalisation_table', 'fmt',
-           'ci_text', 'portable', 'report_table', 'paired_matrix', 'trained_on', 'not_evidence', 'training_note',
-           'detection_summary', 'explanation_summary', 'generalisation_summary', 'markdown_table', 'write_report']
+           'OPTIONAL_REPORT_ITEMS', 'ours_and_best', 'map_columns', 'test_identities', 'generalisation_table',
+           'generalisation_view', 'fmt', 'ci_text', 'portable', 'report_table', 'paired_matrix', 'trained_on',
+           'not_evidence', 'training_note', 'detection_summary', 'explanation_summary', 'generalisation_summary',
+           'markdown_table', 'write_report']
 
 # %% ../nbs/06a_report.ipynb #8c0e8893
 GENERALISATION_COLUMNS = ["setting", "test_data", "n_videos", "video_auc", "auc_ci_low", "auc_ci_high", f"{OURS}_pointing_game",
@@ -141,6 +142,11 @@ def generalisation_table(run_dir, run_params: dict | None = None) -> pd.DataFram
     write_csv_atomic(run_dir / "generalisation.csv", table)
     return table
 
+def generalisation_view(table: pd.DataFrame) -> pd.DataFrame:
+    "The Generalisation table as the report shows it: the figures first, then the test data and the note in one column."
+    t = table.assign(test_data=[" · ".join(str(v) for v in (d, n) if isinstance(v, str) and v) for d, n in zip(table["test_data"], table["note"])])
+    return t[["setting", "video_auc", "auc_ci_low", "auc_ci_high", *GENERALISATION_COLUMNS[6:12], "n_videos", "test_data"]]
+
 # %% ../nbs/06a_report.ipynb #32a754f8
 def fmt(v, digits: int = 3) -> str:
     "A number as the report writes it: integers whole, other numbers to `digits` significant digits, NaN/None empty; text as is."
@@ -169,7 +175,7 @@ COLUMN_NAMES = {  # raw column -> the report's header
     "mask_fraction": "mask share", "pixel_auroc": "pixel AUROC", "pos_auc_prob": "removal MoRF ↓", "neg_auc_prob": "removal LeRF ↑",
     "pos_auc_acc": "removal MoRF (acc.) ↓", "neg_auc_acc": "removal LeRF (acc.) ↑", "mask_source": "mask",
     "restoration_auc": "restoration ↓", "road_morf_auc": "ROAD MoRF ↓", "road_lerf_auc": "ROAD LeRF ↑",
-    "setting": "setting", "test_data": "test data", "best_baseline": "best baseline", f"{OURS}_pointing_game": "ours: pointing game",
+    "setting": "setting", "test_data": "test data (or why not)", "best_baseline": "best baseline", f"{OURS}_pointing_game": "ours: pointing game",
     f"{OURS}_mass_in_mask": "ours: mass in mask", "baseline_pointing_game": "baseline: pointing game",
     "baseline_mass_in_mask": "baseline: mass in mask", "n_map_images": "map images", "note": "note", "test_set": "test set",
     "dataset": "dataset", "split": "split", "compression": "compression", "threshold_source": "threshold from",
@@ -203,15 +209,18 @@ def portable(text, run_dir) -> str:
 
 def report_table(df: pd.DataFrame, run_dir=None, columns=None) -> dict:
     """`df` as the report shows it: `columns` (None: all) whose CI columns (`<c>_ci_low`/`_high`, `<c>_low`/`_high`;
-    `auc_ci_*` for `video_auc`) join their value as `v [low, high]`, headers from `COLUMN_NAMES`, numbers by `fmt`, paths `portable`."""
+    `auc_ci_*` for `video_auc`) join their value as `v [low, high]`, headers from `COLUMN_NAMES`, numbers by `fmt` (counts,
+    `n_*` and `level`, whole even where a missing value made them floats), paths `portable`."""
     cols, cis = [c for c in (columns or df.columns) if c in df.columns], {}
+    df = df.astype({c: "Int64" for c in df.columns if (c.startswith("n_") or c == "level") and pd.api.types.is_float_dtype(df[c])
+                    and (df[c].dropna() % 1 == 0).all()})
     for c in cols:
         for lo, hi in _CI_PAIRS + ((("auc_ci_low", "auc_ci_high"),) if c == "video_auc" else ()):
             lo, hi = lo.format(c=c), hi.format(c=c)
             if lo in df.columns and hi in df.columns and c not in cis: cis[c] = (lo, hi)
     shown = [c for c in cols if c not in {x for p in cis.values() for x in p}]
-    rows = [[ci_text(r[c], r[cis[c][0]], r[cis[c][1]]) if c in cis else portable(fmt(r[c]), run_dir) for c in shown]
-            for r in df.to_dict("records")]
+    rows = [[ci_text(r[c], r[cis[c][0]], r[cis[c][1]]) if c in cis else portable(fmt(None if r[c] is pd.NA else r[c]), run_dir)
+             for c in shown] for r in df.to_dict("records")]
     return dict(header=[COLUMN_NAMES.get(c, c.replace("_", " ")) for c in shown], rows=rows)
 
 # %% ../nbs/06a_report.ipynb #61ae2fe7
@@ -348,7 +357,7 @@ REPORT_ITEMS = [  # (section, title, path relative to the run folder, kind, colu
      "a map that stays the same explains nothing)", "explanation/sanity.png", "png", None),
     ("Validity", "Sanity check: mean rank correlation per method and randomisation step", "explanation/sanity_summary.csv", "csv", None),
     ("Generalisation", "Generalisation: what holds and what breaks (video AUC with 95% CI; our map and the best baseline against the masks)",
-     "generalisation.csv", "csv", None),
+     "generalisation.csv", "generalisation", None),
     ("Generalisation", "Cross-dataset test (threshold chosen on the training set's validation split)", "cross_dataset.csv", "csv", None),
     ("Generalisation", "Robustness to perturbations: video and frame AUC, and the maps' localisation, against the level of each perturbation",
      "robustness/robustness.png", "png", None),
@@ -377,6 +386,7 @@ def _item_block(run_dir: Path, title: str, rel: str, kind: str, extra, notes: di
     if not path.is_file(): return None if rel in OPTIONAL_REPORT_ITEMS else dict(block, kind="missing")
     if kind == "png": return dict(block, src=data_uri(path.read_bytes()))
     if kind == "matrix": return dict(block, table=paired_matrix(_read(path), extra))
+    if kind == "generalisation": return dict(block, table=report_table(generalisation_view(_read(path)), run_dir))
     if kind == "validity":
         r = _read(path).get("restoration", {})
         t = pd.DataFrame([dict(n_images=r.get("n_images"), oracle=r.get("oracle_auc"), random=r.get("random_auc"), gap=r.get("gap"),
