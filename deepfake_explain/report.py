@@ -277,7 +277,8 @@ def training_note(metrics: pd.DataFrame | None, provenance: dict | None = None) 
     if metrics is None or not len(metrics) or "n_val" not in metrics: return ""
     n, vids = int(metrics["n_val"].iloc[-1]), (provenance or {}).get("n_val_videos")
     lo, hi = metrics["val_loss"].min(), metrics["val_loss"].max()
-    return (f"The validation split is small: {n} frames" + (f" of {vids} videos" if vids else "") + f", so one frame is {100 / n:.1f}% of "
+    per_video = f" of {vids} videos ({n / vids:.3g} frames per video: the training rule validates on an eighth of the training frames, at least 2)" if vids else ""
+    return (f"The validation split is small: {n} frames{per_video}, so one frame is {100 / n:.1f}% of "
             f"the mean loss, and one frame misclassified with probability 0.99 adds ln(100)/{n} = {math.log(100) / n:.3f} to it. "
             f"Over {len(metrics)} epochs the validation loss ranged {fmt(lo)}–{fmt(hi)} while the validation accuracy ranged "
             f"{fmt(metrics['val_acc'].min())}–{fmt(metrics['val_acc'].max())} (±{fmt(1 / n)} per frame): the jumps are a few "
