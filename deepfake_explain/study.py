@@ -5,6 +5,7 @@
 # %% ../nbs/06_study.ipynb #ec68dc4b
 from __future__ import annotations
 import ast, contextlib, datetime as dt, hashlib, importlib.metadata as md, json, os, platform, re, shutil, subprocess, sys, time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mistune
@@ -15,7 +16,7 @@ import yaml
 from fastcore.script import call_parse
 
 import deepfake_explain
-from .core import Runtime, cli_errors, data_uri, did_you_mean, write_csv_atomic
+from .core import Runtime, UsageError, cli_errors, data_uri, did_you_mean, write_csv_atomic
 from .data import (CELEBDF_METHOD, COMPRESSIONS, DATASETS, DFD_METHOD, DFDC_METHOD, FFPP_METHODS,
                                    identity_disjoint, read_video_index, atomic_write, index_videos, write_json_atomic)
 from .checkpoint import load_detector
@@ -29,13 +30,14 @@ from .train import method_list, training_config
 from .validity import identity_note
 
 # %% auto #0
-__all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'TEST_SET_SPLITS', 'TEST_SET_KEYS',
-           'CROSS_COLUMNS', 'ALIGNED_DATASETS', 'DATASET_METHODS', 'repo_root', 'load_params', 'select_stages',
-           'parameters_cell', 'notebook_parameters', 'check_parameter_names', 'environment_info', 'check_test_sets',
-           'test_set_crops', 'cross_dataset_row', 'cross_dataset_test', 'cross_localisation', 'cell_directives',
-           'study_notebook', 'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_methods', 'check_before_work',
-           'notebook_defaults', 'torchrun_steps', 'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed',
-           'run_dir_for', 'start_run', 'run_stage', 'run_study', 'study_cli']
+__all__ = ['STAGES', 'PATH_PARAMS', 'RUNNER_STEPS', 'TORCHRUN_STAGES', 'RUNNER_PARAMS', 'PARAM_SPECS', 'NEEDS_DATA_ROOT',
+           'TEST_SET_SPLITS', 'TEST_SET_KEYS', 'CROSS_COLUMNS', 'ALIGNED_DATASETS', 'DATASET_METHODS', 'repo_root',
+           'load_params', 'select_stages', 'parameters_cell', 'notebook_parameters', 'check_parameter_names',
+           'notebook_defaults', 'Spec', 'check_param_values', 'environment_info', 'check_test_sets', 'test_set_crops',
+           'cross_dataset_row', 'cross_dataset_test', 'cross_localisation', 'cell_directives', 'study_notebook',
+           'params_digest', 'ensure_kernel', 'remove_run_temps', 'check_methods', 'check_before_work', 'torchrun_steps',
+           'torchrun_stage', 'run_step', 'run_notebook', 'StageFailed', 'run_dir_for', 'start_run', 'run_stage',
+           'run_study', 'study_cli']
 
 # %% ../nbs/06_study.ipynb #cb095f9c
 STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c and 05d write nothing, so they are no stage
@@ -87,8 +89,9 @@ RUNNER_PARAMS = {"test_sets": ["cross"], "nproc": list(TORCHRUN_STAGES)}  # para
 def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -> list[str]:
     "Stage names to run, in pipeline order (the runner's `cross` step last, with `test_sets`); `stages` is a comma list or list (default all)."
     if isinstance(stages, str): stages = [s.strip() for s in stages.split(",") if s.strip()]
-    unknown = sorted(set(stages or []) - set(STAGES) - set(RUNNER_STEPS))
-    if unknown: raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES) + list(RUNNER_STEPS)}")
+    known = list(STAGES) + list(RUNNER_STEPS)
+    if unknown := sorted(set(stages or []) - set(known)):  # a bad --stages is a bad command line (exit 2)
+        raise UsageError(f"--stages: unknown stage(s) {unknown}{did_you_mean(unknown[0], known)}; choose from {known}")
     chosen = [s for s in list(STAGES) + (["cross"] if test_sets else []) if stages is None or s in stages]
     return [s for s in chosen if not (s == "generate" and dataset != "mini" and stages is None)]
 
@@ -116,6 +119,79 @@ def check_parameter_names(params: dict, known, source: str = "study parameters")
     hints = [f"{k!r}" + did_you_mean(k, known) for k in unknown]
     raise ValueError(f"{source}: unknown study parameter(s) {', '.join(hints)}; "
                      f"the stage notebooks take: {', '.join(sorted(known))}")
+
+# %% ../nbs/06_study.ipynb #40f921e9
+def notebook_defaults(nb_path) -> dict:
+    "The literal defaults of a notebook's `parameters` cell (name -> value)."
+    out = {}
+    for node in ast.parse(parameters_cell(nb_path)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try: out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError: pass
+    return out
+
+# %% ../nbs/06_study.ipynb #621de28b
+@dataclass(frozen=True)
+class Spec:
+    "A study parameter's type and allowed values, checked at load (`check_param_values`)."
+    kind: str                  # 'int', 'float', 'str', 'bool', 'list' (of `items`), 'str|list' (a comma list or a list of names)
+    low: float | None = None   # the smallest number allowed (inclusive); for a list of numbers, of each item
+    none: bool = False         # `null` allowed (the notebook's default then decides)
+    choices: tuple = ()        # the allowed strings (case-insensitive)
+    pattern: str = ""          # a regular expression a string must match whole
+    items: str = ""            # a list's item kind ('int', 'str', 'dict')
+    length: int | None = None  # a list's length
+
+    def describe(self) -> str:
+        "What the spec expects, in words (for the error message)."
+        what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+                "list": f"a list{f' of {self.length}' if self.length else ''}{f' {self.items}s' if self.items else ''}",
+                "str|list": "a comma-separated string or a list of names"}[self.kind]
+        if self.low is not None: what += f" >= {self.low:g}" if self.kind != "list" else f" (each >= {self.low:g})"
+        if self.choices: what += f", one of {list(self.choices)}"
+        if self.pattern: what += f" matching {self.pattern!r}"
+        return what + (" or null" if self.none else "")
+
+    def accepts(self, v) -> bool:
+        if v is None: return self.none
+        num = lambda x, kind: not isinstance(x, bool) and isinstance(x, int if kind == "int" else (int, float)) and \
+                              (self.low is None or x >= self.low)
+        if self.kind in ("int", "float"): return num(v, self.kind)
+        if self.kind == "bool": return isinstance(v, bool)
+        if self.kind == "str":
+            return isinstance(v, str) and (not self.choices or v.upper() in {c.upper() for c in self.choices}) and \
+                   (not self.pattern or re.fullmatch(self.pattern, v) is not None)
+        if self.kind == "str|list": return isinstance(v, str) or isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+        ok_item = {"int": lambda x: num(x, "int"), "str": lambda x: isinstance(x, str), "dict": lambda x: isinstance(x, dict), "": lambda x: True}
+        return isinstance(v, (list, tuple)) and (self.length is None or len(v) == self.length) and all(map(ok_item[self.items], v))
+
+_N = Spec("int", low=1)  # a count: at least one
+PARAM_SPECS = {  # every parameter of the stage notebooks and the runner (RUNNER_PARAMS) -> its spec
+    "batch_size": _N, "frames_per_video": _N, "n_frames": _N, "num_epochs": _N, "patience": _N, "nproc": _N,
+    "validity_images": _N, "road_images": _N, "sanity_images": _N, "robustness_images": _N, "robustness_frames": _N,
+    "max_quality_images": Spec("int", low=1, none=True), "costly_quality_images": Spec("int", low=1, none=True),
+    "max_videos": Spec("int", low=1, none=True), "workers": Spec("int", low=0), "seed": Spec("int", low=0),
+    "image_size": Spec("int", low=16), "size": Spec("int", low=32), "n_pairs": Spec("list", low=1, items="int", length=3),
+    "dataset": Spec("str", choices=("mini",) + tuple(DATASETS)), "compression": Spec("str", choices=COMPRESSIONS),
+    "device": Spec("str", pattern=r"auto|cpu|mps|cuda(:\d+)?"),
+    "methods": Spec("str|list"), "test_methods": Spec("str|list", none=True),
+    "explain_methods": Spec("str|list"), "robustness_methods": Spec("str|list", none=True),
+    "robustness": Spec("str", none=True), "config": Spec("str"), "data_root": Spec("str", none=True),
+    "extra_faces": Spec("str", none=True), "output_root": Spec("str", none=True), "test_sets": Spec("list", items="dict", none=True),
+}
+NEEDS_DATA_ROOT = ("FACEFORENSICS", "FFPP", "DFDC", "CELEBDF", "CELEB-DF")  # datasets read from disk (mini is generated)
+
+def check_param_values(p: dict, source: str = "study parameters", specs: dict | None = None):
+    """ValueError in one line naming `source`, the first parameter whose value has the wrong type, range or choice
+    (what it expects, what it got), or a dataset read from disk without an existing `data_root`."""
+    for name, v in p.items():
+        spec = (specs or PARAM_SPECS).get(name)
+        if spec is not None and not spec.accepts(v):
+            raise ValueError(f"{source}: {name}: expected {spec.describe()}, got {v!r} ({type(v).__name__})")
+    dataset = str(p.get("dataset", "mini"))
+    if dataset.upper() in NEEDS_DATA_ROOT:
+        if not p.get("data_root"): raise ValueError(f"{source}: data_root: required with dataset {dataset!r} (the folder of its videos)")
+        if not Path(p["data_root"]).is_dir(): raise ValueError(f"{source}: data_root: {p['data_root']}: folder not found")
 
 # %% ../nbs/06_study.ipynb #f1f3949c
 _PACKAGES = ("deepfake_explain", "torch", "torchvision", "numpy", "opencv-python-headless", "facenet-pytorch",
@@ -359,16 +435,6 @@ def check_before_work(p: dict, names: list, root: Path):
         training_config(p.get("config") or root / "configs" / "quick.yaml")  # 03_train's default config
     if p.get("test_sets") is not None: check_test_sets(p["test_sets"])
 
-# %% ../nbs/06_study.ipynb #40f921e9
-def notebook_defaults(nb_path) -> dict:
-    "The literal defaults of a notebook's `parameters` cell (name -> value)."
-    out = {}
-    for node in ast.parse(parameters_cell(nb_path)).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try: out[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError: pass
-    return out
-
 # %% ../nbs/06_study.ipynb #c62a7649
 def torchrun_steps(name: str, q: dict, run_dir) -> list[tuple[str, dict]]:
     """The console commands `(script, flags)` that do stage `name`'s heavy part for the parameters `q` (the stage
@@ -494,20 +560,27 @@ def run_study(params=None, stages=None, output: str | None = None, resume: bool 
     notebooks = stage_notebooks or STAGES
     p = load_params(params, base=root)
     known = {**notebook_parameters(nbs_dir, notebooks), **(RUNNER_PARAMS if stage_notebooks is None else {})}
-    check_parameter_names(p, known, str(params) if isinstance(params, (str, Path)) else "parameters")
+    source = str(params) if isinstance(params, (str, Path)) else "parameters"
+    check_parameter_names(p, known, source)
+    check_param_values(p, source)
     run_dir = run_dir_for(p, params, output, run_id, root)
+    if resume and not run_dir.is_dir():
+        raise UsageError(f"--resume: {run_dir}: no such run folder, nothing to resume (leave out --resume to start a fresh run)")
     p["output_root"] = str(run_dir)
     names = select_stages(stages, p.get("dataset", "mini"), bool(p.get("test_sets"))) if stage_notebooks is None else \
             [s for s in notebooks if stages is None or s in (stages.split(",") if isinstance(stages, str) else stages)]
     check_before_work(p, names if stage_notebooks is None else [], root)
     start_run(p, run_dir, root)
     digest, kernel = params_digest(p), kernel or ensure_kernel()
-    for name in names:
+    for k, name in enumerate(names):
         record = run_dir / "stages" / f"{name}.json"
         if resume and record.exists() and json.loads(record.read_text()).get("params") == digest:
             print(f"[study] {name}: complete, skipped (--resume)"); continue
         t0 = time.time()
-        run_stage(name, p, run_dir, nbs_dir, notebooks.get(name), known, kernel, log_output)
+        try: run_stage(name, p, run_dir, nbs_dir, notebooks.get(name), known, kernel, log_output)
+        except KeyboardInterrupt:  # Ctrl-C: the finished stages are kept (their records), this one reruns
+            raise KeyboardInterrupt(f"interrupted in stage {name!r}: {k} of {len(names)} stages done; rerun with --resume "
+                                    f"to go on from there ({run_dir})") from None
         what = {"runner_step": True} if name in RUNNER_STEPS else {"notebook": notebooks[name]}
         write_json_atomic(record, {"stage": name, **what, "params": digest, "seconds": round(time.time() - t0, 1)})
         print(f"[study] {name}: done in {time.time() - t0:.0f}s", flush=True)
@@ -526,6 +599,9 @@ def study_cli(
     kernel: str = None,   # Jupyter kernel (default: one that runs this interpreter)
 ):
     "Run the deepfake_explain study: execute the stage notebooks with papermill into one run folder."
-    with cli_errors("deepfake-explain-study"):
-        run_dir = run_study(params, stages=stages, output=output, resume=resume, kernel=kernel)
+    try:
+        with cli_errors("deepfake-explain-study"):
+            run_dir = run_study(params, stages=stages, output=output, resume=resume, kernel=kernel)
+    except KeyboardInterrupt as e:  # one line, no traceback; 130 = 128 + SIGINT, as a shell reports it
+        print(f"deepfake-explain-study: {e or 'interrupted'}", file=sys.stderr); sys.exit(130)
     print(f"[study] report: {run_dir / 'report.html'}")
