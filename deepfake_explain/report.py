@@ -221,7 +221,8 @@ def report_table(df: pd.DataFrame, run_dir=None, columns=None) -> dict:
     shown = [c for c in cols if c not in {x for p in cis.values() for x in p}]
     rows = [[ci_text(r[c], r[cis[c][0]], r[cis[c][1]]) if c in cis else portable(fmt(None if r[c] is pd.NA else r[c]), run_dir)
              for c in shown] for r in df.to_dict("records")]
-    return dict(header=[COLUMN_NAMES.get(c, c.replace("_", " ")) for c in shown], rows=rows)
+    left = [j for j, c in enumerate(shown) if j and not pd.api.types.is_numeric_dtype(df[c])]   # text columns after the first: left-aligned
+    return dict(header=[COLUMN_NAMES.get(c, c.replace("_", " ")) for c in shown], rows=rows, left=left)
 
 # %% ../nbs/06a_report.ipynb #61ae2fe7
 def paired_matrix(df: pd.DataFrame, reference: str) -> dict:
