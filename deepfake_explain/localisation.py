@@ -22,17 +22,18 @@ from .checkpoint import load_detector
 from .evaluate import DEFAULT_THRESHOLD, _auc_rows
 from .model import fake_probability
 from .explain import (COSTLY_METHODS, METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
-                                      input_size, parse_methods, rank_batches, read_faces)
+                                      input_size, overlay_jet, parse_methods, rank_batches, read_faces)
 from .preprocess import boxes_path, crop_face, gather_rows, read_boxes, read_frames, square_box
 
 # %% auto #0
 __all__ = ['DATASET_MASK', 'GENERATED_MASK', 'DIFFERENCE_MASK', 'MASK_SOURCES', 'LOCALISATION_COLUMNS', 'FRACTIONS',
-           'PER_IMAGE_COLUMNS', 'QUALITY_COLUMNS', 'HIGHER_IS_BETTER', 'QUALITY_PARTS', 'crop_mask',
-           'DifferenceMaskOptions', 'box_difference_mask', 'difference_pair', 'difference_frames', 'masks_for_crops',
-           'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'remove_tokens',
-           'perturbation_curves', 'curve_auc', 'perturbation_summary', 'per_image_aucs', 'quality_batch',
-           'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'evenly', 'quality_images', 'files_digest',
-           'model_fingerprint', 'perturbation_figure', 'QualityOptions', 'study_quality', 'quality_stage']
+           'PER_IMAGE_COLUMNS', 'QUALITY_COLUMNS', 'HIGHER_IS_BETTER', 'OURS', 'QUALITY_PARTS', 'CLAIM_COLUMNS',
+           'crop_mask', 'DifferenceMaskOptions', 'box_difference_mask', 'difference_pair', 'difference_frames',
+           'masks_for_crops', 'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics',
+           'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'per_image_aucs',
+           'quality_batch', 'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'evenly', 'quality_images',
+           'files_digest', 'model_fingerprint', 'perturbation_figure', 'QualityOptions', 'study_quality',
+           'quality_stage', 'claim_faces', 'claim_maps', 'claim_figure', 'claim_stage']
 
 # %% ../nbs/05a_localisation.ipynb #ee33b947
 def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:
@@ -320,6 +321,9 @@ def paired_differences(per_image: pd.DataFrame, reference: str = "relevancy", n_
                              ci_low=lo, ci_high=hi, wins=float((d > 0).mean()), ties=float((d == 0).mean())))
     return pd.DataFrame(rows, columns=["reference", "baseline", "metric", "n_images", "advantage", "ci_low", "ci_high", "wins", "ties"])
 
+# %% ../nbs/05a_localisation.ipynb #85fabc9c
+OURS = "fused"  # the study's map: quality_<OURS>_vs_baselines.csv, the report's headline, the claim grid's first map
+
 # %% ../nbs/05a_localisation.ipynb #20b287a9
 def evenly(n_items: int, n: int) -> np.ndarray:
     "At most `n` indices evenly spread over `n_items` items, the first and the last included (all of them when `n >= n_items`)."
@@ -428,8 +432,8 @@ def _write_quality(out: Path, fakes: pd.DataFrame, key: dict, parts: list, metho
     write_csv_atomic(out / "quality.csv", table)
     write_csv_atomic(out / "quality_per_image.csv", per_image.assign(path=fakes["path"].to_numpy()[per_image["image"].to_numpy(int)]))
     if "relevancy" in methods: write_csv_atomic(out / "quality_vs_baselines.csv", paired_differences(per_image, seed=seed))
-    if "fused" in methods:  # the study's map against every other one
-        write_csv_atomic(out / "quality_fused_vs_baselines.csv", paired_differences(per_image, "fused", seed=seed))
+    if OURS in methods:  # the study's map against every other one
+        write_csv_atomic(out / f"quality_{OURS}_vs_baselines.csv", paired_differences(per_image, OURS, seed=seed))
     write_csv_atomic(out / "perturbation_curves.csv", curves)
     write_bytes_atomic(out / "perturbation.png", figure_png(perturbation_figure(curves)))
     masked = per_image.dropna(subset=["mask_source"]).drop_duplicates("image")
@@ -503,3 +507,80 @@ def quality_stage(output_root, data_root=None, opts: QualityOptions | None = Non
     model, _, _ = load_detector(ckpt, None, opts.runtime)
     data = Path(data_root) if data_root is not None else root / "mini_forensics"
     return study_quality(model, root / "crops", data, root, root, opts)
+
+# %% ../nbs/05a_localisation.ipynb #9eb8818b
+def claim_faces(fakes: pd.DataFrame, n: int = 8) -> pd.DataFrame:
+    """`n` of the `fakes` (`quality_images`' rows) picked by rule: shared out over their manipulation methods (`method`)
+    as evenly as `n` allows (the first methods in name order take the remainder), each method's share evenly spread over
+    its crops (`evenly`); in method order."""
+    if not len(fakes): raise ValueError("claim_faces: no fake crops to pick from")
+    groups = [g.reset_index(drop=True) for _, g in fakes.groupby("method", sort=True)]
+    share = [n // len(groups) + (i < n % len(groups)) for i in range(len(groups))]
+    return pd.concat([g.iloc[evenly(len(g), k)] for g, k in zip(groups, share) if k], ignore_index=True)
+
+# %% ../nbs/05a_localisation.ipynb #5c92b6bf
+def claim_maps(model, faces, masks, methods=METHODS, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Maps (method -> (B, H, W)) of RGB faces [(H, W, 3)] for `OURS` (first, if in `methods`) and the other `methods`, and
+    a table of each map's `pointing_game` and `mass_in_mask` against `masks` [(H, W) bool] (columns face, map, metrics)."""
+    order = [OURS] * (OURS in methods) + [m for m in methods if m != OURS]
+    x = faces_to_batch(faces, next(model.parameters()).device)
+    with eval_mode(model):
+        cache = backbone_cache(model, x)
+        maps = {m: explain_batch(model, x, m, size=x.shape[-2:], seed=seed, cache=cache)[1].detach().cpu().numpy() for m in order}
+    table = pd.concat([localisation_metrics(maps[m], masks).assign(face=range(len(faces)), map=m) for m in order], ignore_index=True)
+    return maps, table[["face", "map", "pointing_game", "mass_in_mask"]]
+
+# %% ../nbs/05a_localisation.ipynb #8e1b1663
+def claim_figure(faces, masks, maps: dict, table: pd.DataFrame, labels, title: str = ""):
+    "The claim grid of `claim_maps`' `maps` and `table`: a row per face (labelled with `labels`), columns face, mask, each map."
+    from matplotlib.figure import Figure
+    ncols = 2 + len(maps)
+    fig = Figure(figsize=(1.25 * ncols, 1.35 * len(faces) + 0.5))
+    axs = np.asarray(fig.subplots(len(faces), ncols, squeeze=False))
+    for ax in axs.ravel(): ax.axis("off")
+    for col, name in enumerate(["face", "ground truth", *[f"{m} (ours)" if m == OURS else m for m in maps]]):
+        axs[0, col].set_title(name, fontsize=8, fontweight="bold" if name.endswith("(ours)") else "normal", pad=12)
+    scores = table.set_index(["face", "map"])
+    for r, (face, mask) in enumerate(zip(faces, masks)):
+        axs[r, 0].imshow(face, interpolation="bilinear"); axs[r, 0].text(0, -2, labels[r], fontsize=6, va="bottom")
+        axs[r, 1].imshow(mask, cmap="gray", interpolation="nearest")
+        for c, m in enumerate(maps, start=2):
+            s = scores.loc[(r, m)]
+            axs[r, c].imshow(overlay_jet(face, maps[m][r]), interpolation="bilinear")
+            if mask.any() and not mask.all(): axs[r, c].contour(mask, levels=[0.5], colors="white", linewidths=0.6)
+            hit = s["pointing_game"] == 1
+            axs[r, c].text(0.5, -0.02, f"{'hit' if hit else 'miss'} · {s['mass_in_mask']:.2f}", transform=axs[r, c].transAxes,
+                           ha="center", va="top", fontsize=6.5, color="#1a7f37" if hit else "#b42318")
+    if title: fig.suptitle(title, fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+# %% ../nbs/05a_localisation.ipynb #464adad3
+CLAIM_COLUMNS = ["face", "path", "manipulation", "mask_source", "map", "pointing_game", "mass_in_mask"]
+
+def claim_stage(output_root, data_root=None, methods=METHODS, n: int = 8, seed: int = 0, runtime: Runtime | None = None) -> pd.DataFrame:
+    """The claim grid of `<output_root>/train/best.pt` on `n` test fakes (`claim_faces`) that have a mask in `data_root`
+    (None: `<output_root>/mini_forensics`): `explanation/claim_grid.png` and `claim_grid.csv` (`CLAIM_COLUMNS`). When none
+    of them has a mask (a dataset without masks or aligned originals) it writes neither, says so, and returns an empty table."""
+    root = Path(output_root)
+    ckpt = root / "train" / "best.pt"
+    if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
+    model, _, _ = load_detector(ckpt, None, runtime or Runtime("cpu"))
+    data, size = Path(data_root) if data_root is not None else root / "mini_forensics", input_size(model)
+    picked, skipped, sources = claim_faces(quality_images(root / "crops"), n), [], []
+    faces, keep = read_faces(picked["path"].tolist(), size, skipped)
+    masks = masks_for_crops(picked["path"].iloc[keep].tolist(), data, root, size, sources=sources)
+    ok, out = [j for j, m in enumerate(masks) if m is not None], root / "explanation"
+    if not ok:
+        for f in ("claim_grid.png", "claim_grid.csv"): (out / f).unlink(missing_ok=True)   # no stale grid of another run
+        print(f"claim grid: not drawn, none of the {len(picked)} picked test fakes has a ground-truth mask in {data}")
+        return pd.DataFrame(columns=CLAIM_COLUMNS)
+    faces, masks, rows = [faces[j] for j in ok], [masks[j] for j in ok], picked.iloc[[keep[j] for j in ok]].reset_index(drop=True)
+    maps, table = claim_maps(model, faces, masks, methods, seed)
+    title = (f"{len(faces)} test fakes (evenly over methods and crops), the ground-truth mask, our map ({OURS}) and each other map; "
+             f"hit/miss: pointing game, number: mass in mask" + (f"; {size} px crops shown upsampled" if size < 128 else ""))
+    write_bytes_atomic(out / "claim_grid.png", figure_png(claim_figure(faces, masks, maps, table, rows["method"].tolist(), title)))
+    info = rows[["path", "method"]].rename(columns={"method": "manipulation"}).assign(face=range(len(rows)), mask_source=[sources[j] for j in ok])
+    table = table.merge(info, on="face")[CLAIM_COLUMNS]
+    write_csv_atomic(out / "claim_grid.csv", table)
+    return table

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from deepfake_explain.localisation import OURS
 from deepfake_explain.study import run_study, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,14 +99,50 @@ def test_quick_study_completes_with_report(quick_run):
     g = pd.read_csv(quick_run / "generalisation.csv").set_index("setting")  # the headline table: every row, filled or saying why not
     assert list(g.index) == ["in-distribution", "unseen method", "unseen people", "other compression", "other dataset",
                              "jpeg (level 3)", "noise (level 3)", "blur (level 3)"]
-    assert g.loc[["jpeg (level 3)", "noise (level 3)", "blur (level 3)"], "fused_pointing_game"].between(0, 1).all()
+    assert g.loc[["jpeg (level 3)", "noise (level 3)", "blur (level 3)"], f"{OURS}_pointing_game"].between(0, 1).all()
     assert g.loc["in-distribution", "video_auc"] == metrics["auc"] and g.loc[["unseen method", "unseen people"], "note"].str.startswith("not run").all()
     html = (quick_run / "report.html").read_text()
     assert "Generalisation: what holds and what breaks" in html
     assert "not produced" not in html, "an artefact the report expects is missing"
     assert "Explanation quality" in html and "Relevancy against each baseline" in html and html.count("data:image/png;base64,") >= 3
+    claim = pd.read_csv(quick_run / "explanation" / "claim_grid.csv")  # the claim grid: 8 test fakes over the 3 methods, every map
+    assert claim.face.nunique() == 8 and set(claim.manipulation) == {"FaceSwapBlend", "MouthEyesEdit", "SelfBlended"}
+    assert set(claim["map"]) == set(d.baseline) | {"relevancy"} and claim.pointing_game.isin([0, 1]).all() and "The claim in one picture" in html
     env = json.loads((quick_run / "environment.json").read_text())
     assert env["packages"]["torch"] and "commit" in env["git"]
+
+
+def page_layout(html: Path, width: int = 1280, height: int = 900) -> dict:
+    """The layout of a page as headless Chromium lays it out in a `width` x `height` window, once loaded: the page's
+    scroll and client widths, the viewport's height and the summary's top and bottom (from a probe added to a copy)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None: pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    probe = ("<script>addEventListener('load', () => { const e = document.documentElement, s = document.getElementById('summary');"
+             "document.body.dataset.layout = JSON.stringify({scroll_width: e.scrollWidth, client_width: e.clientWidth, "
+             "view_height: innerHeight, summary_top: s ? s.getBoundingClientRect().top : null, "
+             "summary_bottom: s ? s.getBoundingClientRect().bottom : null}); });</script></body>")
+    copy = html.parent / f".probe-{html.name}"
+    copy.write_text(html.read_text().replace("</body>", probe))
+    try:
+        r = subprocess.run([exe, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--virtual-time-budget=10000",
+                            f"--window-size={width},{height}", "--dump-dom", copy.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    finally: copy.unlink()
+    m = re.search(r'data-layout="([^"]*)"', r.stdout)
+    assert m, f"{html}: no layout in the DOM Chromium dumped ({r.stderr[-1000:]})"
+    return json.loads(m[1].replace("&quot;", '"'))
+
+
+def test_quick_study_report_reads_in_chromium(quick_run, tmp_path):
+    """The report as a reader opens it (issue 30): at 1280 px no horizontal page scroll (a wide table scrolls in its own
+    box), the summary in the first screen, the sections in order, and no path of the machine that ran it."""
+    html = (quick_run / "report.html").read_text()
+    assert str(quick_run) not in html and str(ROOT) not in html, "an absolute path of the machine in the report"
+    order = [html.index(f'id="{s}"') for s in ("summary", "detection", "explanation", "validity", "generalisation", "appendix", "details", "glossary")]
+    assert order == sorted(order), "the report's sections out of order"
+    layout = page_layout(quick_run / "report.html")
+    print("report layout at 1280x900:", layout)
+    assert layout["scroll_width"] <= layout["client_width"], f"the page scrolls sideways at 1280 px: {layout}"
+    assert 0 <= layout["summary_top"] and layout["summary_bottom"] <= layout["view_height"], f"the summary is not in the first screen: {layout}"
 
 
 def _kill_tree(proc: subprocess.Popen) -> int:
