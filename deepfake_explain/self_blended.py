@@ -5,17 +5,22 @@
 # %% ../nbs/03a_self_blended.ipynb #a2476c41
 from __future__ import annotations
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
+import torch
 from einops import rearrange
 
-from .core import jpeg_compress
+from .core import jpeg_compress, read_image_rgb
+from .data import ValTransform
+from .preprocess import read_crop_landmarks
 
 # %% auto #0
-__all__ = ['SBI_STEPS', 'SBIOptions', 'sbi_steps', 'sbi_table', 'check_face', 'face_ellipse', 'ellipse_inside', 'landmark_mask',
-           'draw_sbi', 'alter_copy', 'affine_pair', 'elastic_mask', 'blend_mask', 'blend', 'self_blend', 'SBIBatch',
-           'sbi_pair_batch']
+__all__ = ['SBI_STEPS', 'SELF_BLENDED', 'SBIOptions', 'sbi_steps', 'sbi_table', 'check_face', 'face_ellipse', 'ellipse_inside',
+           'landmark_mask', 'draw_sbi', 'alter_copy', 'affine_pair', 'elastic_mask', 'blend_mask', 'blend',
+           'self_blend', 'SBIBatch', 'sbi_pair_batch', 'real_crop_landmarks', 'SelfBlendedDataset']
 
 # %% ../nbs/03a_self_blended.ipynb #05184e92
 @dataclass(frozen=True)
@@ -250,3 +255,58 @@ def sbi_pair_batch(faces, landmarks, seed: int, epoch: int, indices, options: SB
                     labels=np.repeat(np.arange(2, dtype=np.int64), n),
                     masks=rearrange([np.zeros_like(masks), masks], "k n h w -> (k n) h w"),
                     index=np.tile(np.asarray(indices, dtype=np.int64), 2), records=recs)
+
+# %% ../nbs/03a_self_blended.ipynb #8377e94e
+SELF_BLENDED = "self-blended"   # the method name of generated fakes in a training summary
+
+def real_crop_landmarks(df: pd.DataFrame) -> np.ndarray:
+    "The landmarks `(N, 5, 2)` of the crops of `df` (column `path`), in crop pixels, from their videos' crop markers."
+    cache, out = {}, []
+    for p in map(Path, df["path"]):
+        if p.parent not in cache: cache[p.parent] = read_crop_landmarks(p.parent)
+        lms = cache[p.parent]
+        if p.name not in lms:
+            raise ValueError(f"{p}: no landmarks in {p.parent}/.done.json (the crop is not one of that run's crops); "
+                             "rerun the crops stage")
+        out.append(lms[p.name])
+    return np.stack(out) if out else np.zeros((0, 5, 2))
+
+class SelfBlendedDataset(torch.utils.data.Dataset):
+    "Real face crops of `df` and their self-blended fakes at `size` px: item i = (images (2, 3, S, S) float32, labels (2,))."
+    def __init__(self, df: pd.DataFrame, size: int, seed: int = 0, options: SBIOptions = SBIOptions(), fixed_epoch: int | None = None):
+        if len(df) == 0: raise ValueError("SelfBlendedDataset: no real face crops to self-blend")
+        if (df["label"] != 0).any(): raise ValueError(f"SelfBlendedDataset: {int((df['label'] != 0).sum())} fake crops given; "
+                                                      "self-blended fakes are made from real faces only")
+        self.paths, self.landmarks = [str(p) for p in df["path"]], real_crop_landmarks(df)     # (N, 5, 2) crop px
+        self.size, self.seed, self.options, self.fixed_epoch = int(size), int(seed), options, fixed_epoch
+        self.epoch, self.transform = fixed_epoch or 0, ValTransform(size)
+
+    def set_epoch(self, epoch: int):
+        "Draw the fakes of epoch `epoch` (a validation set keeps its fixed epoch)."
+        if self.fixed_epoch is None: self.epoch = int(epoch)
+
+    def __len__(self): return len(self.paths)
+
+    def face(self, i: int) -> tuple:
+        "Crop `i` at the dataset's size `(S, S, 3)` uint8 and its landmarks `(5, 2)` in those pixels."
+        img = read_image_rgb(self.paths[i])
+        scale = self.size / max(img.shape[:2])
+        lm = np.clip(self.landmarks[i] * scale, 0, self.size - 1)
+        return self.transform(img), lm
+
+    def pair(self, i: int) -> SBIBatch:
+        "`sbi_pair_batch` of face `i` alone: its real, its fake, the blend mask and the drawn record."
+        face, lm = self.face(i)
+        return sbi_pair_batch([face], [lm], self.seed, self.epoch, [i], self.options)
+
+    def __getitem__(self, i):
+        i = range(len(self))[i]
+        b = self.pair(i)
+        return torch.from_numpy(rearrange(b.images, "k h w c -> k c h w").copy()).float(), torch.from_numpy(b.labels).float()
+
+    def collate(self, items) -> tuple:
+        "Items `(images (2, 3, S, S), labels (2,), i)` -> images `(2B, 3, S, S)`, labels `(2B,)`, indices `(2B,)`: reals first."
+        x, y, idx = zip(*items)
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        return (rearrange(torch.stack(x), "b k c h w -> (k b) c h w"), rearrange(torch.stack(y), "b k -> (k b)"),
+                torch.cat([idx, idx + len(self)]))
