@@ -12,15 +12,17 @@ import numpy as np
 import pandas as pd
 import torch
 from einops import rearrange
+from matplotlib.figure import Figure
 
-from .core import jpeg_compress, read_image_rgb
+from .core import figure_png, jpeg_compress, read_image_rgb, write_bytes_atomic, write_csv_atomic
 from .data import ValTransform
 from .preprocess import read_crop_landmarks
 
 # %% auto #0
-__all__ = ['SBI_STEPS', 'SELF_BLENDED', 'SBIOptions', 'sbi_steps', 'sbi_table', 'check_face', 'face_ellipse', 'ellipse_inside',
-           'landmark_mask', 'draw_sbi', 'alter_copy', 'affine_pair', 'elastic_mask', 'blend_mask', 'blend',
-           'self_blend', 'SBIBatch', 'sbi_pair_batch', 'real_crop_landmarks', 'SelfBlendedDataset']
+__all__ = ['SBI_STEPS', 'SELF_BLENDED', 'COMPARISON_COLUMNS', 'SBIOptions', 'sbi_steps', 'sbi_table', 'check_face',
+           'face_ellipse', 'ellipse_inside', 'landmark_mask', 'draw_sbi', 'alter_copy', 'affine_pair', 'elastic_mask',
+           'blend_mask', 'blend', 'self_blend', 'SBIBatch', 'sbi_pair_batch', 'real_crop_landmarks',
+           'SelfBlendedDataset', 'sbi_comparison']
 
 # %% ../nbs/03a_self_blended.ipynb #05184e92
 @dataclass(frozen=True)
@@ -310,3 +312,48 @@ class SelfBlendedDataset(torch.utils.data.Dataset):
         idx = torch.as_tensor(idx, dtype=torch.int64)
         return (rearrange(torch.stack(x), "b k c h w -> (k b) c h w"), rearrange(torch.stack(y), "b k -> (k b)"),
                 torch.cat([idx, idx + len(self)]))
+
+# %% ../nbs/03a_self_blended.ipynb #78ad743d
+COMPARISON_COLUMNS = ["detector", "test_set", "method", "n_videos", "video_auc", "fused_pointing_game", "fused_mass_in_mask", "n_maps"]
+
+def _method_of(path: str) -> str:
+    "The method folder of a crop path `.../<split>_set/<method>/<video>/<frame>_<face>.png`."
+    return Path(path).parts[-3]
+
+def _run_rows(name: str, run: Path) -> list[dict]:
+    rows = []
+    sets = [("main", run)] + [(d.name, d) for d in sorted((run / "cross").glob("*")) if (d / "test" / "per_method.csv").is_file()]
+    q = run / "explanation" / "quality_per_image.csv"
+    maps = pd.read_csv(q) if q.is_file() else pd.DataFrame(columns=["method", "path", "pointing_game", "mass_in_mask"])
+    maps = maps[maps["method"] == "fused"].assign(fake_method=lambda d: d["path"].map(_method_of))
+    for test_set, folder in sets:
+        f = folder / "test" / "per_method.csv"
+        if not f.is_file(): raise FileNotFoundError(f"{f}: no per-method test table (run the evaluate stage of {run} first)")
+        for r in pd.read_csv(f).itertuples():
+            m = maps if (test_set != "main" or r.method == "All") else maps[maps["fake_method"] == r.method]
+            m = m if test_set == "main" else m.iloc[:0]                  # the maps are the main test split's
+            rows.append(dict(detector=name, test_set=test_set, method=r.method, n_videos=int(r.n_videos), video_auc=r.auc,
+                             fused_pointing_game=m["pointing_game"].mean() if len(m) else np.nan,
+                             fused_mass_in_mask=m["mass_in_mask"].mean() if len(m) else np.nan, n_maps=len(m)))
+    return rows
+
+def sbi_comparison(runs: dict, output) -> pd.DataFrame:
+    """One table of detectors `{name: study run folder}` (e.g. supervised and self-blended): per test set and method the
+    video AUC and our map's pointing game and mass in mask; written to `<output>/sbi_comparison.csv` and `.png`."""
+    df = pd.DataFrame([r for name, run in runs.items() for r in _run_rows(name, Path(run))], columns=COMPARISON_COLUMNS)
+    out = Path(output)
+    write_csv_atomic(out / "sbi_comparison.csv", df)
+    keys = df[["test_set", "method"]].drop_duplicates().apply(lambda r: r["method"] if r["test_set"] == "main" else f"{r['test_set']}: {r['method']}", axis=1)
+    fig = Figure(figsize=(min(4 + 0.9 * len(keys), 16), 3.4), dpi=100)
+    width = 0.8 / max(len(runs), 1)
+    for ax, col, title in zip(fig.subplots(1, 3), ("video_auc", "fused_pointing_game", "fused_mass_in_mask"),
+                              ("video AUC", "our map: pointing game", "our map: mass in mask")):
+        for k, name in enumerate(runs):
+            d = df[df["detector"] == name]
+            ax.bar(np.arange(len(d)) + k * width, d[col].to_numpy(dtype=float), width, label=name)
+        ax.set_xticks(np.arange(len(keys)) + width * (len(runs) - 1) / 2, list(keys), rotation=30, ha="right", fontsize=7)
+        ax.set(ylim=(0, 1), title=title); ax.grid(alpha=0.3, axis="y")
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    write_bytes_atomic(out / "sbi_comparison.png", figure_png(fig, dpi=100))
+    return df
