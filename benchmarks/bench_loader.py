@@ -102,7 +102,7 @@ import numpy as np, os
 from einops import rearrange
 from deepfake_explain.data import read_image_rgb
 from deepfake_explain.self_blended import sbi_pair_batch
-cost, n = np.zeros(3), 100
+cost, n = np.zeros(3), min(100, len(train_ds))
 for i in range(n):  # one image at a time: nothing kept (the peak RSS stays the loader's)
     if what == "sbi":   # one real face and its fake: decode + resize, generation, both to float tensors
         t0 = time.perf_counter(); face, lm = train_ds.face(i)
@@ -125,7 +125,9 @@ for w in workers:
     t0 = time.perf_counter(); next(it); first = time.perf_counter() - t0  # the workers' start and first batch
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        x, y, idx = next(it); n += len(x)
+        try: x, y, idx = next(it)
+        except StopIteration: it = iter(loader); continue   # a small tree (the self-blended line: its reals only) ends first
+        n += len(x)
     dt = time.perf_counter() - t0
     out["loader"][str(w)] = {"images": n, "seconds": dt, "images_per_s": n / dt, "first_batch_seconds": first}
     del it, loader

@@ -306,16 +306,17 @@ def _split_summary(df: pd.DataFrame) -> dict:
 
 SBI_VAL_SEED = 20220621   # the fixed seed of the validation split's self-blended fakes
 
-def _self_blended_datasets(root: Path, crops: pd.DataFrame, ts: dict, size: int, dataset, seed: int):
-    "(train, val, summary) of `training.fakes: self-blended`: the real crops of each split and their generated fakes."
-    reals = crops[crops["label"] == 0]
+def _self_blended_datasets(root: Path, crops: pd.DataFrame, ts: dict, size: int, dataset, max_videos, seed: int):
+    """(train, val, summary) of `training.fakes: self-blended`: the real crops of each split (at most `max_videos` real
+    videos per split) and their generated fakes."""
+    reals = _limit_videos(crops[crops["label"] == 0], max_videos, seed)
     sel = {split: select_training_frames(reals, ts["frames-per-video"], ts["rebalancing_real"], split=split) for split in ("train", "val")}
     for split, df in sel.items():
         if len(df) == 0:
             raise ValueError(f"{root / (split + '_set')}: no real face crops ({ORIGINAL}) in the {split} split; training.fakes "
                              "self-blended makes its fakes from real faces: crop real videos into this split (the crops stage) "
                              "or train with training.fakes: dataset")
-    summary = {"crops_root": str(root.resolve()), "dataset": dataset, "fakes": SELF_BLENDED, "pos_weight": 1.0,
+    summary = {"crops_root": str(root.resolve()), "dataset": dataset, "fakes": SELF_BLENDED, "max_videos": max_videos, "pos_weight": 1.0,
                "crop_methods": sorted(set(crops["method"]) - {ORIGINAL}), "unused_fake_frames": int((crops["label"] == 1).sum())}
     for split, df in sel.items():
         s = _split_summary(df)
@@ -330,9 +331,7 @@ def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int |
     cfg = load_train_config(cfg)
     ts, size = cfg["training"], cfg["model"]["image-size"]
     root = Path(crops_root)
-    if ts["fakes"] == SELF_BLENDED:
-        crops = _limit_videos(index_crops(root), max_videos, seed)
-        return _self_blended_datasets(root, crops, ts, size, dataset, seed)
+    if ts["fakes"] == SELF_BLENDED: return _self_blended_datasets(root, index_crops(root), ts, size, dataset, max_videos, seed)
     crops = _limit_videos(select_method(index_crops(root), dataset, str(root)), max_videos, seed)
     sel = {split: select_training_frames(crops, ts["frames-per-video"], ts["rebalancing_real"], ts["rebalancing_fake"], split=split)
            for split in ("train", "val")}
