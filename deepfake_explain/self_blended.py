@@ -322,7 +322,8 @@ def _method_of(path: str) -> str:
 
 def _run_rows(name: str, run: Path) -> list[dict]:
     rows = []
-    sets = [("main", run)] + [(d.name, d) for d in sorted((run / "cross").glob("*")) if (d / "test" / "per_method.csv").is_file()]
+    sets = [("main", run)] + [(d.name, d) for d in sorted((run / "cross").glob("[!_]*"))          # `_training_set`: main's twin
+                              if (d / "test" / "per_method.csv").is_file()]
     q = run / "explanation" / "quality_per_image.csv"
     maps = pd.read_csv(q) if q.is_file() else pd.DataFrame(columns=["method", "path", "pointing_game", "mass_in_mask"])
     maps = maps[maps["method"] == "fused"].assign(fake_method=lambda d: d["path"].map(_method_of))

@@ -240,7 +240,8 @@ def test_docs_site_in_nbdev_manner(tmp_path):
     assert re.search(r'<h3[^>]*id="study_notebook"', pages["06_study"])
 
 
-SBI_DEMO = dict(num_epochs=2, max_videos=12, explain_methods="fused,relevancy,attention,random", max_quality_images=48)  # suite time
+SBI_DEMO = dict(num_epochs=2, max_videos=8, frames_per_video=8, explain_methods="fused,relevancy,attention,random",
+                max_quality_images=48)  # the suite's cuts (sbi_run)
 
 
 @pytest.fixture(scope="module")
@@ -249,10 +250,10 @@ def sbi_run(quick_run, tmp_path_factory) -> Path:
     as `lomo_run` does: no data stage reruns): trained on mini-forensics' 24 real training videos only, its fakes
     self-blended, validated on self-blended fakes of the 6 real validation videos, tested on all three methods, none
     seen. Cut for the suite's time (25 minutes in all; the full variant, 20 epochs at most on all 24 real videos, is
-    `make study PARAMS=configs/study_quick_sbi.yaml`): 2 epochs on 12 of the 24 real training videos (each epoch of
-    the 24 took ~35 s here), and the quality pass on four maps (ours, relevancy, attention, random) on 48 test crops
-    instead of nine maps on 384. At this size the detector is barely trained: the test asserts the code path and the
-    table, not accuracy."""
+    `make study PARAMS=configs/study_quick_sbi.yaml`): 2 epochs on 8 of the 24 real training videos (an epoch of all 24
+    took ~35 s here), 8 of the 16 frames per test video scored, and the quality pass on four maps (ours, relevancy,
+    attention, random) on 48 test crops instead of nine maps on 384. At this size the detector is barely trained: the
+    test asserts the code path and the table, not accuracy."""
     import yaml
     tmp = tmp_path_factory.mktemp("sbi")
     run = tmp / "sbi"
@@ -279,7 +280,7 @@ def test_self_blended_variant_against_supervised(quick_run, sbi_run):
     assert ck["provenance"]["fakes"] == "self-blended" and ck["provenance"]["methods"] == ["self-blended"]
     assert ck["provenance"]["generated_data"] and ck["config"]["training"]["fakes"] == "self-blended"
     split = ck["meta"]["dataset"]["train"]
-    assert split["videos"] == 12 and split["fake_frames"] == split["real_frames"] == split["frames"] // 2   # 12 real videos only
+    assert split["videos"] == 8 and split["fake_frames"] == split["real_frames"] == split["frames"] // 2   # 8 real videos only
     info = json.loads((sbi_run / "test" / "metrics.json").read_text())["info"]
     assert info["provenance"]["fakes"] == "self-blended"
     pm = pd.read_csv(sbi_run / "test" / "per_method.csv", keep_default_na=False).set_index("method")
