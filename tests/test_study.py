@@ -246,8 +246,8 @@ SBI_DEMO = dict(num_epochs=2, max_videos=8, frames_per_video=8, explain_methods=
 
 @pytest.fixture(scope="module")
 def sbi_run(quick_run, tmp_path_factory) -> Path:
-    """The demo's self-blended variant (issue 28, configs/study_quick_sbi.yaml) on the quick study's data stages (copied,
-    as `lomo_run` does: no data stage reruns): trained on mini-forensics' 24 real training videos only, its fakes
+    """The demo's self-blended variant (issue 28, configs/study_quick_sbi.yaml) on the quick study's data stages (linked:
+    no data stage reruns, and train, evaluate and quality only read them): trained on mini-forensics' 24 real training videos only, its fakes
     self-blended, validated on self-blended fakes of the 6 real validation videos, tested on all three methods, none
     seen. Cut for the suite's time (25 minutes in all; the full variant, 20 epochs at most on all 24 real videos, is
     `make study PARAMS=configs/study_quick_sbi.yaml`): 2 epochs on 8 of the 24 real training videos (an epoch of all 24
@@ -257,7 +257,8 @@ def sbi_run(quick_run, tmp_path_factory) -> Path:
     import yaml
     tmp = tmp_path_factory.mktemp("sbi")
     run = tmp / "sbi"
-    for d in ("mini_forensics", "index", "boxes", "crops"): shutil.copytree(quick_run / d, run / d, symlinks=True)
+    run.mkdir()
+    for d in ("mini_forensics", "index", "boxes", "crops"): (run / d).symlink_to(quick_run / d)   # read only here: linked
     params = {**yaml.safe_load((ROOT / "configs" / "study_quick_sbi.yaml").read_text()), **SBI_DEMO}
     (tmp / "sbi.yaml").write_text(yaml.safe_dump(params))
     cmd = [str(Path(sys.executable).parent / "deepfake-explain-study"), "--params", str(tmp / "sbi.yaml"),
