@@ -25,11 +25,12 @@ from .mini_forensics import study_video_index
 # %% auto #0
 __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadError', 'open_video', 'downscale', 'read_frames',
            'brighten', 'FaceDetector', 'box_iou', 'track_faces', 'boxes_path', 'write_boxes', 'read_boxes',
-           'square_box', 'crop_face', 'crop_landmarks', 'crop_faces', 'detect_video', 'detect_and_crop_frames',
-           'detect_and_crop_video', 'in_shard', 'rank_shard', 'shard_videos', 'FailureLog', 'remove_stale_temps',
-           'DistInfo', 'setup_distributed', 'torchrun_group', 'gather_rows', 'torchrun_command', 'run_torchrun',
-           'VideoFrames', 'video_loader', 'torch_threads', 'DetectOptions', 'detect_dataset', 'crop_video',
-           'LandmarksError', 'read_crop_landmarks', 'crop_dataset', 'detect_cli', 'crops_cli', 'preprocess_stage']
+           'boxes_have_landmarks', 'square_box', 'crop_face', 'crop_landmarks', 'crop_faces', 'detect_video',
+           'detect_and_crop_frames', 'detect_and_crop_video', 'in_shard', 'rank_shard', 'shard_videos', 'FailureLog',
+           'remove_stale_temps', 'DistInfo', 'setup_distributed', 'torchrun_group', 'gather_rows', 'torchrun_command',
+           'run_torchrun', 'VideoFrames', 'video_loader', 'torch_threads', 'DetectOptions', 'detect_dataset',
+           'crop_video', 'LandmarksError', 'read_crop_landmarks', 'crop_dataset', 'detect_cli', 'crops_cli',
+           'preprocess_stage']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -266,6 +267,12 @@ def read_boxes(path) -> dict:
         if not ok or not str(k).lstrip("-").isdigit(): raise ValueError(f"{path}: bad entry for frame {k!r}: {v!r}")
         out[int(k)] = v
     return out
+
+def boxes_have_landmarks(path) -> bool:
+    "Whether every face of the boxes file `path` carries its five landmarks (rows of 15; a file without a face: True)."
+    try: boxes = read_boxes(path)
+    except ValueError: return False
+    return all(len(b) >= 15 for rows in boxes.values() if rows for b in rows if b is not None)
 
 # %% ../nbs/01_preprocess.ipynb #45f9e307
 def square_box(box, frame_hw, margin: float = 0.0) -> tuple[int, int, int, int]:
@@ -606,7 +613,8 @@ def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSI
                    runtime: Runtime | None = None, detector: FaceDetector | None = None, shard=None, progress: bool = True,
                    dist_info=None) -> pd.DataFrame:
     """Detect faces on the sampled frames of every video of `videos` (a video index) into
-    `<boxes_root>/boxes/...json`; finished videos are skipped, failures go to `<boxes_root>/boxes/failures*.csv`.
+    `<boxes_root>/boxes/...json`; finished videos are skipped (boxes stored without the landmarks `opts` asks for are
+    redone), failures go to `<boxes_root>/boxes/failures*.csv`.
     Returns one row per video of the shard: video, method, path, boxes, status (done|skipped|failed), faces_in, frames, seconds.
     Under torchrun (`dist_info`: `DistInfo`, world > 1) each rank detects its share (`rank_shard`); every rank
     returns the whole shard's summary, rank 0 merges the failure logs."""
@@ -615,7 +623,7 @@ def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSI
     detector = detector or FaceDetector(device=runtime.device, batch_size=opts.batch_size)
     log = FailureLog(_failures_path(Path(boxes_root) / "boxes", log_shard))
     rows = _detect_rows(mine, boxes_root, dataset)
-    todo = [rec for rec in rows if not Path(rec["boxes"]).exists()]
+    todo = [rec for rec in rows if not Path(rec["boxes"]).exists() or (opts.landmarks and not boxes_have_landmarks(rec["boxes"]))]
     cpu = detector.device.type == "cpu"
     threads = (runtime.threads or max(1, torch.get_num_threads() - opts.num_workers)) if cpu else None
     ds = VideoFrames([r["path"] for r in todo], opts.frames_per_video, opts.every_n, detector.scale)
@@ -659,9 +667,8 @@ class LandmarksError(ValueError):
 def read_crop_landmarks(folder) -> dict:
     """{crop file name: landmarks (5, 2) float64 in crop pixels} of one video's crop folder, from its `.done.json` marker;
     `LandmarksError` naming the folder and the fix where they are missing (crops made before landmarks were stored)."""
-    folder, fix = Path(folder), ("rerun the crops stage with landmarks: delete this video's boxes file and crop folder "
-                                 "(or the whole boxes/ and crops/ folders) and rerun deepfake-explain-detect and "
-                                 "deepfake-explain-crops, or the study's preprocess stage")
+    folder, fix = Path(folder), ("rerun the crops stage with landmarks: deepfake-explain-detect then deepfake-explain-crops "
+                                 "(or the study's preprocess stage) redo the videos stored without them")
     marker = folder / DONE_MARKER
     try: lms = json.loads(marker.read_text()).get("landmarks")
     except (OSError, ValueError, AttributeError) as e:
@@ -683,10 +690,17 @@ class _CropJobs(Dataset):
         except Exception as e: return dict(i=i, n=None, error=f"{type(e).__name__}: {e}")
 
 # %% ../nbs/01_preprocess.ipynb #048bfbf8
+def _crops_done(marker: Path, boxes_file: Path) -> bool:
+    "A video's crops are done: its marker exists and holds landmarks, or its boxes have none to add (crops made before)."
+    if not marker.exists(): return False
+    try: has = isinstance(json.loads(marker.read_text()).get("landmarks"), dict)
+    except (OSError, ValueError, AttributeError): return False
+    return has or not (boxes_file.exists() and boxes_have_landmarks(boxes_file))
+
 def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "FACEFORENSICS", margin: float = 0.0,
                  num_workers: int = 2, shard=None, progress: bool = True, dist_info=None) -> pd.DataFrame:
     """Square face crops of every video of `videos` from its boxes into `<crops_root>/<split>_set/<method>/<video>/`;
-    finished videos are skipped, failures go to `<crops_root>/failures*.csv`. Returns one row per video: video, method,
+    finished videos are skipped (crops made without landmarks whose boxes now have them are redone), failures go to `<crops_root>/failures*.csv`. Returns one row per video: video, method,
     path, status (done|skipped|failed), crops. Under torchrun (`dist_info`) each rank crops its share, as `detect_dataset`."""
     info = dist_info
     mine, log_shard = _rank_videos(videos, shard, info)
@@ -695,8 +709,8 @@ def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "F
     for r in mine.itertuples():
         rec = dict(video=r.video, method=r.method, path=r.path, status="skipped", crops=None, _i=r.Index)
         rows.append(rec)
-        if (crop_path(crops_root, r.split, r.method, r.video, 0, 0).parent / DONE_MARKER).exists(): continue
         bf = _boxes_file(r, boxes_root, dataset)
+        if _crops_done(crop_path(crops_root, r.split, r.method, r.video, 0, 0).parent / DONE_MARKER, bf): continue
         if not bf.exists():
             rec["status"] = "failed"; log.add(r.path, "crop", f"{bf}: no boxes file (run deepfake-explain-detect first)"); continue
         todo.append((rec, r)); boxes.append(bf)
