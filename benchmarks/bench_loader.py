@@ -12,6 +12,10 @@ hard links are refused), so the loader opens and decodes a real file for every i
 * `loader`: images/s of the training loader (`train.make_datasets` + `train.make_loader`: the training split,
   `frames-per-video` crops per video, the training augmentations at 224 px, batch 32, shuffled) with 1, 4 and 8
   workers, each in a short timed window after the workers' first batch;
+* `sbi`: the same for self-blended training (issue 28: `training.fakes: self-blended`, 224 px, batch 32 = 16 real
+  faces and their fakes made on the workers): images/s with 1, 4 and 8 workers, and the per-image cost of generation
+  (one real face and its fake, `self_blended.self_blend`, beside the PNG decode), in one process. The Original videos'
+  crops carry landmarks (the aligned faces' five points, in each video's crop marker, as `01_preprocess` writes them);
 * `peak_rss_mb`: the peak RSS (VmHWM) of the main process (index + datasets + loader) for the full tree and for a tree
   one tenth of its size: flat in dataset size means within 10 %.
 
@@ -49,8 +53,20 @@ def face_pngs(out: Path, n: int = 8, size: int = 224) -> list[Path]:
     return pool
 
 
-def make_tree(root: Path, videos: int, crops_per_video: int, pool: list[Path]) -> dict:
-    "The crop tree `<root>/<split>_set/<method>/<video>/<frame>_0.png` of `videos` x `crops_per_video` hard-linked PNGs."
+# the five landmarks (eyes, nose, mouth corners) of the shared aligned faces at 160 px (nbs/03a_self_blended.ipynb), scaled
+ALIGNED_LANDMARKS = [[43, 69], [115, 69], [80, 97], [52, 126], [112, 125]]
+
+
+def pool_landmarks(pool: list[Path], n_faces: int, size: int = 224) -> list:
+    "The landmarks of each pool PNG (`face_pngs`: the aligned faces at `size` px, every other round mirrored)."
+    import numpy as np
+    lm = np.array(ALIGNED_LANDMARKS, float) * size / 160
+    return [(lm * [-1, 1] + [size - 1, 0] if k // n_faces % 2 else lm).round(2).tolist() for k in range(len(pool))]
+
+
+def make_tree(root: Path, videos: int, crops_per_video: int, pool: list[Path], landmarks: list | None = None) -> dict:
+    """The crop tree `<root>/<split>_set/<method>/<video>/<frame>_0.png` of `videos` x `crops_per_video` hard-linked PNGs;
+    with `landmarks` (one per pool PNG) each Original video's crop marker holds its crops' landmarks."""
     t0, linked, copied = time.perf_counter(), 0, 0
     for v in range(videos):
         method = METHODS[v % len(METHODS)]
@@ -62,6 +78,9 @@ def make_tree(root: Path, videos: int, crops_per_video: int, pool: list[Path]) -
             src, dst = pool[(v + f) % len(pool)], d / f"{f * 10}_0.png"
             try: os.link(src, dst); linked += 1
             except OSError: shutil.copyfile(src, dst); copied += 1
+        if landmarks is not None and method == "Original":
+            lms = {f"{f * 10}_0.png": landmarks[(v + f) % len(pool)] for f in range(crops_per_video)}
+            (d / ".done.json").write_text(json.dumps({"crops": crops_per_video, "landmarks": lms}))
     return {"videos": videos, "crops": videos * crops_per_video, "seconds": time.perf_counter() - t0,
             "hard_links": linked, "copies": copied, "png_bytes": int(sum(p.stat().st_size for p in pool) / len(pool))}
 
@@ -75,28 +94,40 @@ root, cfg, workers, seconds, what = sys.argv[1], json.loads(sys.argv[2]), json.l
 out = {}
 t = time.perf_counter(); crops = index_crops(root); out["index_seconds"] = time.perf_counter() - t; out["crops"] = len(crops)
 del crops
+if what == "sbi": cfg = {**cfg, "training": {**cfg["training"], "fakes": "self-blended"}}
 t = time.perf_counter(); train_ds, _, summary = make_datasets(root, cfg); out["datasets_seconds"] = time.perf_counter() - t
 out["train_frames"] = len(train_ds)
 # one item's cost, step by step, in this process (what each worker pays per image)
 import numpy as np, os
 from einops import rearrange
 from deepfake_explain.data import read_image_rgb
-cost, n = np.zeros(3), 100
+from deepfake_explain.self_blended import sbi_pair_batch
+cost, n = np.zeros(3), min(100, len(train_ds))
 for i in range(n):  # one image at a time: nothing kept (the peak RSS stays the loader's)
+    if what == "sbi":   # one real face and its fake: decode + resize, generation, both to float tensors
+        t0 = time.perf_counter(); face, lm = train_ds.face(i)
+        t1 = time.perf_counter(); b = sbi_pair_batch([face], [lm], 0, 0, [i])
+        t2 = time.perf_counter(); x = torch.from_numpy(rearrange(b.images, "k h w c -> k c h w").copy()).float()
+        cost += np.diff([t0, t1, t2, time.perf_counter()])
+        continue
     t0 = time.perf_counter(); im = read_image_rgb(os.fsdecode(train_ds.paths[i]))
     t1 = time.perf_counter(); a = train_ds.transform(im, np.random.default_rng(i))
     t2 = time.perf_counter(); x = torch.from_numpy(np.ascontiguousarray(rearrange(a, "h w c -> c h w"))).float()
     cost += np.diff([t0, t1, t2, time.perf_counter()])
-out["per_image_ms"] = dict(zip(("decode_png", "augment", "to_float_tensor"), (1e3 * cost / n).tolist()))
+names = ("decode_resize_png", "self_blend_pair", "pair_to_float_tensors") if what == "sbi" else ("decode_png", "augment", "to_float_tensor")
+out["per_image_ms"] = dict(zip(names, (1e3 * cost / n).tolist()))
 out["loader"] = {}
 for w in workers:
-    loader = make_loader(train_ds, cfg["training"]["bs"], shuffle=True, workers=w, seed=0)
+    bs = cfg["training"]["bs"] // 2 if what == "sbi" else cfg["training"]["bs"]   # self-blended: bs / 2 pairs (as train)
+    loader = make_loader(train_ds, bs, shuffle=True, workers=w, seed=0)
     start_epoch(loader, 0, 0)
     it = iter(loader)
     t0 = time.perf_counter(); next(it); first = time.perf_counter() - t0  # the workers' start and first batch
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        x, y, idx = next(it); n += len(x)
+        try: x, y, idx = next(it)
+        except StopIteration: it = iter(loader); continue   # a small tree (the self-blended line: its reals only) ends first
+        n += len(x)
     dt = time.perf_counter() - t0
     out["loader"][str(w)] = {"images": n, "seconds": dt, "images_per_s": n / dt, "first_batch_seconds": first}
     del it, loader
@@ -106,9 +137,9 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def run_child(root: Path, workers, seconds: float) -> dict:
+def run_child(root: Path, workers, seconds: float, what: str = "x") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(root), json.dumps(CONFIG), json.dumps(list(workers)), str(seconds), "x"],
+    r = subprocess.run([sys.executable, "-c", CHILD, str(root), json.dumps(CONFIG), json.dumps(list(workers)), str(seconds), what],
                        capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
     if r.returncode or not lines: raise RuntimeError(f"loader benchmark on {root} failed:\n{r.stderr[-3000:]}")
@@ -125,7 +156,7 @@ def training_rate(device: str = "cpu", batch_size: int = 32, iters: int = 2) -> 
 
 def main(out_json=None, videos: int = 6000, crops_per_video: int = 20, workers=(1, 4, 8), seconds: float = 8.0,
          device: str = "cpu", train_iters: int = 2, small_fraction: float = 0.1, tmp_root: str | None = None,
-         quick: bool = False) -> dict:
+         quick: bool = False, sbi: bool = True) -> dict:
     "Generate the trees, time index and loader, compare peak RSS and the training rate; print; return (and write) the results."
     if quick: videos, seconds, train_iters = min(videos, 600), min(seconds, 3.0), min(train_iters, 1)
     t_all = time.perf_counter()
@@ -133,13 +164,14 @@ def main(out_json=None, videos: int = 6000, crops_per_video: int = 20, workers=(
     try:
         pool = face_pngs(base / "pool")
         small_n = max(len(METHODS) * 10, int(videos * small_fraction))
-        gen = {"big": make_tree(base / "big", videos, crops_per_video, pool)}
+        gen = {"big": make_tree(base / "big", videos, crops_per_video, pool, pool_landmarks(pool, len(list((SHARED / "faces" / "test_images_aligned").glob("*/1.png")))) if sbi else None)}
         gen["small"] = make_tree(base / "small", small_n, crops_per_video, pool)
         print(f"generated {gen['big']['crops']} crops of {videos} videos in {gen['big']['seconds']:.1f} s "
               f"({gen['big']['hard_links']} hard links, {gen['big']['png_bytes'] // 1024} KB per PNG); "
               f"and {gen['small']['crops']} crops of {small_n} videos", flush=True)
         big = run_child(base / "big", workers, seconds)
         small = run_child(base / "small", workers[:1], min(seconds, 2.0))
+        sbi_res = run_child(base / "big", workers, seconds, "sbi") if sbi else None
     finally:
         shutil.rmtree(base, ignore_errors=True)
     train = training_rate(device, CONFIG["training"]["bs"], train_iters) if train_iters else None
@@ -152,6 +184,8 @@ def main(out_json=None, videos: int = 6000, crops_per_video: int = 20, workers=(
            "peak_rss_ratio": big["peak_rss_mb"] / small["peak_rss_mb"],
            "peak_rss_within_10pct": abs(big["peak_rss_mb"] / small["peak_rss_mb"] - 1) <= 0.10,
            "loader_best_images_per_s": best["images_per_s"],
+           "sbi": None if sbi_res is None else {"train_real_faces": sbi_res["train_frames"], "per_image_ms": sbi_res["per_image_ms"],
+                                                "loader": sbi_res["loader"]},
            "env": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                    "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
            "seconds": time.perf_counter() - t_all}
@@ -166,6 +200,13 @@ def main(out_json=None, videos: int = 6000, crops_per_video: int = 20, workers=(
               f"({r['images']} images in {r['seconds']:.1f} s; first batch after {r['first_batch_seconds']:.2f} s)")
     if train: print(f"training on {device} ({train['precision']}, batch {train['batch_size']}, 224 px): {train['images_per_s']:.1f} images/s "
                     f"-> best loader / training = {res['loader_vs_training_ratio']:.1f}x")
+    if sbi_res is not None:
+        gen_ms = sbi_res["per_image_ms"]["self_blend_pair"]
+        print("self-blended loader (" + ", ".join(f"{w} worker{'s' if w != '1' else ''}: {r['images_per_s']:.0f} images/s"
+                                                 for w, r in sbi_res["loader"].items())
+              + f"; generation {gen_ms:.1f} ms per real face and its fake, decode + resize "
+              f"{sbi_res['per_image_ms']['decode_resize_png']:.1f} ms, 224 px, batch 32 = 16 pairs)"
+              + (f" against training {train['images_per_s']:.1f} images/s on {device}" if train else ""))
     print(f"peak RSS: {big['peak_rss_mb']:.0f} MB for {videos} videos, {small['peak_rss_mb']:.0f} MB for {small_n} "
           f"(ratio {res['peak_rss_ratio']:.3f}, within 10 %: {res['peak_rss_within_10pct']})")
     if out_json:

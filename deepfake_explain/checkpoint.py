@@ -13,7 +13,7 @@ from .core import Runtime, atomic_write, diff_message, state_dict_diff
 from .model import CONFIG_SCHEMA, ConfigError, Key, build_model, load_config, unwrap_state_dict
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'DEMO_DATA_WARNING',
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'FAKES', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'DEMO_DATA_WARNING',
            'RANDOM_BACKBONE_WARNING', 'load_train_config', 'model_config', 'CheckpointError', 'check_checkpoint_path',
            'read_checkpoint', 'is_training_checkpoint', 'save_checkpoint', 'CheckpointMismatchError', 'load_weights',
            'detector_config', 'load_detector', 'checkpoint_provenance', 'provenance_line', 'provenance_warning']
@@ -23,6 +23,8 @@ OPTIMIZERS = ("sgd", "adamw")
 
 SCHEDULERS = ("steplr", "cosine", "none")
 
+FAKES = ("dataset", "self-blended")
+
 TRAIN_KEYS = {
     "optimizer": Key(str, "sgd", "optimizer: sgd (reference) or adamw", choices=OPTIMIZERS),
     "momentum": Key(float, 0.0, "SGD momentum (reference: 0)", min=0, max=1),
@@ -31,6 +33,8 @@ TRAIN_KEYS = {
     "bn-momentum": Key(float, None, "BatchNorm running-stat momentum while training (null: the backbone's own, 0.01)",
                        min=0, max=1, nullable=True),
     "augment": Key(bool, True, "the reference's training augmentations (false: the validation transform only)"),
+    "fakes": Key(str, "dataset", "training fakes: dataset (the crop tree's fake folders) or self-blended (made from the "
+                 "real crops on the fly, 03a_self_blended)", choices=FAKES),
 }
 
 TRAIN_SCHEMA = {**CONFIG_SCHEMA, "training": {**CONFIG_SCHEMA["training"], **TRAIN_KEYS}}

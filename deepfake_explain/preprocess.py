@@ -25,11 +25,12 @@ from .mini_forensics import study_video_index
 # %% auto #0
 __all__ = ['REFERENCE_THRESHOLDS', 'DONE_MARKER', 'sample_indices', 'VideoReadError', 'open_video', 'downscale', 'read_frames',
            'brighten', 'FaceDetector', 'box_iou', 'track_faces', 'boxes_path', 'write_boxes', 'read_boxes',
-           'square_box', 'crop_face', 'crop_faces', 'detect_video', 'detect_and_crop_frames', 'detect_and_crop_video',
-           'in_shard', 'rank_shard', 'shard_videos', 'FailureLog', 'remove_stale_temps', 'DistInfo',
-           'setup_distributed', 'torchrun_group', 'gather_rows', 'torchrun_command', 'run_torchrun', 'VideoFrames',
-           'video_loader', 'torch_threads', 'DetectOptions', 'detect_dataset', 'crop_video', 'crop_dataset',
-           'detect_cli', 'crops_cli', 'preprocess_stage']
+           'boxes_have_landmarks', 'square_box', 'crop_face', 'crop_landmarks', 'crop_faces', 'detect_video',
+           'detect_and_crop_frames', 'detect_and_crop_video', 'in_shard', 'rank_shard', 'shard_videos', 'FailureLog',
+           'remove_stale_temps', 'DistInfo', 'setup_distributed', 'torchrun_group', 'gather_rows', 'torchrun_command',
+           'run_torchrun', 'VideoFrames', 'video_loader', 'torch_threads', 'DetectOptions', 'detect_dataset',
+           'crop_video', 'LandmarksError', 'read_crop_landmarks', 'crop_dataset', 'detect_cli', 'crops_cli',
+           'preprocess_stage']
 
 # %% ../nbs/01_preprocess.ipynb #1e1cbc14
 def sample_indices(n_total: int, frames_per_video: int = 0, every_n: int = 1) -> list[int]:
@@ -267,6 +268,12 @@ def read_boxes(path) -> dict:
         out[int(k)] = v
     return out
 
+def boxes_have_landmarks(path) -> bool:
+    "Whether every face of the boxes file `path` carries its five landmarks (rows of 15; a file without a face: True)."
+    try: boxes = read_boxes(path)
+    except ValueError: return False
+    return all(len(b) >= 15 for rows in boxes.values() if rows for b in rows if b is not None)
+
 # %% ../nbs/01_preprocess.ipynb #45f9e307
 def square_box(box, frame_hw, margin: float = 0.0) -> tuple[int, int, int, int]:
     """Integer square (x0, y0, x1, y1) around `box` (x0, y0, x1, y1, ...) inside a frame of size (H, W).
@@ -287,15 +294,24 @@ def crop_face(frame: np.ndarray, box, margin: float = 0.0) -> np.ndarray:
     x0, y0, x1, y1 = square_box(box, frame.shape[:2], margin)
     return np.ascontiguousarray(frame[y0:y1, x0:x1])
 
+def crop_landmarks(row, square) -> list | None:
+    """The five landmarks of a boxes row (x0, y0, x1, y1, prob, lx1, ly1, ..., lx5, ly5) in the pixels of its square
+    crop `square` (x0, y0, x1, y1), as [[x, y] x 5] rounded to 0.01 px; None for a row stored without landmarks."""
+    if len(row) < 15: return None
+    return np.round(np.asarray(row[5:15], np.float64).reshape(5, 2) - square[:2], 2).tolist()
+
 def crop_faces(frames: dict, boxes: dict, margin: float = 0.0) -> list[dict]:
-    "Crops of every face in `boxes` ({frame: [row | None] | None}) from `frames` ({frame: RGB}): [{frame, face, box, image}]."
+    """Crops of every face in `boxes` ({frame: [row | None] | None}) from `frames` ({frame: RGB}):
+    [{frame, face, box, image, landmarks}], the landmarks in crop pixels (`crop_landmarks`, None without them)."""
     out = []
     for f in sorted(boxes):
         if not boxes[f]: continue
         for j, b in enumerate(boxes[f]):
             if b is None: continue
-            try: out.append(dict(frame=int(f), face=j, box=b[:5], image=crop_face(frames[f], b, margin)))
+            try: sq = square_box(b, frames[f].shape[:2], margin)
             except ValueError as e: raise ValueError(f"frame {f}, face {j}: {e}") from None
+            out.append(dict(frame=int(f), face=j, box=b[:5], image=np.ascontiguousarray(frames[f][sq[1]:sq[3], sq[0]:sq[2]]),
+                            landmarks=crop_landmarks(b, sq)))
     return out
 
 # %% ../nbs/01_preprocess.ipynb #1656aabd
@@ -587,7 +603,7 @@ class DetectOptions:
     "How `detect_dataset` samples frames and runs MTCNN."
     frames_per_video: int = 30    # equidistant frames per video (0: every every_n-th frame)
     every_n: int = 1              # with frames_per_video 0: detect on every n-th frame
-    landmarks: bool = False       # also store the 5 MTCNN landmarks per face
+    landmarks: bool = True        # store the 5 MTCNN landmarks beside each box (self-blended training needs them)
     batch_size: int = 32          # frames per MTCNN batch
     num_workers: int = 2          # DataLoader processes decoding videos
     iou_threshold: float = 0.2    # box overlap that continues a face track
@@ -597,7 +613,8 @@ def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSI
                    runtime: Runtime | None = None, detector: FaceDetector | None = None, shard=None, progress: bool = True,
                    dist_info=None) -> pd.DataFrame:
     """Detect faces on the sampled frames of every video of `videos` (a video index) into
-    `<boxes_root>/boxes/...json`; finished videos are skipped, failures go to `<boxes_root>/boxes/failures*.csv`.
+    `<boxes_root>/boxes/...json`; finished videos are skipped (boxes stored without the landmarks `opts` asks for are
+    redone), failures go to `<boxes_root>/boxes/failures*.csv`.
     Returns one row per video of the shard: video, method, path, boxes, status (done|skipped|failed), faces_in, frames, seconds.
     Under torchrun (`dist_info`: `DistInfo`, world > 1) each rank detects its share (`rank_shard`); every rank
     returns the whole shard's summary, rank 0 merges the failure logs."""
@@ -606,7 +623,7 @@ def detect_dataset(videos: pd.DataFrame, boxes_root, dataset: str = "FACEFORENSI
     detector = detector or FaceDetector(device=runtime.device, batch_size=opts.batch_size)
     log = FailureLog(_failures_path(Path(boxes_root) / "boxes", log_shard))
     rows = _detect_rows(mine, boxes_root, dataset)
-    todo = [rec for rec in rows if not Path(rec["boxes"]).exists()]
+    todo = [rec for rec in rows if not Path(rec["boxes"]).exists() or (opts.landmarks and not boxes_have_landmarks(rec["boxes"]))]
     cpu = detector.device.type == "cpu"
     threads = (runtime.threads or max(1, torch.get_num_threads() - opts.num_workers)) if cpu else None
     ds = VideoFrames([r["path"] for r in todo], opts.frames_per_video, opts.every_n, detector.scale)
@@ -639,8 +656,29 @@ def crop_video(row, boxes_file, crops_root, margin: float = 0.0) -> int:
         write_png_atomic(p, c["image"]); names.add(p.name)
     for p in folder.glob("*.png"):  # crops of an earlier, different run of this video
         if p.name not in names: p.unlink()
-    write_json_atomic(folder / DONE_MARKER, dict(crops=len(crops), frames=len(faces), margin=margin, boxes=str(boxes_file)))
+    lms = {f"{c['frame']}_{c['face']}.png": c["landmarks"] for c in crops}
+    write_json_atomic(folder / DONE_MARKER, dict(crops=len(crops), frames=len(faces), margin=margin, boxes=str(boxes_file),
+                                                 landmarks=lms))
     return len(crops)
+
+class LandmarksError(ValueError):
+    "Face crops without the landmarks self-blended training needs (the message names the folder and the fix)."
+
+def read_crop_landmarks(folder) -> dict:
+    """{crop file name: landmarks (5, 2) float64 in crop pixels} of one video's crop folder, from its `.done.json` marker;
+    `LandmarksError` naming the folder and the fix where they are missing (crops made before landmarks were stored)."""
+    folder, fix = Path(folder), ("rerun the crops stage with landmarks: deepfake-explain-detect then deepfake-explain-crops "
+                                 "(or the study's preprocess stage) redo the videos stored without them")
+    marker = folder / DONE_MARKER
+    try: lms = json.loads(marker.read_text()).get("landmarks")
+    except (OSError, ValueError, AttributeError) as e:
+        raise LandmarksError(f"{marker}: no readable crop marker ({type(e).__name__}); {fix}") from None
+    if not isinstance(lms, dict):
+        raise LandmarksError(f"{folder}: crops stored without landmarks (made before they were stored); {fix}")
+    if missing := sorted(k for k, v in lms.items() if v is None):
+        raise LandmarksError(f"{folder}: {len(missing)} crop(s) without landmarks (e.g. {missing[0]}: boxes detected "
+                             f"without them); {fix}")
+    return {k: np.asarray(v, np.float64).reshape(5, 2) for k, v in lms.items()}
 
 # %% ../nbs/01_preprocess.ipynb #7f00cfb2
 class _CropJobs(Dataset):
@@ -652,10 +690,17 @@ class _CropJobs(Dataset):
         except Exception as e: return dict(i=i, n=None, error=f"{type(e).__name__}: {e}")
 
 # %% ../nbs/01_preprocess.ipynb #048bfbf8
+def _crops_done(marker: Path, boxes_file: Path) -> bool:
+    "A video's crops are done: its marker exists and holds landmarks, or its boxes have none to add (crops made before)."
+    if not marker.exists(): return False
+    try: has = isinstance(json.loads(marker.read_text()).get("landmarks"), dict)
+    except (OSError, ValueError, AttributeError): return False
+    return has or not (boxes_file.exists() and boxes_have_landmarks(boxes_file))
+
 def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "FACEFORENSICS", margin: float = 0.0,
                  num_workers: int = 2, shard=None, progress: bool = True, dist_info=None) -> pd.DataFrame:
     """Square face crops of every video of `videos` from its boxes into `<crops_root>/<split>_set/<method>/<video>/`;
-    finished videos are skipped, failures go to `<crops_root>/failures*.csv`. Returns one row per video: video, method,
+    finished videos are skipped (crops made without landmarks whose boxes now have them are redone), failures go to `<crops_root>/failures*.csv`. Returns one row per video: video, method,
     path, status (done|skipped|failed), crops. Under torchrun (`dist_info`) each rank crops its share, as `detect_dataset`."""
     info = dist_info
     mine, log_shard = _rank_videos(videos, shard, info)
@@ -664,8 +709,8 @@ def crop_dataset(videos: pd.DataFrame, boxes_root, crops_root, dataset: str = "F
     for r in mine.itertuples():
         rec = dict(video=r.video, method=r.method, path=r.path, status="skipped", crops=None, _i=r.Index)
         rows.append(rec)
-        if (crop_path(crops_root, r.split, r.method, r.video, 0, 0).parent / DONE_MARKER).exists(): continue
         bf = _boxes_file(r, boxes_root, dataset)
+        if _crops_done(crop_path(crops_root, r.split, r.method, r.video, 0, 0).parent / DONE_MARKER, bf): continue
         if not bf.exists():
             rec["status"] = "failed"; log.add(r.path, "crop", f"{bf}: no boxes file (run deepfake-explain-detect first)"); continue
         todo.append((rec, r)); boxes.append(bf)
@@ -717,7 +762,8 @@ def detect_cli(
     device: str = "auto",            # auto | cpu | cuda | cuda:1 ...
     workers: int = 2,                # DataLoader processes decoding videos
     threads: int = 0,                # CPU torch threads for MTCNN (0: cores left by the workers)
-    landmarks: bool = False,         # also store the 5 MTCNN landmarks per face
+    landmarks: bool = False,         # kept for older scripts: the 5 MTCNN landmarks are stored by default now
+    no_landmarks: bool = False,      # boxes without the 5 MTCNN landmarks (self-blended training cannot use their crops)
     shard: str = None,               # k/N: process the k-th of N deterministic parts of the dataset
     strict: bool = False,            # exit with status 1 if any video failed
 ):
@@ -730,7 +776,7 @@ def detect_cli(
         root = output_path or data_path
         with torchrun_group(device) as (info, dev):
             if info.is_main: _log_index_skips(videos, Path(root) / "boxes", shard)
-            opts = DetectOptions(frames_per_video, every_n, landmarks, batch_size, num_workers=workers)
+            opts = DetectOptions(frames_per_video, every_n, landmarks or not no_landmarks, batch_size, num_workers=workers)
             s = detect_dataset(videos, root, dataset, opts, Runtime(str(dev), threads or None), shard=shard,
                                progress=info.is_main, dist_info=info)
         code = _finish("deepfake-explain-detect", s, _failures_path(Path(root) / "boxes", shard), strict, info.is_main)

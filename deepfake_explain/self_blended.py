@@ -5,17 +5,24 @@
 # %% ../nbs/03a_self_blended.ipynb #a2476c41
 from __future__ import annotations
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
+import torch
 from einops import rearrange
+from matplotlib.figure import Figure
 
-from .core import jpeg_compress
+from .core import figure_png, jpeg_compress, read_image_rgb, write_bytes_atomic, write_csv_atomic
+from .data import ValTransform
+from .preprocess import read_crop_landmarks
 
 # %% auto #0
-__all__ = ['SBI_STEPS', 'SBIOptions', 'sbi_steps', 'sbi_table', 'check_face', 'face_ellipse', 'ellipse_inside', 'landmark_mask',
-           'draw_sbi', 'alter_copy', 'affine_pair', 'elastic_mask', 'blend_mask', 'blend', 'self_blend', 'SBIBatch',
-           'sbi_pair_batch']
+__all__ = ['SBI_STEPS', 'SELF_BLENDED', 'COMPARISON_COLUMNS', 'SBIOptions', 'sbi_steps', 'sbi_table', 'check_face',
+           'face_ellipse', 'ellipse_inside', 'landmark_mask', 'draw_sbi', 'alter_copy', 'affine_pair', 'elastic_mask',
+           'blend_mask', 'blend', 'self_blend', 'SBIBatch', 'sbi_pair_batch', 'real_crop_landmarks',
+           'SelfBlendedDataset', 'sbi_comparison']
 
 # %% ../nbs/03a_self_blended.ipynb #05184e92
 @dataclass(frozen=True)
@@ -250,3 +257,104 @@ def sbi_pair_batch(faces, landmarks, seed: int, epoch: int, indices, options: SB
                     labels=np.repeat(np.arange(2, dtype=np.int64), n),
                     masks=rearrange([np.zeros_like(masks), masks], "k n h w -> (k n) h w"),
                     index=np.tile(np.asarray(indices, dtype=np.int64), 2), records=recs)
+
+# %% ../nbs/03a_self_blended.ipynb #8377e94e
+SELF_BLENDED = "self-blended"   # the method name of generated fakes in a training summary
+
+def real_crop_landmarks(df: pd.DataFrame) -> np.ndarray:
+    "The landmarks `(N, 5, 2)` of the crops of `df` (column `path`), in crop pixels, from their videos' crop markers."
+    cache, out = {}, []
+    for p in map(Path, df["path"]):
+        if p.parent not in cache: cache[p.parent] = read_crop_landmarks(p.parent)
+        lms = cache[p.parent]
+        if p.name not in lms:
+            raise ValueError(f"{p}: no landmarks in {p.parent}/.done.json (the crop is not one of that run's crops); "
+                             "rerun the crops stage")
+        out.append(lms[p.name])
+    return np.stack(out) if out else np.zeros((0, 5, 2))
+
+class SelfBlendedDataset(torch.utils.data.Dataset):
+    "Real face crops of `df` and their self-blended fakes at `size` px: item i = (images (2, 3, S, S) float32, labels (2,))."
+    def __init__(self, df: pd.DataFrame, size: int, seed: int = 0, options: SBIOptions = SBIOptions(), fixed_epoch: int | None = None):
+        if len(df) == 0: raise ValueError("SelfBlendedDataset: no real face crops to self-blend")
+        if (df["label"] != 0).any(): raise ValueError(f"SelfBlendedDataset: {int((df['label'] != 0).sum())} fake crops given; "
+                                                      "self-blended fakes are made from real faces only")
+        self.paths, self.landmarks = [str(p) for p in df["path"]], real_crop_landmarks(df)     # (N, 5, 2) crop px
+        self.size, self.seed, self.options, self.fixed_epoch = int(size), int(seed), options, fixed_epoch
+        self.epoch, self.transform = fixed_epoch or 0, ValTransform(size)
+
+    def set_epoch(self, epoch: int):
+        "Draw the fakes of epoch `epoch` (a validation set keeps its fixed epoch)."
+        if self.fixed_epoch is None: self.epoch = int(epoch)
+
+    def __len__(self): return len(self.paths)
+
+    def face(self, i: int) -> tuple:
+        "Crop `i` at the dataset's size `(S, S, 3)` uint8 and its landmarks `(5, 2)` in those pixels."
+        img = read_image_rgb(self.paths[i])
+        scale = self.size / max(img.shape[:2])
+        lm = np.clip(self.landmarks[i] * scale, 0, self.size - 1)
+        return self.transform(img), lm
+
+    def pair(self, i: int) -> SBIBatch:
+        "`sbi_pair_batch` of face `i` alone: its real, its fake, the blend mask and the drawn record."
+        face, lm = self.face(i)
+        return sbi_pair_batch([face], [lm], self.seed, self.epoch, [i], self.options)
+
+    def __getitem__(self, i):
+        i = range(len(self))[i]
+        b = self.pair(i)
+        return torch.from_numpy(rearrange(b.images, "k h w c -> k c h w").copy()).float(), torch.from_numpy(b.labels).float()
+
+    def collate(self, items) -> tuple:
+        "Items `(images (2, 3, S, S), labels (2,), i)` -> images `(2B, 3, S, S)`, labels `(2B,)`, indices `(2B,)`: reals first."
+        x, y, idx = zip(*items)
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        return (rearrange(torch.stack(x), "b k c h w -> (k b) c h w"), rearrange(torch.stack(y), "b k -> (k b)"),
+                torch.cat([idx, idx + len(self)]))
+
+# %% ../nbs/03a_self_blended.ipynb #78ad743d
+COMPARISON_COLUMNS = ["detector", "test_set", "method", "n_videos", "video_auc", "fused_pointing_game", "fused_mass_in_mask", "n_maps"]
+
+def _method_of(path: str) -> str:
+    "The method folder of a crop path `.../<split>_set/<method>/<video>/<frame>_<face>.png`."
+    return Path(path).parts[-3]
+
+def _run_rows(name: str, run: Path) -> list[dict]:
+    rows = []
+    sets = [("main", run)] + [(d.name, d) for d in sorted((run / "cross").glob("[!_]*"))          # `_training_set`: main's twin
+                              if (d / "test" / "per_method.csv").is_file()]
+    q = run / "explanation" / "quality_per_image.csv"
+    maps = pd.read_csv(q) if q.is_file() else pd.DataFrame(columns=["method", "path", "pointing_game", "mass_in_mask"])
+    maps = maps[maps["method"] == "fused"].assign(fake_method=lambda d: d["path"].map(_method_of))
+    for test_set, folder in sets:
+        f = folder / "test" / "per_method.csv"
+        if not f.is_file(): raise FileNotFoundError(f"{f}: no per-method test table (run the evaluate stage of {run} first)")
+        for r in pd.read_csv(f).itertuples():
+            m = maps if (test_set != "main" or r.method == "All") else maps[maps["fake_method"] == r.method]
+            m = m if test_set == "main" else m.iloc[:0]                  # the maps are the main test split's
+            rows.append(dict(detector=name, test_set=test_set, method=r.method, n_videos=int(r.n_videos), video_auc=r.auc,
+                             fused_pointing_game=m["pointing_game"].mean() if len(m) else np.nan,
+                             fused_mass_in_mask=m["mass_in_mask"].mean() if len(m) else np.nan, n_maps=len(m)))
+    return rows
+
+def sbi_comparison(runs: dict, output) -> pd.DataFrame:
+    """One table of detectors `{name: study run folder}` (e.g. supervised and self-blended): per test set and method the
+    video AUC and our map's pointing game and mass in mask; written to `<output>/sbi_comparison.csv` and `.png`."""
+    df = pd.DataFrame([r for name, run in runs.items() for r in _run_rows(name, Path(run))], columns=COMPARISON_COLUMNS)
+    out = Path(output)
+    write_csv_atomic(out / "sbi_comparison.csv", df)
+    keys = df[["test_set", "method"]].drop_duplicates().apply(lambda r: r["method"] if r["test_set"] == "main" else f"{r['test_set']}: {r['method']}", axis=1)
+    fig = Figure(figsize=(min(4 + 0.9 * len(keys), 16), 3.4), dpi=100)
+    width = 0.8 / max(len(runs), 1)
+    for ax, col, title in zip(fig.subplots(1, 3), ("video_auc", "fused_pointing_game", "fused_mass_in_mask"),
+                              ("video AUC", "our map: pointing game", "our map: mass in mask")):
+        for k, name in enumerate(runs):
+            d = df[df["detector"] == name]
+            ax.bar(np.arange(len(d)) + k * width, d[col].to_numpy(dtype=float), width, label=name)
+        ax.set_xticks(np.arange(len(keys)) + width * (len(runs) - 1) / 2, list(keys), rotation=30, ha="right", fontsize=7)
+        ax.set(ylim=(0, 1), title=title); ax.grid(alpha=0.3, axis="y")
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    write_bytes_atomic(out / "sbi_comparison.png", figure_png(fig, dpi=100))
+    return df

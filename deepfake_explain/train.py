@@ -25,15 +25,16 @@ from .mini_forensics import MINI_METHODS
 from .model import backbone_init, build_model, fake_probability, resolve_backbone_weights
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, is_training_checkpoint, load_train_config,
                                          load_weights, model_config, read_checkpoint, save_checkpoint)
+from .self_blended import SELF_BLENDED, SelfBlendedDataset
 from .data import (CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, FaceCropDataset, TrainTransform, ValTransform,
                                    index_crops, select_training_frames)
 
 # %% auto #0
-__all__ = ['METRIC_COLUMNS', 'PROVENANCE_KEYS', 'DEFAULT_WORKERS', 'training_config', 'make_optimizer', 'make_scheduler',
-           'bce_pos_weight', 'EarlyStopping', 'read_metrics', 'append_metrics', 'plot_curves', 'training_runtime',
-           'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'seed_everything', 'make_loader', 'start_epoch',
-           'method_list', 'select_method', 'make_datasets', 'git_commit', 'provenance', 'TrainOptions', 'train',
-           'train_cli', 'resume_point']
+__all__ = ['METRIC_COLUMNS', 'SBI_VAL_SEED', 'PROVENANCE_KEYS', 'DEFAULT_WORKERS', 'training_config', 'make_optimizer',
+           'make_scheduler', 'bce_pos_weight', 'EarlyStopping', 'read_metrics', 'append_metrics', 'plot_curves',
+           'training_runtime', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'seed_everything', 'make_loader',
+           'start_epoch', 'method_list', 'select_method', 'make_datasets', 'git_commit', 'provenance', 'TrainOptions',
+           'train', 'train_cli', 'resume_point']
 
 # %% ../nbs/03_train.ipynb #db60754f
 def training_config(src) -> tuple[dict, Path | None]:
@@ -244,13 +245,15 @@ def _seed_worker(worker_id: int):
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, info: DistInfo = DistInfo(), workers: int = 0,
                 seed: int = 0, pin_memory: bool = False) -> DataLoader:
-    "A loader of `(image, label, index)` over this rank's share of `ds` (`DistributedSampler`, also for one process)."
+    """A loader of `(image, label, index)` over this rank's share of `ds` (`DistributedSampler`, also for one process);
+    a dataset with a `collate` method (`SelfBlendedDataset`: pairs) joins its batches with it."""
+    collate = getattr(ds, "collate", None)
     ds = IndexedDataset(ds)
     sampler = DistributedSampler(ds, num_replicas=info.world, rank=info.rank, shuffle=shuffle, seed=seed, drop_last=False)
     # a lone last sample would break BatchNorm in training mode: drop it (the epoch's order changes every epoch)
     lone = shuffle and len(sampler) % batch_size == 1 and len(sampler) > 1
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      worker_init_fn=_seed_worker, generator=torch.Generator(), drop_last=lone,
+                      worker_init_fn=_seed_worker, generator=torch.Generator(), drop_last=lone, collate_fn=collate,
                       persistent_workers=False)
 
 def start_epoch(loader: DataLoader, seed: int, epoch: int, rank: int = 0):
@@ -301,11 +304,34 @@ def _split_summary(df: pd.DataFrame) -> dict:
             "real_frames": int((df["label"] == 0).sum()), "fake_frames": int((df["label"] == 1).sum()),
             "frames_per_method": {str(k): int(v) for k, v in df["method"].value_counts().sort_index().items()}}
 
+SBI_VAL_SEED = 20220621   # the fixed seed of the validation split's self-blended fakes
+
+def _self_blended_datasets(root: Path, crops: pd.DataFrame, ts: dict, size: int, dataset, max_videos, seed: int):
+    """(train, val, summary) of `training.fakes: self-blended`: the real crops of each split (at most `max_videos` real
+    videos per split) and their generated fakes."""
+    reals = _limit_videos(crops[crops["label"] == 0], max_videos, seed)
+    sel = {split: select_training_frames(reals, ts["frames-per-video"], ts["rebalancing_real"], split=split) for split in ("train", "val")}
+    for split, df in sel.items():
+        if len(df) == 0:
+            raise ValueError(f"{root / (split + '_set')}: no real face crops ({ORIGINAL}) in the {split} split; training.fakes "
+                             "self-blended makes its fakes from real faces: crop real videos into this split (the crops stage) "
+                             "or train with training.fakes: dataset")
+    summary = {"crops_root": str(root.resolve()), "dataset": dataset, "fakes": SELF_BLENDED, "max_videos": max_videos, "pos_weight": 1.0,
+               "crop_methods": sorted(set(crops["method"]) - {ORIGINAL}), "unused_fake_frames": int((crops["label"] == 1).sum())}
+    for split, df in sel.items():
+        s = _split_summary(df)
+        s.update(frames=2 * len(df), fake_frames=len(df), frames_per_method={ORIGINAL: len(df), SELF_BLENDED: len(df)})
+        summary[split] = s
+    return (SelfBlendedDataset(sel["train"], size, seed=seed), SelfBlendedDataset(sel["val"], size, seed=SBI_VAL_SEED, fixed_epoch=0),
+            summary)
+
 def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int | None = None, seed: int = 0):
-    "(train dataset, val dataset, summary) of the face crops under `crops_root` for config `cfg` (path or dict)."
+    """(train dataset, val dataset, summary) of the face crops under `crops_root` for config `cfg` (path or dict);
+    `training.fakes: self-blended` gives `SelfBlendedDataset`s of the real crops (items: a real face and its fake)."""
     cfg = load_train_config(cfg)
     ts, size = cfg["training"], cfg["model"]["image-size"]
     root = Path(crops_root)
+    if ts["fakes"] == SELF_BLENDED: return _self_blended_datasets(root, index_crops(root), ts, size, dataset, max_videos, seed)
     crops = _limit_videos(select_method(index_crops(root), dataset, str(root)), max_videos, seed)
     sel = {split: select_training_frames(crops, ts["frames-per-video"], ts["rebalancing_real"], ts["rebalancing_fake"], split=split)
            for split in ("train", "val")}
@@ -315,7 +341,7 @@ def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int |
                              f"max_videos={max_videos}); run preprocessing for this split first")
     try: pw = bce_pos_weight(sel["train"]["label"])
     except ValueError as e: raise ValueError(f"{root / 'train_set'}: {e}") from None
-    summary = {"crops_root": str(root.resolve()), "dataset": dataset, "max_videos": max_videos, "pos_weight": pw,
+    summary = {"crops_root": str(root.resolve()), "dataset": dataset, "fakes": "dataset", "max_videos": max_videos, "pos_weight": pw,
                "skipped_files": len(crops.attrs.get("skipped", [])) if hasattr(crops, "attrs") else 0,
                **{split: _split_summary(df) for split, df in sel.items()}}
     return (FaceCropDataset(sel["train"], TrainTransform(size, seed=seed) if ts["augment"] else ValTransform(size), seed=seed),
@@ -339,14 +365,16 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError): return None
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
-PROVENANCE_KEYS = ("datasets", "methods", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout", "epochs",
-                   "git_commit", "generated_data")
+PROVENANCE_KEYS = ("datasets", "methods", "fakes", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout",
+                   "epochs", "git_commit", "generated_data")
 
 def provenance(cfg: dict, summary: dict, epochs: int) -> dict:
-    "What a checkpoint was trained on (`PROVENANCE_KEYS`), from its validated config and `make_datasets`' summary."
+    """What a checkpoint was trained on (`PROVENANCE_KEYS`), from its validated config and `make_datasets`' summary;
+    `fakes` is `dataset` or `self-blended` (then `methods` is `['self-blended']` and `datasets` those of the crop tree)."""
     methods = sorted({m for s in ("train", "val") for m in summary[s]["frames_per_method"]} - {ORIGINAL})
-    datasets = _dataset_names(methods)
-    return {"datasets": datasets, "methods": methods, "n_train_videos": int(summary["train"]["videos"]),
+    fakes = summary.get("fakes", "dataset")
+    datasets = _dataset_names(summary["crop_methods"] if fakes == SELF_BLENDED else methods)   # self-blended: the tree's data
+    return {"datasets": datasets, "methods": methods, "fakes": fakes, "n_train_videos": int(summary["train"]["videos"]),
             "n_val_videos": int(summary["val"]["videos"]), "backbone_init": backbone_init(cfg["model"]["backbone-weights"]),
             "image_size": int(cfg["model"]["image-size"]), "layout": cfg["model"]["layout"], "epochs": int(epochs),
             "git_commit": git_commit(), "generated_data": "mini" in datasets}
@@ -477,7 +505,8 @@ def _setup_run(info, runtime: Runtime, config, data_root, output: Path, options:
     first = _resume_into(ckpt, cfg, resume, model, opt, sched, scaler, stopper, log) if ckpt is not None else 1
     net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) if info.enabled else model
     loss_fn = nn.BCEWithLogitsLoss(reduction="none", pos_weight=torch.tensor(summary["pos_weight"], device=dev))
-    loaders = [make_loader(ds, ts["bs"], shuffle, info, o.workers, o.seed, dev.type == "cuda") for ds, shuffle in ((train_ds, True), (val_ds, False))]
+    bs = max(1, ts["bs"] // 2) if ts["fakes"] == SELF_BLENDED else ts["bs"]   # self-blended: bs / 2 pairs, bs images
+    loaders = [make_loader(ds, bs, shuffle, info, o.workers, o.seed, dev.type == "cuda") for ds, shuffle in ((train_ds, True), (val_ds, False))]
     meta = {**_model_meta(model, cfg), "versions": _library_versions(), "dataset": summary, "seed": o.seed, "world_size": info.world,
             "precision": runtime.precision, "memory_format": runtime.memory_format, "num_epochs": o.num_epochs}
     run = _Run(model, net, opt, sched, scaler, stopper, loss_fn, *loaders, runtime, info, output, o, log,

@@ -20,7 +20,7 @@ import torch
 
 from deepfake_explain.data import crop_path, index_dfdc, index_ffpp, read_image_rgb, video_row
 from deepfake_explain.preprocess import (DONE_MARKER, FaceDetector, boxes_path, crops_cli, detect_and_crop_frames,
-                                         detect_cli, read_boxes, video_loader, VideoFrames)
+                                         detect_cli, read_boxes, read_crop_landmarks, video_loader, VideoFrames)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FRAMES = 4
@@ -54,11 +54,13 @@ def test_faces_and_crops_on_every_shared_video(shared_data):
         assert item["error"] is None, item["error"]
         frames = item["frames"].numpy()  # (N, H, W, 3) full resolution
         assert len(frames) == FRAMES, path
-        r = detect_and_crop_frames(det, item["indices"], frames)
+        r = detect_and_crop_frames(det, item["indices"], frames, landmarks=True)
         found[path] = sum(v is not None for v in r["boxes"].values())
         for c in r["crops"]:
             h, w = c["image"].shape[:2]
             assert h == w >= 20, (path, c["frame"], c["face"], c["image"].shape)
+            lm = np.asarray(c["landmarks"])                              # (5, 2) in crop pixels: eyes, nose, mouth corners
+            assert ((lm >= 0) & (lm <= h)).all() and lm[:2, 1].mean() < lm[3:, 1].mean(), (path, c["frame"], lm)
             if not redetected(redet, c["image"]): not_redetected.append((Path(path).name, c["frame"], c["face"], h))
     assert len(found) == 48
     rate = sum(found.values()) / (FRAMES * len(found))
@@ -147,6 +149,10 @@ def test_bad_input_is_recorded_and_skipped(shared_data, tmp_path):
     folder = crop_path(crops, "train", "Original", "469", 0, 0).parent
     pngs = sorted(folder.glob("*.png"))
     assert pngs and (folder / DONE_MARKER).exists()
+    lms = read_crop_landmarks(folder)  # the landmarks stored by default, beside each box and in crop pixels
+    assert set(lms) == {p.name for p in pngs}
+    assert all(len(b) == 15 for rows in read_boxes(boxes_path(out, "469", "Original")).values() if rows for b in rows if b)
     for p in pngs:
         img = read_image_rgb(p)
         assert img.shape[0] == img.shape[1]
+        assert ((lms[p.name] >= 0) & (lms[p.name] <= img.shape[0])).all(), (p, lms[p.name])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures_crops import synthetic_crops
+from fixtures_crops import sbi_crops, synthetic_crops
 from deepfake_explain.model import build_model
 from deepfake_explain.checkpoint import CHECKPOINT_FORMAT, load_train_config, model_config, read_checkpoint
 from deepfake_explain.train import TrainOptions, make_datasets, make_loader, read_metrics, seed_everything, train
@@ -161,6 +161,24 @@ def test_cli_missing_imagenet_file_fails_before_work(crops, tmp_path):
     assert str(tmp_path / "th" / "hub" / "checkpoints") in r.stderr and not (tmp_path / "out").exists()
 
 
+def test_cli_trains_self_blended_on_real_faces_only(tmp_path):
+    """`training.fakes: self-blended` (issue 28): the console script trains on a crop tree of real faces only, generating
+    the fakes in the loader (on its workers: tests/test_self_blended.py), and the checkpoint's provenance says so."""
+    import yaml
+    real = sbi_crops(tmp_path / "real", n_videos=3, n_frames=2, size=40)
+    cfg = tmp_path / "sbi.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "training": {**TINY["training"], "fakes": "self-blended"}}))
+    r = _cli(["--config", cfg, "--data_root", real, "--output", tmp_path / "out", "--num_epochs", 1, "--workers", 0, "--quiet"], ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = read_checkpoint(tmp_path / "out" / "last.pt")
+    p = {k: v for k, v in ck["provenance"].items() if k != "git_commit"}
+    assert p == {"datasets": [], "methods": ["self-blended"], "fakes": "self-blended", "n_train_videos": 3, "n_val_videos": 3,
+                 "backbone_init": "random", "image_size": 32, "layout": "spatial", "epochs": 1, "generated_data": False}
+    train_split = ck["meta"]["dataset"]["train"]
+    assert (train_split["frames"], train_split["real_frames"], train_split["fake_frames"]) == (12, 6, 6)
+    assert ck["metrics"]["n_train"] == 12 and ck["metrics"]["n_val"] == 12   # every real face and its fake, both splits
+
+
 def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
     "ImageNet (stand-in) backbone with frozen blocks: trains, and both checkpoints record what they were trained on."
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th")); monkeypatch.setenv("DEEPFAKE_EXPLAIN_OFFLINE", "1")
@@ -170,10 +188,10 @@ def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
     for name in ("last.pt", "best.pt"):
         ck = read_checkpoint(tmp_path / "run" / name)
         p = ck["provenance"]
-        assert set(p) == {"datasets", "methods", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout",
+        assert set(p) == {"datasets", "methods", "fakes", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout",
                           "epochs", "git_commit", "generated_data"}
         assert {k: v for k, v in p.items() if k != "git_commit"} == {
-            "datasets": ["FaceForensics++"], "methods": ["Deepfakes", "FaceSwap"], "n_train_videos": 16, "n_val_videos": 16,
+            "datasets": ["FaceForensics++"], "methods": ["Deepfakes", "FaceSwap"], "fakes": "dataset", "n_train_videos": 16, "n_val_videos": 16,
             "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False}
         assert p["git_commit"] is None or len(p["git_commit"]) == 40
     assert ck["meta"]["trainable_blocks"] == 1 and ck["meta"]["backbone_weights"].startswith("imagenet (")
