@@ -19,7 +19,7 @@ import deepfake_explain
 from .core import Runtime, UsageError, cli_errors, data_uri, did_you_mean, write_csv_atomic
 from .data import (CELEBDF_METHOD, COMPRESSIONS, DATASETS, DFD_METHOD, DFDC_METHOD, FFPP_METHODS,
                                    identity_disjoint, read_video_index, atomic_write, index_videos, write_json_atomic)
-from .checkpoint import load_detector
+from .checkpoint import FAKES, load_detector
 from .explain import COSTLY_METHODS, parse_methods
 from .localisation import QualityOptions, study_quality
 from .mini_forensics import MINI_METHODS
@@ -172,6 +172,7 @@ PARAM_SPECS = {  # every parameter of the stage notebooks and the runner (RUNNER
     "max_quality_images": Spec("int", low=1, none=True), "costly_quality_images": Spec("int", low=1, none=True),
     "max_videos": Spec("int", low=1, none=True), "workers": Spec("int", low=0), "seed": Spec("int", low=0),
     "image_size": Spec("int", low=16), "size": Spec("int", low=32), "n_pairs": Spec("list", low=1, items="int", length=3),
+    "fakes": Spec("str", none=True, choices=FAKES),  # null: the training config's `training.fakes`
     "dataset": Spec("str", choices=("mini",) + tuple(DATASETS)), "compression": Spec("str", choices=COMPRESSIONS),
     "device": Spec("str", pattern=r"auto|cpu|mps|cuda(:\d+)?"),
     "methods": Spec("str|list"), "test_methods": Spec("str|list", none=True),

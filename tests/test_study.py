@@ -321,6 +321,7 @@ def test_self_blended_variant_against_supervised(quick_run, sbi_run):
     assert split["videos"] == 8 and split["fake_frames"] == split["real_frames"] == split["frames"] // 2   # 8 real videos only
     info = json.loads((sbi_run / "test" / "metrics.json").read_text())["info"]
     assert info["provenance"]["fakes"] == "self-blended"
+    assert "fakes: self-blended" in (sbi_run / "report.html").read_text(), "the report does not say what the detector was trained on"
     pm = pd.read_csv(sbi_run / "test" / "per_method.csv", keep_default_na=False).set_index("method")
     assert pm.loc[["FaceSwapBlend", "MouthEyesEdit", "SelfBlended"], "in_training"].tolist() == ["no"] * 3
     table = sbi_comparison({"supervised": quick_run, "self-blended": sbi_run}, sbi_run)
