@@ -14,8 +14,6 @@ import pandas as pd
 import torch
 from einops import rearrange
 from fastcore.script import call_parse
-from scipy.stats import rankdata
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm  # text bars (tqdm.auto warns in kernels without ipywidgets)
@@ -105,6 +103,7 @@ def aggregate_videos(frames: pd.DataFrame, rule: str = "reference", threshold: f
 def _strict_operating_points(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every ROC point of the rule `score > t`: (fpr, tpr, t), from predicting nothing fake to everything;
     t is the midpoint between neighbouring distinct scores (the same points as `roc_curve(drop_intermediate=False)`)."""
+    from sklearn.metrics import roc_curve  # imported here, not at the top: every console script imports this module, and sklearn adds ~1.5 s to its start
     fpr, tpr, thr = roc_curve(np.asarray(labels, int), np.asarray(scores, float), drop_intermediate=False)
     d = thr[1:]  # distinct scores, descending; thr[0] is inf (nothing predicted fake)
     strict = np.empty_like(thr)
@@ -134,6 +133,7 @@ def choose_threshold(rule: str = "reference", calibrate: str | None = None, val_
 # %% ../nbs/04_evaluate.ipynb #2912e698
 def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     "ROC AUC of each row of (B, n) `labels` and `scores` (Mann-Whitney U with mid-ranks); nan where a row has one class."
+    from scipy.stats import rankdata
     r = rankdata(scores, axis=1)  # (B, n) mid-ranks: ties count one half, as in roc_auc_score
     n1 = labels.sum(1); n0 = labels.shape[1] - n1  # (B,)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -167,6 +167,7 @@ def video_metrics(videos: pd.DataFrame, frames: pd.DataFrame | None = None, thre
     if frames is not None:
         keys = pd.MultiIndex.from_frame(videos[["method", "video"]])
         f = frames[pd.MultiIndex.from_frame(frames[["method", "video"]]).isin(keys)]
+        from sklearn.metrics import roc_auc_score
         y = f["label"].to_numpy(int)
         reason = one_class_reason(y, "frames")
         if reason: m["undefined"]["frame_auc"] = reason
@@ -238,6 +239,7 @@ def roc_figure(videos: pd.DataFrame):
     for name in sorted(videos.loc[videos["label"] == 1, "method"].unique()) + ["All"]:
         sub = videos if name == "All" else videos[(videos["method"] == name) | (videos["label"] == 0)]
         if sub["label"].nunique() < 2: continue
+        from sklearn.metrics import roc_auc_score, roc_curve
         fpr, tpr, _ = roc_curve(sub["label"], sub["video_score"])
         ax.plot(fpr, tpr, lw=2.2 if name == "All" else 1.2, label=f"{name} (AUC = {roc_auc_score(sub['label'], sub['video_score']):.3f})")
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (video level)", xlim=(0, 1), ylim=(0, 1.01))
@@ -249,6 +251,7 @@ def confusion_figure(videos: pd.DataFrame, threshold: float):
     "Confusion matrix of `video_score > threshold` (rows: true class)."
     import seaborn as sns
     from matplotlib.figure import Figure
+    from sklearn.metrics import confusion_matrix
     cm = confusion_matrix(videos["label"], (videos["video_score"] > threshold).astype(int), labels=[0, 1])
     fig = Figure(figsize=(4, 3.4)); ax = fig.subplots()
     sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, xticklabels=["real", "fake"], yticklabels=["real", "fake"])

@@ -7,8 +7,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             roc_auc_score, roc_curve)
+
 
 # %% auto #0
 __all__ = ['one_class_reason', 'equal_error_rate', 'binary_metrics']
@@ -23,6 +22,7 @@ def one_class_reason(labels, what: str = "videos") -> str | None:
 # %% ../nbs/00b_metrics.ipynb #2c119f37
 def equal_error_rate(labels, scores) -> float:
     "EER: the rate where FNR = FPR on the ROC curve, interpolated linearly between ROC points."
+    from sklearn.metrics import roc_curve  # imported here, not at the top: every console script imports this module, and sklearn adds ~1.5 s to its start
     fpr, tpr, _ = roc_curve(np.asarray(labels, int), np.asarray(scores, float))
     d = (1 - tpr) - fpr  # decreasing from 1 (nothing fake) to -1 (everything fake)
     i = int(np.flatnonzero(d <= 0)[0])
@@ -38,6 +38,7 @@ def binary_metrics(labels, scores, threshold: float = 0.5, what: str = "videos")
     y, s = np.asarray(labels, int).ravel(), np.asarray(scores, float).ravel()
     if len(y) == 0: raise ValueError(f"no {what} to evaluate")
     p = (s > threshold).astype(int)
+    from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
     tn, fp, fn, tp = confusion_matrix(y, p, labels=[0, 1]).ravel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one-class balanced accuracy warns; its value (recall of that class) is still right

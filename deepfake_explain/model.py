@@ -16,7 +16,6 @@ from fastcore.basics import patch
 from efficientnet_pytorch import EfficientNet
 from efficientnet_pytorch.utils import url_map
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .core import did_you_mean, diff_message, state_dict_diff
 
@@ -567,6 +566,7 @@ def forward_gflops(model: nn.Module, image_size: int | None = None, batch_size: 
     s = image_size or getattr(model, "image_size", 224)
     x = torch.empty(batch_size, 3, s, s, device="meta")
     fn = fn or (lambda mod, inp: mod(inp))
+    from torch.utils.flop_counter import FlopCounterMode  # here: it imports triton (~0.3 s of every start)
     with FlopCounterMode(display=False) as fc, torch.no_grad(), contextlib.ExitStack() as stack:
         if any(isinstance(a, Attention) for a in m.modules()): stack.enter_context(record_attention(m))
         fn(m, x)

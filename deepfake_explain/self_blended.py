@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 from einops import rearrange
-from matplotlib.figure import Figure
 
 from .core import figure_png, jpeg_compress, read_image_rgb, write_bytes_atomic, write_csv_atomic
 from .data import ValTransform
@@ -345,6 +344,7 @@ def sbi_comparison(runs: dict, output) -> pd.DataFrame:
     out = Path(output)
     write_csv_atomic(out / "sbi_comparison.csv", df)
     keys = df[["test_set", "method"]].drop_duplicates().apply(lambda r: r["method"] if r["test_set"] == "main" else f"{r['test_set']}: {r['method']}", axis=1)
+    from matplotlib.figure import Figure  # here: training imports this module, and matplotlib adds ~0.5 s to every start
     fig = Figure(figsize=(min(4 + 0.9 * len(keys), 16), 3.4), dpi=100)
     width = 0.8 / max(len(runs), 1)
     for ax, col, title in zip(fig.subplots(1, 3), ("video_auc", "fused_pointing_game", "fused_mass_in_mask"),
