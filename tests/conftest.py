@@ -72,3 +72,11 @@ def save_tiny_checkpoint():
                     **extra}, path)
         return Path(path)
     return save
+
+
+def sigint_as_in_a_terminal():
+    """`preexec_fn` for a child that a test interrupts with SIGINT, as Ctrl-C in a terminal would: the default
+    disposition. A suite started in the background (`make test &`, nohup, some CI runners) ignores SIGINT, a child
+    inherits that, and Python then installs no KeyboardInterrupt handler, so the signal would never arrive."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,7 +16,7 @@ import pytest
 
 from deepfake_explain.checkpoint import DEMO_DATA_WARNING, RANDOM_BACKBONE_WARNING
 from deepfake_explain.videos import _annotated_frames, _fit_lines, annotate_frame
-from conftest import TINY
+from conftest import TINY, sigint_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -122,7 +122,8 @@ def test_interrupted_explain_resumes(shared_data, checkpoint, tmp_path):
     vids = [face_video(shared_data, tmp_path / "in" / f"v{i}.mp4") for i in range(3)]
     out = tmp_path / "out"
     args = [exe("deepfake-explain-predict"), str(tmp_path / "in"), "--model_path", str(checkpoint), "--output", str(out), "--explain", *FAST]
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+                         preexec_fn=sigint_as_in_a_terminal)
     t0 = time.monotonic()
     while not (out / "predictions.csv").exists() and p.poll() is None and time.monotonic() - t0 < 240: time.sleep(0.02)
     p.send_signal(signal.SIGINT)  # Ctrl-C after the first video

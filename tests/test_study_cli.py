@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from conftest import sigint_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = str(Path(sys.executable).parent / "deepfake-explain-study")
@@ -53,7 +54,8 @@ def test_ctrl_c_ends_with_one_line_and_resumes(tmp_path):
     cmd = [STUDY, "--params", str(params), "--output", str(tmp_path / "run"), "--stages", "generate"]
     log = tmp_path / "err.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=ENV, cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=ENV, cwd=ROOT, start_new_session=True,
+                                preexec_fn=sigint_as_in_a_terminal)
     deadline = time.time() + 240
     while "[study] generate:  14%" not in log.read_text():  # the stage's kernel has run its first cell
         assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
