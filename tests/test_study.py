@@ -208,17 +208,19 @@ def test_leave_one_method_out_rotation(lomo_run):
              "baseline_pointing_game", "baseline_mass_in_mask"]].round(3).to_string())
 
 
-def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, lomo_run, tmp_path):
+def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, sbi_run, tmp_path):
     """SIGKILL the study runner and its kernel in the middle of training, rerun it with --resume: finished work is not
     redone, nothing half-written is left, and every result equals the uninterrupted run's. The uninterrupted run is the
-    leave-one-method-out rotation (`lomo_run`: 2 epochs, so a kill after the first leaves one to resume); its data
-    stages' outputs (mini-forensics, index, boxes, crops) are copied from the quick study to keep the suite short;
-    training and evaluation run again from scratch with the same seed, so this is also the determinism test of the
-    detector (generation and detection are checked for determinism in test_mini_forensics; the explanation stages,
-    whose resumption is their files' atomic writes and keyed parts, are left out to keep the suite under 25 minutes)."""
+    self-blended demo variant (`sbi_run`: 2 short epochs, so a kill after the first leaves one to resume, and its fakes
+    are drawn from (seed, epoch, face), which a resumed epoch must draw again exactly); the data stages' outputs
+    (mini-forensics, index, boxes, crops) are the quick study's, linked; training and evaluation run again from scratch
+    with the same seed, so this is also the determinism test of the detector (generation and detection are checked for
+    determinism in test_mini_forensics, the supervised loader's resume in test_train; the explanation stages, whose
+    resumption is their files' atomic writes and keyed parts, are left out to keep the suite under 25 minutes)."""
     run = tmp_path / "killed run é"
-    for d in ("mini_forensics", "index", "boxes", "crops"): shutil.copytree(quick_run / d, run / d, symlinks=True)
-    cmd = [str(Path(sys.executable).parent / "deepfake-explain-study"), "--params", str(lomo_run.parent / "lomo.yaml"),
+    run.mkdir()
+    for d in ("mini_forensics", "index", "boxes", "crops"): (run / d).symlink_to(quick_run / d)   # read only here: linked
+    cmd = [str(Path(sys.executable).parent / "deepfake-explain-study"), "--params", str(sbi_run.parent / "sbi.yaml"),
            "--output", str(run), "--stages", "train,evaluate"]
     log = tmp_path / "first.log"
     with open(log, "w") as f: proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -230,6 +232,7 @@ def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, 
     assert _kill_tree(proc) == -9 and not (run / "stages" / "train.json").exists()
     epochs_before = metrics.read_text().splitlines()
     crops = {p: p.stat().st_mtime_ns for p in (run / "crops").rglob("*.png")}
+    assert crops, "no crops seen through the linked crop tree"
 
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -245,11 +248,11 @@ def test_killed_study_resumes_to_the_results_of_an_uninterrupted_run(quick_run, 
 
     # same results as the uninterrupted run, to the last digit
     import pandas as pd
-    assert _metric_rows(metrics) == _metric_rows(lomo_run / "train" / "metrics.csv")
+    assert _metric_rows(metrics) == _metric_rows(sbi_run / "train" / "metrics.csv")
     test_metrics = lambda d: {k: v for k, v in json.loads((d / "test" / "metrics.json").read_text()).items() if k != "info"}
-    assert test_metrics(run) == test_metrics(lomo_run)
+    assert test_metrics(run) == test_metrics(sbi_run)
     videos = lambda d: pd.read_csv(d / "test" / "videos.csv").drop(columns="folder")
-    pd.testing.assert_frame_equal(videos(run), videos(lomo_run))
+    pd.testing.assert_frame_equal(videos(run), videos(sbi_run))
 
 
 def test_docs_site_in_nbdev_manner(tmp_path):
