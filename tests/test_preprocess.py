@@ -23,7 +23,7 @@ from deepfake_explain.preprocess import (DONE_MARKER, FaceDetector, boxes_path, 
                                          detect_cli, read_boxes, read_crop_landmarks, video_loader, VideoFrames)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-FRAMES = 4
+FRAMES = 3   # frames sampled per shared video (the first, the middle and the last): 48 videos at full resolution
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")  # (tests/conftest.py): MTCNN on one thread
@@ -65,7 +65,7 @@ def test_faces_and_crops_on_every_shared_video(shared_data):
     assert len(found) == 48
     rate = sum(found.values()) / (FRAMES * len(found))
     assert rate >= 0.95, f"faces found in {rate:.1%} of the sampled frames: {found}"
-    # Per video at most one of the 4 frames without a face: frame 0 of the actors' street walk shows
+    # Per video at most one of the sampled frames without a face: frame 0 of the actors' street walk shows
     # the person ~15 px tall far down the street, which MTCNN does not find even at full resolution.
     assert all(n >= FRAMES - 1 for n in found.values()), {p: n for p, n in found.items() if n < FRAMES - 1}
     assert not not_redetected, f"no face re-detected in crops {not_redetected}"

@@ -163,13 +163,13 @@ def _metric_rows(path: Path) -> list[list[str]]:
 
 
 LOMO = dict(methods=["FaceSwapBlend", "SelfBlended"], test_methods="All", num_epochs=2,
-            explain_methods="fused,relevancy,attention,random", max_quality_images=96)  # the rotation's changes to study_quick
+            explain_methods="fused,relevancy,attention,random", max_quality_images=48)  # the rotation's changes to study_quick
 
 
 @pytest.fixture(scope="module")
 def lomo_run(quick_run, tmp_path_factory) -> Path:
     """One leave-one-method-out rotation on the quick study's data (issue 27): trained on two of mini-forensics' three
-    methods (2 epochs), tested on all three, four maps on 96 test crops. Its parameters are `lomo.yaml` beside it."""
+    methods (2 epochs), tested on all three, four maps on 48 test crops. Its parameters are `lomo.yaml` beside it."""
     import yaml
     tmp = tmp_path_factory.mktemp("lomo")
     run = tmp / "lomo"
