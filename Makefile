@@ -16,12 +16,12 @@ install: $(STAMP)
 # settings.ini, and `pip check` reports exactly this line, which the recipe lets through; any other line fails it.
 QUANTUS_NO_CV2 := quantus 0.6.0 requires opencv-python, which is not installed.
 
-# --no-compile: pip would byte-compile every module of every wheel (torch's thousands among them) at install; Python
-# compiles the ones it imports, once, when it first imports them.
+# Byte-compiled at install (pip's default), on purpose: where PYTHONDONTWRITEBYTECODE is set (as on this project's CI
+# machines) Python writes no .pyc when it imports, so without pip's every process would compile torch again.
 $(STAMP): settings.ini setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e ".[dev]"
-	$(PY) -m pip install -q --no-compile --no-deps -c constraints.txt quantus cachetools
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --no-deps -c constraints.txt quantus cachetools
 	$(PY) -m pip check > $(VENV)/.pip-check 2>&1; test -s $(VENV)/.pip-check && ! grep -vxF -e '$(QUANTUS_NO_CV2)' -e 'No broken requirements found.' $(VENV)/.pip-check
 	touch $(STAMP)
 
