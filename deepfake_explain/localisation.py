@@ -207,10 +207,13 @@ def perturbation_curves(model, x, scores, labels=None, fractions=FRACTIONS, repl
         y = (p0 > threshold) if labels is None else torch.as_tensor(labels, device=t.device).reshape(-1).bool()
         steps = [(name, desc, float(f)) for name, desc in (("positive", True), ("negative", False)) for f in fractions]
         orders = {desc: torch.argsort(scores.to(t.device), dim=1, descending=desc, stable=True) for desc in (True, False)}
+        run = [s for s in steps if round(s[2] * N)]  # a step that removes no token is the unperturbed prediction p0
         per = max(1, (1 << 26) // t.numel())  # steps per forward pass: at most 2^26 token values (256 MB) at once
-        p = torch.cat([fake_probability(model.classify_tokens(torch.cat([remove_tokens(t, orders[d], int(round(f * N)), replace)
-                                                                          for _, d, f in steps[k:k + per]])))  # (steps x B, N, D)
-                       for k in range(0, len(steps), per)]).float().cpu().numpy().reshape(len(steps), B)
+        p_run = [fake_probability(model.classify_tokens(torch.cat([remove_tokens(t, orders[d], int(round(f * N)), replace)
+                                                                   for _, d, f in run[k:k + per]]))).reshape(-1, B)  # (steps, B)
+                 for k in range(0, len(run), per)]
+        p_run = iter(torch.cat(p_run).unbind(0)) if p_run else iter(())
+        p = torch.stack([next(p_run) if round(f * N) else p0.reshape(B) for _, _, f in steps]).float().cpu().numpy()  # (steps, B)
     return pd.DataFrame(dict(image=np.tile(np.arange(B), len(steps)), order=np.repeat([n for n, _, _ in steps], B),
                              fraction=np.repeat([f for _, _, f in steps], B), fake_prob=p.ravel().astype(float),
                              correct=((p > threshold) == y.cpu().numpy()[None]).ravel().astype(float)))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import fractions, zlib
 from dataclasses import dataclass
 
-import av
 import cv2
 import numpy as np
 
@@ -126,6 +125,7 @@ def _resize(img, f, rng=None):
 
 # %% ../nbs/04a_perturb.ipynb #62bee9a8
 def _video(img, crf, rng=None):
+    import av  # PyAV (FFmpeg), imported where it is used: command-line start-up
     h, w = img.shape[:2]
     x = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")  # (H', W', 3), even sides
     enc = av.CodecContext.create("libx264", "w")
@@ -153,6 +153,7 @@ def perturb(image: np.ndarray, kind: str, level: int, seed: int = 0) -> np.ndarr
 # %% ../nbs/04a_perturb.ipynb #97dc3bf3
 def unavailable(kind: str) -> str | None:
     "Why this installation cannot apply perturbation `kind`, or None when it can."
+    import av
     if kind == "video" and "libx264" not in av.codecs_available: return "PyAV has no libx264 encoder here (PyPI's av wheels have it)"
     return None
 

@@ -8,8 +8,6 @@ import ast, contextlib, datetime as dt, hashlib, importlib.metadata as md, json,
 from dataclasses import dataclass
 from pathlib import Path
 
-import mistune
-import nbformat
 import pandas as pd
 import torch
 import yaml
@@ -97,10 +95,13 @@ def select_stages(stages=None, dataset: str = "mini", test_sets: bool = False) -
 
 # %% ../nbs/06_study.ipynb #9e6e0906
 def parameters_cell(nb_path) -> str:
-    "The source of the notebook's one cell tagged `parameters`; ValueError naming the notebook otherwise."
-    cells = [c for c in nbformat.read(nb_path, as_version=4).cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    """The source of the notebook's one cell tagged `parameters`; ValueError naming the notebook otherwise. Read as JSON:
+    every study run checks its parameters against the notebooks before any work, and importing nbformat (its schema
+    validator) costs a command-line start-up ~3 s."""
+    cells = [c for c in json.loads(Path(nb_path).read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1: raise ValueError(f"{nb_path}: expected one cell tagged 'parameters', found {len(cells)}")
-    return cells[0].source
+    src = cells[0]["source"]
+    return src if isinstance(src, str) else "".join(src)
 
 def notebook_parameters(nbs_dir, notebooks: dict) -> dict[str, list[str]]:
     "Parameter name -> the stage notebooks whose cell tagged `parameters` assigns it."
@@ -353,6 +354,7 @@ _NBDEV_EXPORT = re.compile(r"\bnbdev_export\s*\(")
 
 def _namespace_cell(module: str):
     "A hidden cell that brings the library module's names (private ones too) into the study kernel."
+    import nbformat
     return nbformat.v4.new_code_cell(
         "#| hide\n# the exported library in place of the notebook's definitions (study view, see 06_study)\n"
         f"import deepfake_explain.{module} as _stage_module\n"
