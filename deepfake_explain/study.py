@@ -367,6 +367,7 @@ def study_notebook(nb_path) -> nbformat.NotebookNode:
     the library module's namespace (`#| default_exp`), and every `#| stage` cell with its section's prose (the
     markdown cells before it, up to the section heading, across export cells).
     A notebook without `#| stage` cells runs whole. Cells that call nbdev's export never run."""
+    import nbformat  # here, not at the top: `deepfake-explain-study --help` and bad parameters answer without it
     nb = nbformat.read(nb_path, as_version=4)
     keep = [c for c in nb.cells if not (c.cell_type == "code" and _NBDEV_EXPORT.search(c.source))]
     directives = [cell_directives(c.source) if c.cell_type == "code" else {} for c in keep]
