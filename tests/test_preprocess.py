@@ -23,7 +23,7 @@ from deepfake_explain.preprocess import (DONE_MARKER, FaceDetector, boxes_path, 
                                          detect_cli, read_boxes, read_crop_landmarks, video_loader, VideoFrames)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-FRAMES = 3   # frames sampled per shared video (the first, the middle and the last): 48 videos at full resolution
+FRAMES = 2   # frames sampled per shared video (the first and the last): 48 videos at full resolution
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")  # (tests/conftest.py): MTCNN on one thread
