@@ -24,13 +24,15 @@ from .model import fake_probability, record_attention
 from .preprocess import gather_rows
 
 # %% auto #0
-__all__ = ['TARGETS', 'CAPTUM_METHODS', 'CAPTUM_SETTINGS', 'COSTLY_METHODS', 'METHODS', 'PIXEL_METHODS', 'EXPLANATION_COLUMNS',
-           'IMAGE_SUFFIXES', 'target_scores', 'eval_mode', 'record_attention_for', 'backbone_cache',
-           'attention_and_grads', 'chefer_cls_relevance', 'rollout_cls_relevance', 'normalize_maps', 'scores_to_maps',
-           'gradcam', 'input_saliency', 'fused_map', 'random_scores', 'target_labels', 'captum_attribution',
-           'captum_map', 'parse_methods', 'explain_batch', 'explain', 'relevancy', 'overlay_jet', 'classification',
-           'figure_title', 'explained_figure', 'gallery_figure', 'ExplainOptions', 'input_size', 'faces_to_batch',
-           'read_faces', 'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder', 'explain_stage']
+__all__ = ['TARGETS', 'CAPTUM_METHODS', 'CAPTUM_SETTINGS', 'SMOOTH_SETTINGS', 'CANDIDATE_METHODS', 'METHODS', 'PIXEL_METHODS',
+           'COSTLY_METHODS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'target_scores', 'eval_mode',
+           'record_attention_for', 'backbone_cache', 'attention_and_grads', 'chefer_cls_relevance',
+           'rollout_cls_relevance', 'normalize_maps', 'scores_to_maps', 'feature_grads', 'gradcam', 'input_gradient',
+           'input_saliency', 'fused_map', 'random_scores', 'target_labels', 'captum_attribution', 'captum_map',
+           'relevancy_backbone_map', 'smooth_relevancy_scores', 'gxi_relevancy_map', 'fused_features_map',
+           'parse_methods', 'explain_batch', 'explain', 'relevancy', 'overlay_jet', 'classification', 'figure_title',
+           'explained_figure', 'gallery_figure', 'ExplainOptions', 'input_size', 'faces_to_batch', 'read_faces',
+           'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder', 'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #736a53e8
 TARGETS = ("fake", "real", "predicted")
@@ -78,9 +80,11 @@ def backbone_cache(model, x) -> dict:
         return {"tokens": model.tokens(x)}  # (B, N, D)
 
 # %% ../nbs/05_explain.ipynb #21ff1758
-def attention_and_grads(model, x, target="fake", through_backbone=False, need_grads=True, cache=None):
+def attention_and_grads(model, x, target="fake", through_backbone=False, need_grads=True, cache=None, token_grads=False):
     """Attention maps per block [(B, H, N, N)], their gradients w.r.t. the summed per-image target scores
-    (None without `need_grads`), and the logits. `cache`: a `backbone_cache` of `x` to reuse."""
+    (None without `need_grads`), and the logits. `cache`: a `backbone_cache` of `x` to reuse. With `token_grads` a
+    fourth value: the gradient w.r.t. the transformer's input tokens (B, N, D), from the same backward."""
+    if token_grads and not need_grads: raise ValueError("token_grads needs need_grads")
     with eval_mode(model):
         if through_backbone:
             x = x.detach().clone().requires_grad_(True)
@@ -93,14 +97,16 @@ def attention_and_grads(model, x, target="fake", through_backbone=False, need_gr
                 logits = model.classify_tokens(t)  # (B, C)
                 attns = [blk.attn.attn_map for blk in model.transformer.blocks]
                 if any(a is None for a in attns): raise RuntimeError("record_attention did not record every block's attn_map")
-                grads = None
+                grads = tgrad = None
                 if need_grads:
-                    inputs = attns + ([x] if through_backbone else [])
-                    grads = [g.detach() for g in torch.autograd.grad(target_scores(logits, target).sum(), inputs)[: len(attns)]]
+                    inputs = attns + ([x] if through_backbone else []) + ([t] if token_grads else [])
+                    gs = torch.autograd.grad(target_scores(logits, target).sum(), inputs)
+                    grads, tgrad = [g.detach() for g in gs[: len(attns)]], gs[-1].detach()
                 attns = [a.detach() for a in attns]
             finally:
                 for blk in model.transformer.blocks: blk.attn.attn_map = None  # release the graph
-    return attns, grads, logits.detach()
+    return (attns, grads, logits.detach(), tgrad) if token_grads else (attns, grads, logits.detach())
+
 
 # %% ../nbs/05_explain.ipynb #be024425
 def chefer_cls_relevance(attns, grads) -> torch.Tensor:
@@ -147,30 +153,45 @@ def scores_to_maps(scores: torch.Tensor, grid, size, layout="spatial") -> torch.
     return normalize_maps(m[:, 0])
 
 # %% ../nbs/05_explain.ipynb #088c4fd4
-def gradcam(model, x, target="fake", cache=None):
-    """Grad-CAM (B, h, w) on the backbone's feature map `model.features(x)` (the map the tokens are made from, by
-    `model.embed`): ReLU of the channel sum weighted by the spatially averaged gradients; and the logits."""
+def feature_grads(model, x, target="fake", cache=None):
+    """The backbone's feature map `model.features(x)` (B, C, h, w) (the map the tokens are made from, by `model.embed`),
+    the gradient of the summed target scores w.r.t. it, and the logits; the backward stops at the feature map."""
     if not (callable(getattr(model, "features", None)) and callable(getattr(model, "embed", None))):
-        raise TypeError(f"{type(model).__name__}: Grad-CAM needs model.features(x) -> (B, C, h, w) and model.embed(f) -> tokens")
+        raise TypeError(f"{type(model).__name__}: needs model.features(x) -> (B, C, h, w) and model.embed(f) -> tokens")
     cache = cache if cache is not None else backbone_cache(model, x)
     a = cache["features"].detach().requires_grad_(True)  # (B, C, h, w), a leaf: the backward stops here
     with eval_mode(model), torch.enable_grad():
         logits = model.classify_tokens(model.embed(a))  # (B, n_classes)
         (g,) = torch.autograd.grad(target_scores(logits, target).sum(), [a])
-    cam = F.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1))  # (B, h, w)
-    return cam, logits.detach()
+    return a.detach(), g, logits.detach()
 
-# %% ../nbs/05_explain.ipynb #534214e9
-def input_saliency(model, x, target="fake", sigma: float = 2.0) -> torch.Tensor:
-    """Maps (B, H, W) in [0, 1]: |d score / d pixel| (max over the colour channels) of the full model, smoothed by a
-    Gaussian of `sigma` px (replicate padding), normalised per image."""
+def gradcam(model, x, target="fake", cache=None):
+    """Grad-CAM (B, h, w) on the backbone's feature map (`feature_grads`): ReLU of the channel sum weighted by the
+    spatially averaged gradients; and the logits."""
+    a, g, logits = feature_grads(model, x, target, cache)
+    cam = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1))  # (B, h, w)
+    return cam, logits
+
+
+# %% ../nbs/05_explain.ipynb #dd8633fb
+def input_gradient(model, x, target="fake") -> torch.Tensor:
+    "d score / d pixel (B, 3, H, W) of the full model for the summed per-image `target` scores, in eval mode."
     with eval_mode(model), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         (g,) = torch.autograd.grad(target_scores(model(xg), target).sum(), [xg])
+    return g
+
+
+# %% ../nbs/05_explain.ipynb #534214e9
+def input_saliency(model, x, target="fake", sigma: float = 2.0) -> torch.Tensor:
+    """Maps (B, H, W) in [0, 1]: |d score / d pixel| (max over the colour channels, `input_gradient`) of the full
+    model, smoothed by a Gaussian of `sigma` px (replicate padding), normalised per image."""
+    g = input_gradient(model, x, target)
     s, r = g.abs().amax(1, keepdim=True), max(1, int(round(3 * sigma)))  # (B, 1, H, W)
     w = torch.exp(-torch.arange(-r, r + 1, dtype=s.dtype, device=s.device) ** 2 / (2 * sigma ** 2)); w = w / w.sum()
     s = F.conv2d(F.pad(s, (r, r, r, r), mode="replicate"), w.view(1, 1, 1, -1))  # separable: rows, then columns
     return normalize_maps(F.conv2d(s, w.view(1, 1, -1, 1))[:, 0])
+
 
 # %% ../nbs/05_explain.ipynb #848f6e8c
 def fused_map(model, x, target="fake", cache=None, sigma: float = 2.0):
@@ -188,7 +209,6 @@ def random_scores(n_images, n_tokens, seed=0, device="cpu"):
 # %% ../nbs/05_explain.ipynb #9ffdd148
 CAPTUM_METHODS = ("saliency", "ig", "occlusion")
 CAPTUM_SETTINGS = dict(ig_steps=8, occlusion_grid=4)  # the table above
-COSTLY_METHODS = ("ig", "occlusion")  # 10-20x relevancy's cost per image: the quality pass may take a sample for them (05a)
 
 def target_labels(logits: torch.Tensor, target="fake") -> torch.Tensor:
     "Per-image labels (B,) (1 fake, 0 real) that fix the logit `target` picks on these `logits` (`target_scores` takes them)."
@@ -196,6 +216,7 @@ def target_labels(logits: torch.Tensor, target="fake") -> torch.Tensor:
     if target not in TARGETS: raise ValueError(f"target must be one of {TARGETS} or per-image labels, got {target!r}")
     if target == "predicted": return (fake_probability(logits.detach()) >= 0.5).long()
     return torch.full((len(logits),), int(target == "fake"), dtype=torch.long, device=logits.device)
+
 
 # %% ../nbs/05_explain.ipynb #a7efce16
 def captum_attribution(model, x, method: str, labels: torch.Tensor) -> torch.Tensor:
@@ -219,13 +240,73 @@ def captum_map(model, x, method: str, labels: torch.Tensor) -> torch.Tensor:
     a = a.amax(1) if method == "saliency" else a.sum(1).clamp(min=0)
     return normalize_maps(a)
 
+# %% ../nbs/05_explain.ipynb #448fe27c
+SMOOTH_SETTINGS = dict(n=8, sigma=0.15)  # smooth_relevancy: noisy copies per image, noise std as a fraction of its value range
+
+def relevancy_backbone_map(model, x, target="fake"):
+    """Relevancy carried through the backbone to the pixels (B, H, W) in [0, 1]: |dz/dx| (max over the colour channels)
+    for z = sum_i R_i <t_i, sg(dy/dt_i)> (`R` Chefer's token relevancy, `t` the tokens); and the logits."""
+    with eval_mode(model), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        t = model.tokens(xg)  # (B, N, D), graph through the CNN
+        attns, grads, logits, tg = attention_and_grads(model, x, target, cache={"tokens": t}, token_grads=True)
+        r = chefer_cls_relevance(attns, grads)  # (B, N)
+        (g,) = torch.autograd.grad(t, [xg], grad_outputs=r[..., None] * tg)  # backward of z through the backbone only
+    return normalize_maps(g.abs().amax(1)), logits
+
+
+# %% ../nbs/05_explain.ipynb #4cca99d3
+def smooth_relevancy_scores(model, x, target="fake", seed: int = 0, n: int | None = None, sigma: float | None = None, cache=None):
+    """SmoothGrad of relevancy: the mean token relevancy (B, N) of `n` copies of `x` with Gaussian noise of std
+    `sigma` x each image's value range (`SMOOTH_SETTINGS`), seeded by `seed`; one batch per copy; and the clean logits."""
+    n = SMOOTH_SETTINGS["n"] if n is None else int(n)
+    sigma = SMOOTH_SETTINGS["sigma"] if sigma is None else float(sigma)
+    if n < 1 or sigma < 0: raise ValueError(f"smooth_relevancy: need n >= 1 and sigma >= 0, got n={n}, sigma={sigma}")
+    cache = cache if cache is not None else backbone_cache(model, x)
+    with torch.no_grad(), eval_mode(model): logits = model.classify_tokens(cache["tokens"])
+    labels, g = target_labels(logits, target), torch.Generator().manual_seed(int(seed))
+    std = sigma * (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    total = 0
+    for _ in range(n):
+        xn = x + std * torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+        attns, grads, _ = attention_and_grads(model, xn, labels, cache=None if sigma else cache)
+        total = total + chefer_cls_relevance(attns, grads)
+    return total / n, logits
+
+
+# %% ../nbs/05_explain.ipynb #a2d36b63
+def gxi_relevancy_map(model, x, target="fake", cache=None):
+    """Gradient x input of the full model, |sum over colour channels of dy/dx * x|, kept where the upsampled relevancy
+    map exceeds its per-image mean (zero elsewhere), normalised: (B, H, W) in [0, 1]; and the logits."""
+    attns, grads, logits = attention_and_grads(model, x, target, cache=cache)
+    rel = scores_to_maps(chefer_cls_relevance(attns, grads), model.grid, x.shape[-2:], model.layout)  # (B, H, W)
+    support = rel > rel.mean((1, 2), keepdim=True)
+    gxi = (input_gradient(model, x, target) * x).sum(1).abs()  # (B, H, W)
+    return normalize_maps(torch.where(support, gxi, torch.zeros_like(gxi))), logits
+
+
+# %% ../nbs/05_explain.ipynb #3d3fb198
+def fused_features_map(model, x, target="fake", cache=None):
+    """Relevancy x the magnitude (L2 over channels) of the score's gradient w.r.t. the backbone's feature map
+    (`feature_grads`), upsampled bilinearly to the input size; normalised: (B, H, W) in [0, 1]; and the logits."""
+    cache = cache if cache is not None else backbone_cache(model, x)
+    attns, grads, logits = attention_and_grads(model, x, target, cache=cache)
+    rel = scores_to_maps(chefer_cls_relevance(attns, grads), model.grid, x.shape[-2:], model.layout)
+    _, g, _ = feature_grads(model, x, target, cache)
+    fac = F.interpolate(g.norm(dim=1, keepdim=True), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+    return normalize_maps(rel * fac), logits
+
+
 # %% ../nbs/05_explain.ipynb #1abf1907
-METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random", *CAPTUM_METHODS)
-PIXEL_METHODS = ("fused", *CAPTUM_METHODS)  # maps at the input size; their token scores are per-token means
+CANDIDATE_METHODS = ("relevancy_backbone", "smooth_relevancy", "gxi_relevancy", "fused_features")  # issue 29's candidates
+METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random", *CAPTUM_METHODS, *CANDIDATE_METHODS)
+PIXEL_METHODS = ("fused", *CAPTUM_METHODS, "relevancy_backbone", "gxi_relevancy", "fused_features")  # maps at the input size; their token scores are per-token means
+COSTLY_METHODS = ("ig", "occlusion")  # > 5x relevancy's cost per image (the cost table): the quality pass may take a sample for them (05a)
 
 def _check_call(x, method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
+
 
 # %% ../nbs/05_explain.ipynb #0a31c127
 def parse_methods(methods) -> tuple:
@@ -240,6 +321,10 @@ def _raw_scores(model, x, method, target, through_backbone, seed, cache):
     "(per-token scores (B, N), or Grad-CAM's feature-grid map (B, h, w), or a pixel map (B, H, W) of `PIXEL_METHODS`; logits)."
     if method == "gradcam": return gradcam(model, x, target, cache)
     if method == "fused": return fused_map(model, x, target, cache)
+    if method == "relevancy_backbone": return relevancy_backbone_map(model, x, target)
+    if method == "smooth_relevancy": return smooth_relevancy_scores(model, x, target, seed, cache=cache)
+    if method == "gxi_relevancy": return gxi_relevancy_map(model, x, target, cache)
+    if method == "fused_features": return fused_features_map(model, x, target, cache)
     if method in ("random", *CAPTUM_METHODS):
         with torch.no_grad(), eval_mode(model): logits = model.classify_tokens(cache["tokens"])
         if method == "random": return random_scores(len(x), cache["tokens"].shape[1], seed, x.device), logits
@@ -249,6 +334,7 @@ def _raw_scores(model, x, method, target, through_backbone, seed, cache):
     if method == "relevancy": return chefer_cls_relevance(attns, grads), logits
     if method == "rollout": return rollout_cls_relevance(attns), logits
     return attns[-1].mean(1)[:, 0, 1:], logits  # raw last-layer CLS attention (B, N-1)
+
 
 # %% ../nbs/05_explain.ipynb #ac10dbc0
 def explain_batch(model, x, method="relevancy", target="fake", through_backbone=False, size=None, seed=0, cache=None):
