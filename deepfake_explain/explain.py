@@ -107,7 +107,6 @@ def attention_and_grads(model, x, target="fake", through_backbone=False, need_gr
                 for blk in model.transformer.blocks: blk.attn.attn_map = None  # release the graph
     return (attns, grads, logits.detach(), tgrad) if token_grads else (attns, grads, logits.detach())
 
-
 # %% ../nbs/05_explain.ipynb #be024425
 def chefer_cls_relevance(attns, grads) -> torch.Tensor:
     "Row CLS of `R = prod_l (I + mean_h(clamp(grad_l * A_l, 0)))` without the CLS column: (B, N-1)."
@@ -172,7 +171,6 @@ def gradcam(model, x, target="fake", cache=None):
     cam = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1))  # (B, h, w)
     return cam, logits
 
-
 # %% ../nbs/05_explain.ipynb #dd8633fb
 def input_gradient(model, x, target="fake") -> torch.Tensor:
     "d score / d pixel (B, 3, H, W) of the full model for the summed per-image `target` scores, in eval mode."
@@ -180,7 +178,6 @@ def input_gradient(model, x, target="fake") -> torch.Tensor:
         xg = x.detach().clone().requires_grad_(True)
         (g,) = torch.autograd.grad(target_scores(model(xg), target).sum(), [xg])
     return g
-
 
 # %% ../nbs/05_explain.ipynb #534214e9
 def input_saliency(model, x, target="fake", sigma: float = 2.0) -> torch.Tensor:
@@ -191,7 +188,6 @@ def input_saliency(model, x, target="fake", sigma: float = 2.0) -> torch.Tensor:
     w = torch.exp(-torch.arange(-r, r + 1, dtype=s.dtype, device=s.device) ** 2 / (2 * sigma ** 2)); w = w / w.sum()
     s = F.conv2d(F.pad(s, (r, r, r, r), mode="replicate"), w.view(1, 1, 1, -1))  # separable: rows, then columns
     return normalize_maps(F.conv2d(s, w.view(1, 1, -1, 1))[:, 0])
-
 
 # %% ../nbs/05_explain.ipynb #848f6e8c
 def fused_map(model, x, target="fake", cache=None, sigma: float = 2.0):
@@ -216,7 +212,6 @@ def target_labels(logits: torch.Tensor, target="fake") -> torch.Tensor:
     if target not in TARGETS: raise ValueError(f"target must be one of {TARGETS} or per-image labels, got {target!r}")
     if target == "predicted": return (fake_probability(logits.detach()) >= 0.5).long()
     return torch.full((len(logits),), int(target == "fake"), dtype=torch.long, device=logits.device)
-
 
 # %% ../nbs/05_explain.ipynb #a7efce16
 def captum_attribution(model, x, method: str, labels: torch.Tensor) -> torch.Tensor:
@@ -254,7 +249,6 @@ def relevancy_backbone_map(model, x, target="fake"):
         (g,) = torch.autograd.grad(t, [xg], grad_outputs=r[..., None] * tg)  # backward of z through the backbone only
     return normalize_maps(g.abs().amax(1)), logits
 
-
 # %% ../nbs/05_explain.ipynb #4cca99d3
 def smooth_relevancy_scores(model, x, target="fake", seed: int = 0, n: int | None = None, sigma: float | None = None, cache=None):
     """SmoothGrad of relevancy: the mean token relevancy (B, N) of `n` copies of `x` with Gaussian noise of std
@@ -273,7 +267,6 @@ def smooth_relevancy_scores(model, x, target="fake", seed: int = 0, n: int | Non
         total = total + chefer_cls_relevance(attns, grads)
     return total / n, logits
 
-
 # %% ../nbs/05_explain.ipynb #a2d36b63
 def gxi_relevancy_map(model, x, target="fake", cache=None):
     """Gradient x input of the full model, |sum over colour channels of dy/dx * x|, kept where the upsampled relevancy
@@ -283,7 +276,6 @@ def gxi_relevancy_map(model, x, target="fake", cache=None):
     support = rel > rel.mean((1, 2), keepdim=True)
     gxi = (input_gradient(model, x, target) * x).sum(1).abs()  # (B, H, W)
     return normalize_maps(torch.where(support, gxi, torch.zeros_like(gxi))), logits
-
 
 # %% ../nbs/05_explain.ipynb #3d3fb198
 def fused_features_map(model, x, target="fake", cache=None):
@@ -296,7 +288,6 @@ def fused_features_map(model, x, target="fake", cache=None):
     fac = F.interpolate(g.norm(dim=1, keepdim=True), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
     return normalize_maps(rel * fac), logits
 
-
 # %% ../nbs/05_explain.ipynb #1abf1907
 CANDIDATE_METHODS = ("relevancy_backbone", "smooth_relevancy", "gxi_relevancy", "fused_features")  # issue 29's candidates
 METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random", *CAPTUM_METHODS, *CANDIDATE_METHODS)
@@ -306,7 +297,6 @@ COSTLY_METHODS = ("ig", "occlusion")  # > 5x relevancy's cost per image (the cos
 def _check_call(x, method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
-
 
 # %% ../nbs/05_explain.ipynb #0a31c127
 def parse_methods(methods) -> tuple:
@@ -334,7 +324,6 @@ def _raw_scores(model, x, method, target, through_backbone, seed, cache):
     if method == "relevancy": return chefer_cls_relevance(attns, grads), logits
     if method == "rollout": return rollout_cls_relevance(attns), logits
     return attns[-1].mean(1)[:, 0, 1:], logits  # raw last-layer CLS attention (B, N-1)
-
 
 # %% ../nbs/05_explain.ipynb #ac10dbc0
 def explain_batch(model, x, method="relevancy", target="fake", through_backbone=False, size=None, seed=0, cache=None):
