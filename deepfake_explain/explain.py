@@ -292,7 +292,7 @@ def fused_features_map(model, x, target="fake", cache=None):
 CANDIDATE_METHODS = ("relevancy_backbone", "smooth_relevancy", "gxi_relevancy", "fused_features")  # issue 29's candidates
 METHODS = ("relevancy", "fused", "attention", "rollout", "gradcam", "random", *CAPTUM_METHODS, *CANDIDATE_METHODS)
 PIXEL_METHODS = ("fused", *CAPTUM_METHODS, "relevancy_backbone", "gxi_relevancy", "fused_features")  # maps at the input size; their token scores are per-token means
-COSTLY_METHODS = ("ig", "occlusion")  # > 5x relevancy's cost per image (the cost table): the quality pass may take a sample for them (05a)
+COSTLY_METHODS = ("ig", "occlusion", "smooth_relevancy")  # > 5x relevancy's cost per image (the cost tables above): the quality pass may take a sample for them (05a)
 
 def _check_call(x, method):
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
