@@ -176,7 +176,7 @@ def explain_cli(
     output: str = "outputs/explain",  # figures and tables go to <output>/explanation/; with --video, as deepfake-explain-predict --explain
     batch_size: int = None,     # images per forward/backward (default 8, --crops 16; with --video predict's 32 per forward, relevancy 8 at a time)
     device: str = "auto",       # auto | cpu | cuda | cuda:1 ... (under torchrun: cuda means each process's own GPU)
-    methods: str = "relevancy", # comma-separated: relevancy,fused,attention,rollout,gradcam,random (--video: the first one)
+    methods: str = "relevancy", # comma-separated, of explain.METHODS: relevancy,fused,attention,rollout,gradcam,random,saliency,ig,occlusion,relevancy_backbone,smooth_relevancy,gxi_relevancy,fused_features (--video: the first one)
     target: str = "fake",       # explained logit: fake | real | predicted
     threshold: float = None,    # decision threshold in [0, 1] (default: metrics.json beside --samples, else 0.55)
     images_dir: str = None,     # with --samples: folder holding the example files (default: each row's video_name)
