@@ -207,13 +207,14 @@ def perturbation_curves(model, x, scores, labels=None, fractions=FRACTIONS, repl
         y = (p0 > threshold) if labels is None else torch.as_tensor(labels, device=t.device).reshape(-1).bool()
         steps = [(name, desc, float(f)) for name, desc in (("positive", True), ("negative", False)) for f in fractions]
         orders = {desc: torch.argsort(scores.to(t.device), dim=1, descending=desc, stable=True) for desc in (True, False)}
-        run = [s for s in steps if round(s[2] * N)]  # a step that removes no token is the unperturbed prediction p0
+        p = p0.reshape(1, B).repeat(len(steps), 1)  # (steps, B): a step that removes no token is the unperturbed prediction
+        run = [k for k, (_, _, f) in enumerate(steps) if round(f * N)]  # the steps that remove tokens
         per = max(1, (1 << 26) // t.numel())  # steps per forward pass: at most 2^26 token values (256 MB) at once
-        p_run = [fake_probability(model.classify_tokens(torch.cat([remove_tokens(t, orders[d], int(round(f * N)), replace)
-                                                                   for _, d, f in run[k:k + per]]))).reshape(-1, B)  # (steps, B)
-                 for k in range(0, len(run), per)]
-        p_run = iter(torch.cat(p_run).unbind(0)) if p_run else iter(())
-        p = torch.stack([next(p_run) if round(f * N) else p0.reshape(B) for _, _, f in steps]).float().cpu().numpy()  # (steps, B)
+        for c in range(0, len(run), per):
+            ks = run[c:c + per]
+            xs = torch.cat([remove_tokens(t, orders[steps[k][1]], int(round(steps[k][2] * N)), replace) for k in ks])  # (steps x B, N, D)
+            p[ks] = fake_probability(model.classify_tokens(xs)).reshape(len(ks), B).to(p.dtype)
+        p = p.float().cpu().numpy()
     return pd.DataFrame(dict(image=np.tile(np.arange(B), len(steps)), order=np.repeat([n for n, _, _ in steps], B),
                              fraction=np.repeat([f for _, _, f in steps], B), fake_prob=p.ravel().astype(float),
                              correct=((p > threshold) == y.cpu().numpy()[None]).ravel().astype(float)))
