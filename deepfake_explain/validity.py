@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_validity.ipynb #b5b00005
 from __future__ import annotations
-import copy, json, time
+import copy, dataclasses, json, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +19,8 @@ from .checkpoint import checkpoint_provenance, load_detector
 from .model import fake_probability
 from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, read_faces)
-from .localisation import (bootstrap_mean_ci, curve_auc, evenly, masks_for_crops, paired_differences,
-                                           quality_images)
+from .localisation import (OURS, bootstrap_mean_ci, curve_auc, evenly, headline_map, masks_for_crops,
+                                           paired_differences, quality_images)
 from .preprocess import VideoReadError, boxes_path, crop_face, read_boxes, read_frames
 
 # %% auto #0
@@ -362,6 +362,7 @@ class ValidityOptions:
     batch_size: int = 16
     seed: int = 0
     compression: str = "c23"          # the originals' compression (FF++; another one if that is absent)
+    ours: str = OURS                  # our map (the study: its headline map), against every baseline in validity_vs_baselines.csv
     runtime: Runtime = field(default_factory=lambda: Runtime("cpu"))
 
     def __post_init__(self): self.methods = parse_methods(self.methods)
@@ -404,8 +405,8 @@ def validity_per_image(rest: pd.DataFrame, road: pd.DataFrame, paths) -> pd.Data
     per_image["path"] = [paths[i] for i in per_image["image"]]
     return per_image
 
-def _write_validity(out: Path, rest, road, sanity, per_image, methods, seed: int, data=None):
-    "The validity tests' CSVs and figures in `out`; `data`: the data randomisation test's table (None: not run)."
+def _write_validity(out: Path, rest, road, sanity, per_image, methods, seed: int, data=None, ours: str = OURS):
+    "The validity tests' CSVs and figures in `out`; `data`: the data randomisation test's table (None: not run); `ours`: our map."
     write_csv_atomic(out / "restoration.csv", rest)
     write_csv_atomic(out / "road.csv", road)
     write_csv_atomic(out / "sanity.csv", sanity)
@@ -414,7 +415,7 @@ def _write_validity(out: Path, rest, road, sanity, per_image, methods, seed: int
         write_csv_atomic(out / "data_randomisation.csv", data)
         write_csv_atomic(out / "data_randomisation_summary.csv", randomisation_summary(data, seed))
     write_csv_atomic(out / "validity_per_image.csv", per_image)
-    pm, refs = per_image[per_image["method"].isin(methods)], [r for r in ("fused", "relevancy") if r in methods]
+    pm, refs = per_image[per_image["method"].isin(methods)], [r for r in dict.fromkeys((ours, "fused", "relevancy")) if r in methods]
     if refs: write_csv_atomic(out / "validity_vs_baselines.csv", pd.concat([paired_differences(pm, r, seed=seed) for r in refs], ignore_index=True))
     write_bytes_atomic(out / "restoration.png", figure_png(validity_figure(
         rest, "fraction of the fake crop restored from its original", "restoration (most relevant first)")))
@@ -455,7 +456,7 @@ def study_validity(model, crops_root, data_root, boxes_root, output, opts: Valid
                                                 for k, v in r.items() if k != "method"}
                                   for r in randomisation_summary(data, seed).to_dict("records")})
     per_image, out = validity_per_image(rest, road, inp["paths"]), Path(output) / "explanation"
-    _write_validity(out, rest, road, sanity, per_image, opts.methods, seed, data)
+    _write_validity(out, rest, road, sanity, per_image, opts.methods, seed, data, opts.ours)
     pm = per_image[per_image["method"].isin(opts.methods)]
     summary = dict(n_images=len(x), n_road=len(ri), n_sanity=len(si), restoration=restoration_informative(curve_aucs(rest), seed=seed),
                    road={m: {k: round(float(v), 4) for k, v in r.items()} for m, r in  # mean AUCs: morf lower, lerf higher is better
@@ -471,7 +472,8 @@ def validity_stage(output_root, data_root=None, opts: ValidityOptions | None = N
     (`<output_root>/crops`) and their originals under `data_root` (None: `<output_root>/mini_forensics`), with the
     data randomisation test where the headline stage trained the shuffled-label model (`shuffled_checkpoint`). Returns
     its result, or dict(skipped=reason) for a dataset without frame-aligned originals; `identities` either way."""
-    root, opts = Path(output_root), opts or ValidityOptions()
+    root = Path(output_root)
+    opts = dataclasses.replace(opts or ValidityOptions(), ours=headline_map(root)["map"])   # our map: the run's headline map
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, opts.runtime)
