@@ -456,18 +456,18 @@ def write_report(run_dir) -> Path:
     prov = (metrics or {}).get("info", {}).get("provenance")
     ident = test_identities(run_dir, params.get("dataset", "mini"), params.get("data_root"))
     ex, ours = run_dir / "explanation", headline_map(run_dir)   # our map: the one the headline rule chose (or OURS, said so)
-    summary = dict(headline=ours["label"] + (f". {ours['statement']}" if ours["by_rule"] else ""),detection=detection_summary(metrics, _read(run_dir / "test" / "per_method.csv")) if metrics else
+    summary = dict(headline=f"{ours['short']}. {ours['statement']}" if ours["by_rule"] else ours["label"],detection=detection_summary(metrics, _read(run_dir / "test" / "per_method.csv")) if metrics else
                    dict(line="Detection: not measured (no test/metrics.json: the evaluate stage did not run).", table=None),
                    explanation=explanation_summary(_read(ex / "quality.csv"), _read(ex / f"quality_{ours['map']}_vs_baselines.csv"),
                                                    _read(ex / "validity_vs_baselines.csv"), _read(ex / "validity_per_image.csv"),
-                                                   ours["map"], ours["label"]),
+                                                   ours["map"], ours["short"]),
                    generalisation=generalisation_summary(gen), trained=trained_on(prov), caveats=[portable(c, run_dir) for c in not_evidence(prov, ident)],
                    warning=(metrics or {}).get("warning"))
     notes = {"train/curves.png": training_note(_read(run_dir / "train" / "metrics.csv"), prov),
              "explanation/claim_grid.png": "Faces picked by rule (evenly over the manipulation methods and over each method's crops), "
                                            "not by hand; the scores are the shown maps' own (explanation/claim_grid.csv). The quality "
                                            "table below is the evidence: the grid shows what its numbers mean."}
-    notes["explanation/headline.png"] = ours["statement"]
+    notes["explanation/headline.png"] = f"Ours: {ours['label']}. {ours['statement']}"
     sections = [dict(name=name, blocks=[b for item in report_items(ours["map"]) if item[0] == name
                                         if (b := _item_block(run_dir, *item[1:], notes, ours["map"])) is not None]) for name in REPORT_SECTIONS]
     sections = [s for s in sections if s["blocks"]]
