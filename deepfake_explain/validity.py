@@ -265,7 +265,7 @@ def data_randomisation(maps: dict, shuffled_maps: dict) -> pd.DataFrame:
     rows = [dict(method=m, image=i, spearman=float(r)) for m in maps for i, r in enumerate(rank_correlation(maps[m], shuffled_maps[m]))]
     return pd.DataFrame(rows, columns=["method", "image", "spearman"])
 
-RANDOMISATION_COLUMNS = ["method", "n_images", "n_constant", "mean_spearman", "mean_abs_spearman", "abs_ci_low", "abs_ci_high"]
+RANDOMISATION_COLUMNS = ["method", "n_images", "n_constant", "mean_spearman", "mean_abs_spearman", "mean_abs_spearman_ci_low", "mean_abs_spearman_ci_high"]
 
 def randomisation_summary(corr: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     "Per method of `corr` (method, image, spearman): `RANDOMISATION_COLUMNS`, the mean |Spearman| with its bootstrap 95% CI."
@@ -275,7 +275,7 @@ def randomisation_summary(corr: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         ok = r[np.isfinite(r)]
         lo, hi = bootstrap_mean_ci(np.abs(ok), rng=rng) if len(ok) else (np.nan, np.nan)
         rows.append(dict(method=m, n_images=len(ok), n_constant=int(len(r) - len(ok)), mean_spearman=float(ok.mean()) if len(ok) else np.nan,
-                         mean_abs_spearman=float(np.abs(ok).mean()) if len(ok) else np.nan, abs_ci_low=lo, abs_ci_high=hi))
+                         mean_abs_spearman=float(np.abs(ok).mean()) if len(ok) else np.nan, mean_abs_spearman_ci_low=lo, mean_abs_spearman_ci_high=hi))
     return pd.DataFrame(rows, columns=RANDOMISATION_COLUMNS)
 
 

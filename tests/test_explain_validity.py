@@ -112,7 +112,7 @@ def test_study_validity_end_to_end(study_tree):
     dr = summary["data_randomisation"]  # every map against the shuffled-label model's, on the sanity check's images
     assert dr["labels"] == "shuffled (seed 0)" and dr["n_images"] == 2 and set(dr["methods"]) == set(METHODS)
     assert dr["methods"]["random"]["mean_spearman"] == pytest.approx(1)  # the control: the same map whatever the model
-    assert all(0 <= r["abs_ci_low"] <= r["mean_abs_spearman"] <= r["abs_ci_high"] <= 1 for m, r in dr["methods"].items() if r["n_images"])
+    assert all(0 <= r["mean_abs_spearman_ci_low"] <= r["mean_abs_spearman"] <= r["mean_abs_spearman_ci_high"] <= 1 for m, r in dr["methods"].items() if r["n_images"])
     assert pd.read_csv(out / "sanity_summary.csv").columns[-1] == "shuffled labels"
     san = pd.read_csv(out / "sanity.csv")
     assert len(san) == len(METHODS) * 5 * 2 and np.allclose(san[san.method == "random"]["spearman"], 1)

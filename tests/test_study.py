@@ -130,7 +130,7 @@ def test_quick_study_completes_with_report(quick_run):
     assert shuffled["provenance"]["labels"] == "shuffled (seed 0)" and shuffled["epoch"] == best["epoch"] and shuffled["config"] == best["config"]
     dr = json.loads((quick_run / "explanation" / "validity.json").read_text())["data_randomisation"]   # every map on the test fakes
     assert isinstance(dr, dict) and set(dr["methods"]) == set(d.baseline) | {"relevancy"} and dr["labels"] == "shuffled (seed 0)"
-    assert all(r["abs_ci_low"] <= r["mean_abs_spearman"] <= r["abs_ci_high"] for r in dr["methods"].values() if r["n_images"])
+    assert all(r["mean_abs_spearman_ci_low"] <= r["mean_abs_spearman"] <= r["mean_abs_spearman_ci_high"] for r in dr["methods"].values() if r["n_images"])
     assert dr["methods"]["random"]["mean_spearman"] == pytest.approx(1)   # the control: the same map whatever the model
     assert "Headline map:</b> " + h["map"] in html and "Data randomisation" in html
 
