@@ -175,8 +175,8 @@ COLUMN_NAMES = {  # raw column -> the report's header
     "mask_fraction": "mask share", "pixel_auroc": "pixel AUROC", "pos_auc_prob": "removal MoRF ↓", "neg_auc_prob": "removal LeRF ↑",
     "pos_auc_acc": "removal MoRF (acc.) ↓", "neg_auc_acc": "removal LeRF (acc.) ↑", "mask_source": "mask",
     "restoration_auc": "restoration ↓", "road_morf_auc": "ROAD MoRF ↓", "road_lerf_auc": "ROAD LeRF ↑",
-    "setting": "setting", "test_data": "test data (or why not)", "best_baseline": "best baseline", f"{OURS}_pointing_game": "ours: pointing game",
-    f"{OURS}_mass_in_mask": "ours: mass in mask", "baseline_pointing_game": "baseline: pointing game",
+    "setting": "setting", "test_data": "test data (or why not)", "best_baseline": "best baseline", f"{OURS}_pointing_game": f"{OURS}: pointing game",
+    f"{OURS}_mass_in_mask": f"{OURS}: mass in mask", "baseline_pointing_game": "baseline: pointing game",
     "baseline_mass_in_mask": "baseline: mass in mask", "n_map_images": "map images", "note": "note", "test_set": "test set",
     "dataset": "dataset", "split": "split", "compression": "compression", "threshold_source": "threshold from",
     "perturbation": "perturbation", "level": "level", "parameter": "parameter", "frame_auc_low": "frame AUC low",
@@ -332,7 +332,7 @@ def generalisation_summary(table: pd.DataFrame) -> list[str]:
     g = table[table["setting"] != "in-distribution"]
     done = g.dropna(subset=["video_auc"])
     lines = [f"{r['setting']}: video AUC {ci_text(r['video_auc'], r['auc_ci_low'], r['auc_ci_high'])}"
-             + (f", our map's pointing game {fmt(r[f'{OURS}_pointing_game'])}" if pd.notna(r.get(f"{OURS}_pointing_game")) else "")
+             + (f", {OURS}'s pointing game {fmt(r[f'{OURS}_pointing_game'])}" if pd.notna(r.get(f"{OURS}_pointing_game")) else "")
              for r in done.to_dict("records")]
     missing = [s for s in g.loc[g["video_auc"].isna(), "setting"]]
     if missing: lines.append("not run or not measured: " + ", ".join(missing) + " (see Generalisation)")
@@ -373,7 +373,7 @@ REPORT_ITEMS = [  # (section, title, path relative to the run folder, kind, colu
      "explanation/sanity_summary.csv", "csv", None),
     ("Validity", "Data randomisation: each map against the map of the same network trained on shuffled labels (test fakes; mean |Spearman|, "
      "lower is better, 95% CI)", "explanation/data_randomisation_summary.csv", "csv", None),
-    ("Generalisation", "Generalisation: what holds and what breaks (video AUC with 95% CI; our map and the best baseline against the masks)",
+    ("Generalisation", f"Generalisation: what holds and what breaks (video AUC with 95% CI; {OURS} and the best baseline against the masks)",
      "generalisation.csv", "generalisation", None),
     ("Generalisation", "Cross-dataset test (threshold chosen on the training set's validation split)", "cross_dataset.csv", "csv", None),
     ("Generalisation", "Robustness to perturbations: video and frame AUC, and the maps' localisation, against the level of each perturbation",
