@@ -25,6 +25,21 @@ def crops(tmp_path_factory) -> Path:
 
 
 
+def test_shuffled_labels_are_permuted_per_video_with_a_fixed_seed(crops):
+    "The data randomisation test's training data: train labels permuted per video (seed fixed), class counts kept, validation untouched."
+    import numpy as np
+    cfg = load_train_config(TINY)
+    true_tr, true_va, s_true = make_datasets(crops, cfg)
+    (tr0, va0, s0), (tr0b, _, _), (tr1, _, s1) = (make_datasets(crops, cfg, seed=k, shuffled_labels=True) for k in (0, 0, 1))
+    assert (s_true["labels"], s0["labels"], s1["labels"]) == ("true", "shuffled (seed 0)", "shuffled (seed 1)")
+    assert (tr0.labels != true_tr.labels).any()                                  # really permuted
+    assert np.array_equal(tr0.labels, tr0b.labels) and not np.array_equal(tr0.labels, tr1.labels)  # a fixed seed: one permutation
+    assert sorted(tr0.labels) == sorted(true_tr.labels) and s0["pos_weight"] == s_true["pos_weight"]  # class counts kept
+    video = [Path(p.decode()).parent for p in tr0.paths]
+    assert all(len({l for v, l in zip(video, tr0.labels) if v == u}) == 1 for u in set(video))  # one label per video
+    assert np.array_equal(va0.labels, true_va.labels)                             # validation keeps the true labels
+
+
 def _train_loss(model, crops, cfg) -> float:
     """Mean loss of `model` over the training frames (validation transform, fixed shuffled batches). BatchNorm uses
     batch statistics: after one short epoch its running statistics still lag, and the test is about the weights. The
