@@ -5,6 +5,7 @@
 # %% ../nbs/05a_localisation.ipynb #a5a00005
 from __future__ import annotations
 import hashlib, json, re, shutil, warnings
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,8 @@ __all__ = ['DATASET_MASK', 'GENERATED_MASK', 'DIFFERENCE_MASK', 'MASK_SOURCES', 
            'crop_mask', 'DifferenceMaskOptions', 'box_difference_mask', 'difference_pair', 'difference_frames',
            'masks_for_crops', 'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics',
            'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'per_image_aucs',
-           'quality_batch', 'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'headline_map', 'evenly',
-           'quality_images', 'files_digest', 'model_fingerprint', 'perturbation_figure', 'QualityOptions',
+           'quality_batch', 'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'headline_map', 'stage_methods',
+           'evenly', 'quality_images', 'files_digest', 'model_fingerprint', 'perturbation_figure', 'QualityOptions',
            'study_quality', 'quality_stage', 'claim_faces', 'claim_maps', 'claim_figure', 'claim_stage']
 
 # %% ../nbs/05a_localisation.ipynb #ee33b947
@@ -341,6 +342,12 @@ def headline_map(run_dir) -> dict:
     return dict(map=OURS, by_rule=False, statement=f"not chosen by rule: {why}", short=f"{OURS}, the default: no headline rule",
                 label=f"{OURS} (the study's default map, not chosen by rule: {why})")
 
+# %% ../nbs/05a_localisation.ipynb #4c0cc5f7
+def stage_methods(methods, run_dir) -> tuple:
+    "`methods` (checked by `parse_methods`) with the run's headline map (`headline_map`) added last when a rule chose one that is not among them."
+    methods, h = parse_methods(methods), headline_map(run_dir)
+    return methods + (h["map"],) if h["by_rule"] and h["map"] not in methods else methods
+
 # %% ../nbs/05a_localisation.ipynb #20b287a9
 def evenly(n_items: int, n: int) -> np.ndarray:
     "At most `n` indices evenly spread over `n_items` items, the first and the last included (all of them when `n >= n_items`)."
@@ -520,6 +527,7 @@ def quality_stage(output_root, data_root=None, opts: QualityOptions | None = Non
     (`<output_root>/crops`) against the masks of `data_root` (None: `<output_root>/mini_forensics`), in `<output_root>/explanation/`,
     with `quality_<map>_vs_baselines.csv` of the run's headline map (`headline_map`)."""
     root, opts = Path(output_root), opts or QualityOptions()
+    opts = dataclasses.replace(opts, methods=stage_methods(opts.methods, root))   # the headline map always among them
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, opts.runtime)
@@ -586,6 +594,7 @@ def claim_stage(output_root, data_root=None, methods=METHODS, n: int = 8, seed: 
     of them has a mask (a dataset without masks or aligned originals) it writes neither, says so, and returns an empty table.
     Our map is the run's headline map (`headline_map`), first and named by its rule in the title."""
     root = Path(output_root)
+    methods = stage_methods(methods, root)
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, runtime or Runtime("cpu"))

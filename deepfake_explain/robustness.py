@@ -20,7 +20,7 @@ from .evaluate import (DEFAULT_THRESHOLD, RULES, ScoreOptions, _method_selection
                                        cached_frame_scores, video_metrics)
 from .train import select_method
 from .explain import COSTLY_METHODS, backbone_cache, explain_batch, faces_to_batch, input_size, parse_methods, read_faces
-from .localisation import (difference_pair, evenly, files_digest, headline_map, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
+from .localisation import (difference_pair, evenly, files_digest, headline_map, stage_methods, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
                                            pointing_game, quality_images)
 from .validity import rank_correlation
 from .perturb import PERTURBATIONS, VERSION, PerturbTransform, format_perturb, parse_perturb, unavailable
@@ -273,6 +273,8 @@ def robustness_lines(table: pd.DataFrame) -> list:
 def robustness_stage(output_root, data_root=None, options: RobustnessOptions | None = None, runtime: Runtime | None = None) -> pd.DataFrame:
     "The study's robustness stage on `<output_root>/train/best.pt`: `robustness_test` of the test split's crops, in `<output_root>/robustness/`."
     root, rt = Path(output_root), runtime or Runtime()
+    options = options or RobustnessOptions()
+    if options.methods: options = dataclasses.replace(options, methods=stage_methods(options.methods, root))   # the headline map measured too
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, rt)

@@ -19,7 +19,7 @@ from .checkpoint import checkpoint_provenance, load_detector
 from .model import fake_probability
 from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, read_faces)
-from .localisation import (OURS, bootstrap_mean_ci, curve_auc, evenly, headline_map, masks_for_crops,
+from .localisation import (OURS, bootstrap_mean_ci, curve_auc, evenly, headline_map, stage_methods, masks_for_crops,
                                            paired_differences, quality_images)
 from .preprocess import VideoReadError, boxes_path, crop_face, read_boxes, read_frames
 
@@ -473,7 +473,8 @@ def validity_stage(output_root, data_root=None, opts: ValidityOptions | None = N
     data randomisation test where the headline stage trained the shuffled-label model (`shuffled_checkpoint`). Returns
     its result, or dict(skipped=reason) for a dataset without frame-aligned originals; `identities` either way."""
     root = Path(output_root)
-    opts = dataclasses.replace(opts or ValidityOptions(), ours=headline_map(root)["map"])   # our map: the run's headline map
+    opts = opts or ValidityOptions()
+    opts = dataclasses.replace(opts, ours=headline_map(root)["map"], methods=stage_methods(opts.methods, root))   # our map: the run's headline map, measured
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, opts.runtime)

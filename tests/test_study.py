@@ -10,7 +10,7 @@ import pytest
 
 import torch
 
-from deepfake_explain.explain import METHODS
+from deepfake_explain.explain import COSTLY_METHODS, METHODS
 from deepfake_explain.localisation import OURS
 from deepfake_explain.study import run_study, STAGES
 
@@ -86,9 +86,12 @@ def test_quick_study_completes_with_report(quick_run):
     import pandas as pd
     q = pd.read_csv(quick_run / "explanation" / "quality.csv").set_index("method")
     d = pd.read_csv(quick_run / "explanation" / "quality_vs_baselines.csv")
-    # the quick study's maps: ours, relevancy, the attention baselines, Grad-CAM, random and Captum's three (configs/study_quick.yaml)
-    assert set(d.baseline) == {"fused", "attention", "rollout", "gradcam", "random", "saliency", "ig", "occlusion"}
-    costly = d.baseline.isin(["ig", "occlusion"])  # a stated sample of the crops (costly_quality_images: 64)
+    # the quick study's maps: fused, relevancy, the attention baselines, Grad-CAM, random and Captum's three (configs/study_quick.yaml),
+    # and the headline map the rule chose (05f_headline), which every later stage adds when it is not among them (`stage_methods`)
+    chosen = json.loads((quick_run / "explanation" / "headline.json").read_text())["map"]
+    assert set(d.baseline) == {"fused", "attention", "rollout", "gradcam", "random", "saliency", "ig", "occlusion"} | ({chosen} - {"relevancy"})
+    assert chosen in q.index and (quick_run / "explanation" / f"quality_{chosen}_vs_baselines.csv").exists()   # ours, measured on the test split
+    costly = d.baseline.isin(COSTLY_METHODS)  # a stated sample of the crops (costly_quality_images: 64)
     assert (d[~costly].n_images == q.loc["relevancy"].n_masks).all() and (d[costly].n_images == q.loc["ig"].n_masks).all()
     assert q.loc["ig", "n_images"] == q.loc["occlusion", "n_images"] == 64 < q.loc["saliency", "n_images"] == q.loc["relevancy", "n_images"]
     assert set(d.metric) == {"pointing_game", "mass_in_mask", "pixel_auroc", "pos_auc_prob", "neg_auc_prob"}
