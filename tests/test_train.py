@@ -188,7 +188,7 @@ def test_cli_trains_self_blended_on_real_faces_only(tmp_path):
     ck = read_checkpoint(tmp_path / "out" / "last.pt")
     p = {k: v for k, v in ck["provenance"].items() if k != "git_commit"}
     assert p == {"datasets": [], "methods": ["self-blended"], "fakes": "self-blended", "n_train_videos": 3, "n_val_videos": 3,
-                 "backbone_init": "random", "image_size": 32, "layout": "spatial", "epochs": 1, "generated_data": False}
+                 "backbone_init": "random", "image_size": 32, "layout": "spatial", "epochs": 1, "generated_data": False, "labels": "true"}
     train_split = ck["meta"]["dataset"]["train"]
     assert (train_split["frames"], train_split["real_frames"], train_split["fake_frames"]) == (12, 6, 6)
     assert ck["metrics"]["n_train"] == 12 and ck["metrics"]["n_val"] == 12   # every real face and its fake, both splits
@@ -204,10 +204,10 @@ def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
         ck = read_checkpoint(tmp_path / "run" / name)
         p = ck["provenance"]
         assert set(p) == {"datasets", "methods", "fakes", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout",
-                          "epochs", "git_commit", "generated_data"}
+                          "epochs", "git_commit", "generated_data", "labels"}
         assert {k: v for k, v in p.items() if k != "git_commit"} == {
             "datasets": ["FaceForensics++"], "methods": ["Deepfakes", "FaceSwap"], "fakes": "dataset", "n_train_videos": 16, "n_val_videos": 16,
-            "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False}
+            "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False, "labels": "true"}
         assert p["git_commit"] is None or len(p["git_commit"]) == 40
     assert ck["meta"]["trainable_blocks"] == 1 and ck["meta"]["backbone_weights"].startswith("imagenet (")
     # resuming needs no ImageNet file (the checkpoint holds the backbone): an empty cache, offline
