@@ -14,9 +14,10 @@ from .model import CONFIG_SCHEMA, ConfigError, Key, build_model, load_config, un
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'FAKES', 'TRAIN_KEYS', 'TRAIN_SCHEMA', 'CHECKPOINT_FORMAT', 'DEMO_DATA_WARNING',
-           'RANDOM_BACKBONE_WARNING', 'load_train_config', 'model_config', 'CheckpointError', 'check_checkpoint_path',
-           'read_checkpoint', 'is_training_checkpoint', 'save_checkpoint', 'CheckpointMismatchError', 'load_weights',
-           'detector_config', 'load_detector', 'checkpoint_provenance', 'provenance_line', 'provenance_warning']
+           'RANDOM_BACKBONE_WARNING', 'SHUFFLED_LABELS_WARNING', 'load_train_config', 'model_config', 'CheckpointError',
+           'check_checkpoint_path', 'read_checkpoint', 'is_training_checkpoint', 'save_checkpoint',
+           'CheckpointMismatchError', 'load_weights', 'detector_config', 'load_detector', 'checkpoint_provenance',
+           'provenance_line', 'provenance_warning']
 
 # %% ../nbs/02a_checkpoint.ipynb #c96ade11
 OPTIMIZERS = ("sgd", "adamw")
@@ -150,6 +151,7 @@ def load_detector(model_path, config=None, runtime: Runtime | None = None) -> tu
 # %% ../nbs/02a_checkpoint.ipynb #29fdcf1f
 DEMO_DATA_WARNING = "trained on generated demo data (mini-forensics): verdicts on real videos are not meaningful"
 RANDOM_BACKBONE_WARNING = "random-init backbone (no ImageNet weights): verdicts on real videos are not meaningful"
+SHUFFLED_LABELS_WARNING = "trained on shuffled labels (the data randomisation test's model): not a detector, its verdicts mean nothing"
 
 def checkpoint_provenance(path) -> dict:
     "The provenance recorded in the checkpoint file `path`: `known: True` and its keys, or `{known: False}` (plain state dict, older checkpoint)."
@@ -166,9 +168,11 @@ def provenance_line(p: dict) -> str:
              f"backbone {p.get('backbone_init', '?')}", f"{p.get('image_size', '?')} px", f"{p.get('layout', '?')} layout", f"{p.get('epochs', '?')} epochs"]
     if p.get("git_commit"): parts.append(f"commit {str(p['git_commit'])[:10]}")
     if p.get("generated_data"): parts.append("generated demo data")
+    if p.get("labels", "true") != "true": parts.append(f"labels {p['labels']}: NOT A DETECTOR")
     return "detector provenance: " + ", ".join(parts)
 
 def provenance_warning(p: dict) -> str | None:
     "The warning every verdict carries (None when there is nothing to warn of)."
-    w = ([DEMO_DATA_WARNING] if p.get("generated_data") else []) + ([RANDOM_BACKBONE_WARNING] if p.get("backbone_init") == "random" else [])
+    w = ([SHUFFLED_LABELS_WARNING] if p.get("labels", "true") != "true" else []) + \
+        ([DEMO_DATA_WARNING] if p.get("generated_data") else []) + ([RANDOM_BACKBONE_WARNING] if p.get("backbone_init") == "random" else [])
     return "; ".join(w) or None

@@ -591,7 +591,9 @@ def explain_folder(images_dir, model, output, opts: ExplainOptions | None = None
 def explain_stage(output_root, methods=METHODS, batch_size: int = 16, device="auto", seed: int = 0) -> pd.DataFrame:
     """The study's explain stage: `<output_root>/train/best.pt` explains every evaluation sample
     (`<output_root>/test/samples.csv`) with each of `methods`; figures, maps and galleries in `<output_root>/explanation/`."""
+    from deepfake_explain.localisation import stage_methods   # (05a builds on this notebook)
     root = Path(output_root)
+    methods = stage_methods(methods, root)   # the run's headline map explained too
     ckpt, samples = root / "train" / "best.pt", root / "test" / REPORT_FILES["samples"]
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     if not samples.is_file(): raise FileNotFoundError(f"{samples}: no evaluation samples; run the evaluate stage first")

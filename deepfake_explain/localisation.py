@@ -5,6 +5,7 @@
 # %% ../nbs/05a_localisation.ipynb #a5a00005
 from __future__ import annotations
 import hashlib, json, re, shutil, warnings
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,9 @@ __all__ = ['DATASET_MASK', 'GENERATED_MASK', 'DIFFERENCE_MASK', 'MASK_SOURCES', 
            'crop_mask', 'DifferenceMaskOptions', 'box_difference_mask', 'difference_pair', 'difference_frames',
            'masks_for_crops', 'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics',
            'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'per_image_aucs',
-           'quality_batch', 'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'evenly', 'quality_images',
-           'files_digest', 'model_fingerprint', 'perturbation_figure', 'QualityOptions', 'study_quality',
-           'quality_stage', 'claim_faces', 'claim_maps', 'claim_figure', 'claim_stage']
+           'quality_batch', 'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'headline_map', 'stage_methods',
+           'evenly', 'quality_images', 'files_digest', 'model_fingerprint', 'perturbation_figure', 'QualityOptions',
+           'study_quality', 'quality_stage', 'claim_faces', 'claim_maps', 'claim_figure', 'claim_stage']
 
 # %% ../nbs/05a_localisation.ipynb #ee33b947
 def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:
@@ -326,7 +327,27 @@ def paired_differences(per_image: pd.DataFrame, reference: str = "relevancy", n_
     return pd.DataFrame(rows, columns=["reference", "baseline", "metric", "n_images", "advantage", "ci_low", "ci_high", "wins", "ties"])
 
 # %% ../nbs/05a_localisation.ipynb #85fabc9c
-OURS = "fused"  # the study's map: quality_<OURS>_vs_baselines.csv, the report's headline, the claim grid's first map
+OURS = "fused"  # the study's default map: the headline where a run has no headline stage (`headline_map`)
+
+def headline_map(run_dir) -> dict:
+    """The run's headline map ("ours"): `<run_dir>/explanation/headline.json`'s map, chosen by `05f_headline`'s rule on the
+    validation split -> dict(map, label (the map named by its rule), short (in a few words), by_rule, statement); `OURS` where the run has no
+    headline stage (or it chose none), saying so."""
+    try: h = json.loads((Path(run_dir) / "explanation" / "headline.json").read_text())
+    except (OSError, ValueError): h = {}
+    if h.get("map"):
+        verdict = "passes both sanity checks" if h.get("passes") else "does NOT pass the sanity checks: no candidate does"
+        return dict(map=h["map"], by_rule=True, statement=h.get("statement", ""), short=f"{h['map']}, chosen by the headline rule",
+                    label=f"{h['map']} (chosen by the rule: {h.get('rule', '?')}; {verdict})")
+    why = h.get("skipped") or "this run has no headline stage (explanation/headline.json)"
+    return dict(map=OURS, by_rule=False, statement=f"not chosen by rule: {why}", short=f"{OURS}, the default: no headline rule",
+                label=f"{OURS} (the study's default map, not chosen by rule: {why})")
+
+# %% ../nbs/05a_localisation.ipynb #4c0cc5f7
+def stage_methods(methods, run_dir) -> tuple:
+    "`methods` (checked by `parse_methods`) with the run's headline map (`headline_map`) added last when a rule chose one that is not among them."
+    methods, h = parse_methods(methods), headline_map(run_dir)
+    return methods + (h["map"],) if h["by_rule"] and h["map"] not in methods else methods
 
 # %% ../nbs/05a_localisation.ipynb #20b287a9
 def evenly(n_items: int, n: int) -> np.ndarray:
@@ -504,13 +525,19 @@ def study_quality(model, crops_root, data_root, boxes_root, output, opts: Qualit
 # %% ../nbs/05a_localisation.ipynb #a5a0001d
 def quality_stage(output_root, data_root=None, opts: QualityOptions | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The study's quality stage on `<output_root>/train/best.pt`: the quality table of the test split's fake crops
-    (`<output_root>/crops`) against the masks of `data_root` (None: `<output_root>/mini_forensics`), in `<output_root>/explanation/`."""
+    (`<output_root>/crops`) against the masks of `data_root` (None: `<output_root>/mini_forensics`), in `<output_root>/explanation/`,
+    with `quality_<map>_vs_baselines.csv` of the run's headline map (`headline_map`)."""
     root, opts = Path(output_root), opts or QualityOptions()
+    opts = dataclasses.replace(opts, methods=stage_methods(opts.methods, root))   # the headline map always among them
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, opts.runtime)
     data = Path(data_root) if data_root is not None else root / "mini_forensics"
-    return study_quality(model, root / "crops", data, root, root, opts)
+    table, curves = study_quality(model, root / "crops", data, root, root, opts)
+    ours, out = headline_map(root)["map"], root / "explanation"
+    if table is not None and ours in opts.methods and ours != OURS:  # study_quality wrote OURS's: the headline map's too
+        write_csv_atomic(out / f"quality_{ours}_vs_baselines.csv", paired_differences(pd.read_csv(out / "quality_per_image.csv"), ours, seed=opts.seed))
+    return table, curves
 
 # %% ../nbs/05a_localisation.ipynb #9eb8818b
 def claim_faces(fakes: pd.DataFrame, n: int = 8) -> pd.DataFrame:
@@ -523,10 +550,10 @@ def claim_faces(fakes: pd.DataFrame, n: int = 8) -> pd.DataFrame:
     return pd.concat([g.iloc[evenly(len(g), k)] for g, k in zip(groups, share) if k], ignore_index=True)
 
 # %% ../nbs/05a_localisation.ipynb #5c92b6bf
-def claim_maps(model, faces, masks, methods=METHODS, seed: int = 0) -> tuple[dict, pd.DataFrame]:
-    """Maps (method -> (B, H, W)) of RGB faces [(H, W, 3)] for `OURS` (first, if in `methods`) and the other `methods`, and
+def claim_maps(model, faces, masks, methods=METHODS, seed: int = 0, ours: str = OURS) -> tuple[dict, pd.DataFrame]:
+    """Maps (method -> (B, H, W)) of RGB faces [(H, W, 3)] for `ours` (first, if in `methods`) and the other `methods`, and
     a table of each map's `pointing_game` and `mass_in_mask` against `masks` [(H, W) bool] (columns face, map, metrics)."""
-    order = [OURS] * (OURS in methods) + [m for m in methods if m != OURS]
+    order = [ours] * (ours in methods) + [m for m in methods if m != ours]
     x = faces_to_batch(faces, next(model.parameters()).device)
     with eval_mode(model):
         cache = backbone_cache(model, x)
@@ -535,14 +562,14 @@ def claim_maps(model, faces, masks, methods=METHODS, seed: int = 0) -> tuple[dic
     return maps, table[["face", "map", "pointing_game", "mass_in_mask"]]
 
 # %% ../nbs/05a_localisation.ipynb #8e1b1663
-def claim_figure(faces, masks, maps: dict, table: pd.DataFrame, labels, title: str = ""):
+def claim_figure(faces, masks, maps: dict, table: pd.DataFrame, labels, title: str = "", ours: str = OURS):
     "The claim grid of `claim_maps`' `maps` and `table`: a row per face (labelled with `labels`), columns face, mask, each map."
     from matplotlib.figure import Figure
     ncols = 2 + len(maps)
     fig = Figure(figsize=(1.25 * ncols, 1.35 * len(faces) + 0.5))
     axs = np.asarray(fig.subplots(len(faces), ncols, squeeze=False))
     for ax in axs.ravel(): ax.axis("off")
-    for col, name in enumerate(["face", "ground truth", *[f"{m} (ours)" if m == OURS else m for m in maps]]):
+    for col, name in enumerate(["face", "ground truth", *[f"{m} (ours)" if m == ours else m for m in maps]]):
         axs[0, col].set_title(name, fontsize=8, fontweight="bold" if name.endswith("(ours)") else "normal", pad=12)
     scores = table.set_index(["face", "map"])
     for r, (face, mask) in enumerate(zip(faces, masks)):
@@ -565,8 +592,10 @@ CLAIM_COLUMNS = ["face", "path", "manipulation", "mask_source", "map", "pointing
 def claim_stage(output_root, data_root=None, methods=METHODS, n: int = 8, seed: int = 0, runtime: Runtime | None = None) -> pd.DataFrame:
     """The claim grid of `<output_root>/train/best.pt` on `n` test fakes (`claim_faces`) that have a mask in `data_root`
     (None: `<output_root>/mini_forensics`): `explanation/claim_grid.png` and `claim_grid.csv` (`CLAIM_COLUMNS`). When none
-    of them has a mask (a dataset without masks or aligned originals) it writes neither, says so, and returns an empty table."""
+    of them has a mask (a dataset without masks or aligned originals) it writes neither, says so, and returns an empty table.
+    Our map is the run's headline map (`headline_map`), first and named by its rule in the title."""
     root = Path(output_root)
+    methods = stage_methods(methods, root)
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, runtime or Runtime("cpu"))
@@ -580,10 +609,11 @@ def claim_stage(output_root, data_root=None, methods=METHODS, n: int = 8, seed: 
         print(f"claim grid: not drawn, none of the {len(picked)} picked test fakes has a ground-truth mask in {data}")
         return pd.DataFrame(columns=CLAIM_COLUMNS)
     faces, masks, rows = [faces[j] for j in ok], [masks[j] for j in ok], picked.iloc[[keep[j] for j in ok]].reset_index(drop=True)
-    maps, table = claim_maps(model, faces, masks, methods, seed)
-    title = (f"{len(faces)} test fakes (evenly over methods and crops), the ground-truth mask, our map ({OURS}) and each other map; "
+    ours = headline_map(root)
+    maps, table = claim_maps(model, faces, masks, methods, seed, ours["map"])
+    title = (f"{len(faces)} test fakes (evenly over methods and crops), the ground-truth mask, our map ({ours['short']}) and each other map; "
              f"hit/miss: pointing game, number: mass in mask" + (f"; {size} px crops shown upsampled" if size < 128 else ""))
-    write_bytes_atomic(out / "claim_grid.png", figure_png(claim_figure(faces, masks, maps, table, rows["method"].tolist(), title)))
+    write_bytes_atomic(out / "claim_grid.png", figure_png(claim_figure(faces, masks, maps, table, rows["method"].tolist(), title, ours["map"])))
     info = rows[["path", "method"]].rename(columns={"method": "manipulation"}).assign(face=range(len(rows)), mask_source=[sources[j] for j in ok])
     table = table.merge(info, on="face")[CLAIM_COLUMNS]
     write_csv_atomic(out / "claim_grid.csv", table)

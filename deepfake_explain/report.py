@@ -13,7 +13,7 @@ from .checkpoint import provenance_line
 from .core import atomic_write, data_uri, write_csv_atomic
 from .data import identity_disjoint, read_video_index
 from .evaluate import SEEN_ROWS
-from .localisation import HIGHER_IS_BETTER, OURS
+from .localisation import HIGHER_IS_BETTER, OURS, headline_map
 from .validity import identity_note
 from .videos import render_page
 
@@ -22,18 +22,18 @@ __all__ = ['GENERALISATION_COLUMNS', 'GENERALISATION_ROWS', 'COLUMN_NAMES', 'GLO
            'OPTIONAL_REPORT_ITEMS', 'ours_and_best', 'map_columns', 'test_identities', 'generalisation_table',
            'generalisation_view', 'fmt', 'ci_text', 'portable', 'report_table', 'paired_matrix', 'trained_on',
            'not_evidence', 'training_note', 'detection_summary', 'explanation_summary', 'generalisation_summary',
-           'markdown_table', 'write_report']
+           'report_items', 'markdown_table', 'write_report']
 
 # %% ../nbs/06a_report.ipynb #8c0e8893
 GENERALISATION_COLUMNS = ["setting", "test_data", "n_videos", "video_auc", "auc_ci_low", "auc_ci_high", f"{OURS}_pointing_game",
                           f"{OURS}_mass_in_mask", "best_baseline", "baseline_pointing_game", "baseline_mass_in_mask", "n_map_images", "note"]
 GENERALISATION_ROWS = ("in-distribution", "unseen method", "unseen people", "other compression", "other dataset")
 
-def ours_and_best(means: pd.DataFrame) -> dict:
-    "Our map's (`OURS`) and the best baseline's (highest pointing game, then mass in mask; random excluded) columns from per-method means."
+def ours_and_best(means: pd.DataFrame, ours: str = OURS) -> dict:
+    "Our map's (`ours`) and the best baseline's (highest pointing game, then mass in mask; random excluded) columns from per-method means."
     out = {}
-    if OURS in means.index: out.update({f"{OURS}_pointing_game": means.at[OURS, "pointing_game"], f"{OURS}_mass_in_mask": means.at[OURS, "mass_in_mask"]})
-    base = means.drop(index=[m for m in (OURS, "random") if m in means.index])
+    if ours in means.index: out.update({f"{ours}_pointing_game": means.at[ours, "pointing_game"], f"{ours}_mass_in_mask": means.at[ours, "mass_in_mask"]})
+    base = means.drop(index=[m for m in (ours, "random") if m in means.index])
     if len(base):
         best = base.sort_values(["pointing_game", "mass_in_mask"], ascending=False).index[0]
         out.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"])
@@ -175,11 +175,13 @@ COLUMN_NAMES = {  # raw column -> the report's header
     "mask_fraction": "mask share", "pixel_auroc": "pixel AUROC", "pos_auc_prob": "removal MoRF ↓", "neg_auc_prob": "removal LeRF ↑",
     "pos_auc_acc": "removal MoRF (acc.) ↓", "neg_auc_acc": "removal LeRF (acc.) ↑", "mask_source": "mask",
     "restoration_auc": "restoration ↓", "road_morf_auc": "ROAD MoRF ↓", "road_lerf_auc": "ROAD LeRF ↑",
-    "setting": "setting", "test_data": "test data (or why not)", "best_baseline": "best baseline", f"{OURS}_pointing_game": "ours: pointing game",
-    f"{OURS}_mass_in_mask": "ours: mass in mask", "baseline_pointing_game": "baseline: pointing game",
+    "setting": "setting", "test_data": "test data (or why not)", "best_baseline": "best baseline", f"{OURS}_pointing_game": f"{OURS}: pointing game",
+    f"{OURS}_mass_in_mask": f"{OURS}: mass in mask", "baseline_pointing_game": "baseline: pointing game",
     "baseline_mass_in_mask": "baseline: mass in mask", "n_map_images": "map images", "note": "note", "test_set": "test set",
     "dataset": "dataset", "split": "split", "compression": "compression", "threshold_source": "threshold from",
     "perturbation": "perturbation", "level": "level", "parameter": "parameter", "frame_auc_low": "frame AUC low",
+    "model_abs_spearman": "model randomisation |ρ| ↓", "data_abs_spearman": "data randomisation |ρ| ↓", "why_not": "why it fails",
+    "mean_abs_spearman": "mean |ρ| ↓", "mean_spearman": "mean ρ", "n_constant": "constant maps",
 }
 GLOSSARY = {  # header -> what it measures
     "video AUC": "area under the ROC curve of the video scores (mean of a video's frame probabilities); 0.5 is chance, 1 perfect; [low, high]: bootstrap 95% CI over videos",
@@ -198,6 +200,9 @@ GLOSSARY = {  # header -> what it measures
     "ROAD LeRF ↑": "ROAD, least relevant first (higher is better)",
     "advantage": "paired comparison: mean per-image difference of our map (or relevancy) and the baseline, signed so that > 0 means ours is better; [low, high]: paired bootstrap 95% CI; ▲ CI above 0 (a win), ▼ below 0 (a loss)",
     "best baseline": "the other map with the highest pointing game, then mass in mask (random excluded)",
+    "model randomisation |ρ| ↓": "mean absolute Spearman rank correlation of the map with the map of the same detector with every weight re-drawn (lower: the map depends on what was learned); [low, high]: bootstrap 95% CI",
+    "data randomisation |ρ| ↓": "the same with the map of the same network trained on shuffled labels",
+    "mean |ρ| ↓": "mean absolute Spearman rank correlation with the randomised model's map (lower is better); [low, high]: bootstrap 95% CI",
 }
 _CI_PAIRS = (("{c}_ci_low", "{c}_ci_high"), ("{c}_low", "{c}_high"))
 
@@ -300,33 +305,34 @@ def detection_summary(metrics: dict, per_method: pd.DataFrame | None) -> dict:
     return dict(line=line, table=table)
 
 def explanation_summary(quality: pd.DataFrame | None, vs: pd.DataFrame | None, validity_vs: pd.DataFrame | None,
-                        validity_per_image: pd.DataFrame | None = None) -> dict | None:
-    """The explanation headline: our map's pointing game, mass in mask and restoration against the best baseline
-    (`ours_and_best`), each with the paired advantage and its CI; the restoration means from `validity_per_image` where given."""
-    if quality is None or OURS not in set(quality["method"]): return None
+                        validity_per_image: pd.DataFrame | None = None, ours: str = OURS, label: str | None = None) -> dict | None:
+    """The explanation headline: our map's (`ours`: the run's headline map, named `label`) pointing game, mass in mask and
+    restoration against the best baseline (`ours_and_best`), each with the paired advantage and its CI; the restoration
+    means from `validity_per_image` where given."""
+    if quality is None or ours not in set(quality["method"]): return None
     means = quality.set_index("method")
     if validity_per_image is not None and "restoration_auc" in validity_per_image:
         means = means.join(validity_per_image.groupby("method")["restoration_auc"].mean())
-    best = ours_and_best(means[["pointing_game", "mass_in_mask"]]).get("best_baseline")
+    best = ours_and_best(means[["pointing_game", "mass_in_mask"]], ours).get("best_baseline")
     if best is None: return None
     rows, marks = [], []
     for metric, table in (("pointing_game", vs), ("mass_in_mask", vs), ("restoration_auc", validity_vs)):
-        r = None if table is None else table[(table["reference"] == OURS) & (table["baseline"] == best) & (table["metric"] == metric)]
+        r = None if table is None else table[(table["reference"] == ours) & (table["baseline"] == best) & (table["metric"] == metric)]
         if r is None or not len(r): continue
         r = r.iloc[0]
-        mine, theirs = (fmt(means.at[m, metric]) if metric in means and m in means.index else "" for m in (OURS, best))
+        mine, theirs = (fmt(means.at[m, metric]) if metric in means and m in means.index else "" for m in (ours, best))
         rows.append([COLUMN_NAMES[metric], mine, theirs, ci_text(r["advantage"], r["ci_low"], r["ci_high"], signed=True), str(int(r["n_images"]))])
         marks.append(["", "", "", "win" if r["ci_low"] > 0 else "loss" if r["ci_high"] < 0 else "", ""])
-    line = (f"Our map ({OURS}) against the best baseline ({best}: highest pointing game among the other maps, random excluded); "
+    line = (f"Our map ({label or ours}) against the best baseline ({best}: highest pointing game among the other maps, random excluded); "
             "advantage > 0: ours better, [95% paired bootstrap CI].")
-    return dict(line=line, table=dict(header=["metric", f"ours ({OURS})", best, "advantage", "images"], rows=rows, marks=marks))
+    return dict(line=line, table=dict(header=["metric", f"ours ({ours})", best, "advantage", "images"], rows=rows, marks=marks))
 
 def generalisation_summary(table: pd.DataFrame) -> list[str]:
     "The generalisation headline: each measured setting beyond the test split's own, and which settings were not run."
     g = table[table["setting"] != "in-distribution"]
     done = g.dropna(subset=["video_auc"])
     lines = [f"{r['setting']}: video AUC {ci_text(r['video_auc'], r['auc_ci_low'], r['auc_ci_high'])}"
-             + (f", our map's pointing game {fmt(r[f'{OURS}_pointing_game'])}" if pd.notna(r.get(f"{OURS}_pointing_game")) else "")
+             + (f", {OURS}'s pointing game {fmt(r[f'{OURS}_pointing_game'])}" if pd.notna(r.get(f"{OURS}_pointing_game")) else "")
              for r in done.to_dict("records")]
     missing = [s for s in g.loc[g["video_auc"].isna(), "setting"]]
     if missing: lines.append("not run or not measured: " + ", ".join(missing) + " (see Generalisation)")
@@ -340,6 +346,12 @@ REPORT_ITEMS = [  # (section, title, path relative to the run folder, kind, colu
       "accuracy_ci_high", "eer", "average_precision", "frame_auc"]),
     ("Detection", "ROC", "test/roc.png", "png", None),
     ("Detection", "Training curves", "train/curves.png", "png", None),
+    ("Explanation", "The headline map: chosen by the rule on the validation fakes among the maps that pass both randomisation sanity "
+     "checks (mean |Spearman| with the fully randomised and the shuffled-label model's maps at most the threshold; * chosen)",
+     "explanation/headline.png", "png", None),
+    ("Explanation", "The headline rule's candidates (validation split)", "explanation/headline_candidates.csv", "csv",
+     ["method", "ours", "passes", "why_not", "pointing_game", "mass_in_mask", "model_abs_spearman", "model_abs_spearman_ci_low",
+      "model_abs_spearman_ci_high", "data_abs_spearman", "data_abs_spearman_ci_low", "data_abs_spearman_ci_high", "n_images"]),
     ("Explanation", "The claim in one picture: test fakes, their ground-truth masks and every map", "explanation/claim_grid.png", "png", None),
     ("Explanation", "Explanation quality (test fakes against their ground-truth masks)", "explanation/quality.csv", "csv",
      ["method", "n_images", "pointing_game", "mass_in_mask", "pixel_auroc", "mask_fraction", "pos_auc_prob", "neg_auc_prob"]),
@@ -357,8 +369,11 @@ REPORT_ITEMS = [  # (section, title, path relative to the run folder, kind, colu
     ("Validity", "ROAD (noisy linear imputation): most relevant removed first (MoRF) and least relevant first (LeRF)", "explanation/road.png", "png", None),
     ("Validity", "Sanity check: rank correlation of each map with the map of a cascadingly randomised model (top block first; "
      "a map that stays the same explains nothing)", "explanation/sanity.png", "png", None),
-    ("Validity", "Sanity check: mean rank correlation per method and randomisation step", "explanation/sanity_summary.csv", "csv", None),
-    ("Generalisation", "Generalisation: what holds and what breaks (video AUC with 95% CI; our map and the best baseline against the masks)",
+    ("Validity", "Sanity check: mean rank correlation per method and randomisation step (last column: the model trained on shuffled labels)",
+     "explanation/sanity_summary.csv", "csv", None),
+    ("Validity", "Data randomisation: each map against the map of the same network trained on shuffled labels (test fakes; mean |Spearman|, "
+     "lower is better, 95% CI)", "explanation/data_randomisation_summary.csv", "csv", None),
+    ("Generalisation", f"Generalisation: what holds and what breaks (video AUC with 95% CI; {OURS} and the best baseline against the masks)",
      "generalisation.csv", "generalisation", None),
     ("Generalisation", "Cross-dataset test (threshold chosen on the training set's validation split)", "cross_dataset.csv", "csv", None),
     ("Generalisation", "Robustness to perturbations: video and frame AUC, and the maps' localisation, against the level of each perturbation",
@@ -369,7 +384,13 @@ REPORT_ITEMS = [  # (section, title, path relative to the run folder, kind, colu
 OPTIONAL_REPORT_ITEMS = {  # only some runs have them: test_sets; ours among the methods; frame-aligned originals; robustness
     "cross_dataset.csv", "robustness/robustness.png", "robustness/robustness.csv", f"explanation/quality_{OURS}_vs_baselines.csv",
     f"explanation/gallery_{OURS}.png", "explanation/claim_grid.png", "explanation/restoration.png", "explanation/validity.json",
-    "explanation/validity_vs_baselines.csv", "explanation/road.png", "explanation/sanity.png", "explanation/sanity_summary.csv"}
+    "explanation/validity_vs_baselines.csv", "explanation/road.png", "explanation/sanity.png", "explanation/sanity_summary.csv",
+    "explanation/headline.png", "explanation/headline_candidates.csv", "explanation/data_randomisation_summary.csv"}
+
+def report_items(ours: str = OURS) -> list:
+    "`REPORT_ITEMS` with our map `ours` (the run's headline map, `localisation.headline_map`) in `OURS`'s place: its files, titles, matrices."
+    sub = lambda v: v.replace(f"_{OURS}", f"_{ours}").replace(f"({OURS}", f"({ours}") if isinstance(v, str) else v
+    return [(s, sub(t), sub(rel), kind, ours if extra == OURS else extra) for s, t, rel, kind, extra in REPORT_ITEMS]
 
 # %% ../nbs/06a_report.ipynb #2d94959c
 def markdown_table(df, floatfmt: str = ".4g") -> str:
@@ -381,11 +402,12 @@ def markdown_table(df, floatfmt: str = ".4g") -> str:
     return head + "".join("\n| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False))
 
 # %% ../nbs/06a_report.ipynb #0af63c88
-def _item_block(run_dir: Path, title: str, rel: str, kind: str, extra, notes: dict) -> dict | None:
-    "One item of `REPORT_ITEMS` as a block of the report (None: an optional item the run does not have)."
+def _item_block(run_dir: Path, title: str, rel: str, kind: str, extra, notes: dict, ours: str = OURS) -> dict | None:
+    "One item of `report_items(ours)` as a block of the report (None: an optional item the run does not have)."
     path = run_dir / rel
     block = dict(title=title, rel=rel, kind=kind, note=notes.get(rel, ""))
-    if not path.is_file(): return None if rel in OPTIONAL_REPORT_ITEMS else dict(block, kind="missing")
+    optional = {r.replace(f"_{OURS}", f"_{ours}") for r in OPTIONAL_REPORT_ITEMS}
+    if not path.is_file(): return None if rel in optional else dict(block, kind="missing")
     if kind == "png": return dict(block, src=data_uri(path.read_bytes()))
     if kind == "matrix": return dict(block, table=paired_matrix(_read(path), extra))
     if kind == "generalisation": return dict(block, table=report_table(generalisation_view(_read(path)), run_dir))
@@ -414,6 +436,7 @@ def _markdown(title: str, summary: dict, sections: list, glossary: list) -> str:
     def table(t): return markdown_table(pd.DataFrame(t["rows"], columns=t["header"]))
     parts = [f"# {title}", "## Summary", summary["detection"]["line"]]
     if summary["detection"]["table"]: parts.append(table(summary["detection"]["table"]))
+    if summary.get("headline"): parts.append(f"**Headline map:** {summary['headline']}")
     if summary["explanation"]: parts += [summary["explanation"]["line"], table(summary["explanation"]["table"])]
     parts += ["\n".join(f"- {l}" for l in summary["generalisation"]), f"Trained on: {summary['trained']}", *summary["caveats"]]
     for s in sections:
@@ -437,25 +460,27 @@ def write_report(run_dir) -> Path:
     gen = generalisation_table(run_dir, params)   # the Generalisation table, from whatever the stages wrote
     prov = (metrics or {}).get("info", {}).get("provenance")
     ident = test_identities(run_dir, params.get("dataset", "mini"), params.get("data_root"))
-    ex = run_dir / "explanation"
-    summary = dict(detection=detection_summary(metrics, _read(run_dir / "test" / "per_method.csv")) if metrics else
+    ex, ours = run_dir / "explanation", headline_map(run_dir)   # our map: the one the headline rule chose (or OURS, said so)
+    summary = dict(headline=f"{ours['short']}. {ours['statement']}" if ours["by_rule"] else ours["label"],detection=detection_summary(metrics, _read(run_dir / "test" / "per_method.csv")) if metrics else
                    dict(line="Detection: not measured (no test/metrics.json: the evaluate stage did not run).", table=None),
-                   explanation=explanation_summary(_read(ex / "quality.csv"), _read(ex / f"quality_{OURS}_vs_baselines.csv"),
-                                                   _read(ex / "validity_vs_baselines.csv"), _read(ex / "validity_per_image.csv")),
+                   explanation=explanation_summary(_read(ex / "quality.csv"), _read(ex / f"quality_{ours['map']}_vs_baselines.csv"),
+                                                   _read(ex / "validity_vs_baselines.csv"), _read(ex / "validity_per_image.csv"),
+                                                   ours["map"], ours["short"]),
                    generalisation=generalisation_summary(gen), trained=trained_on(prov), caveats=[portable(c, run_dir) for c in not_evidence(prov, ident)],
                    warning=(metrics or {}).get("warning"))
     notes = {"train/curves.png": training_note(_read(run_dir / "train" / "metrics.csv"), prov),
              "explanation/claim_grid.png": "Faces picked by rule (evenly over the manipulation methods and over each method's crops), "
                                            "not by hand; the scores are the shown maps' own (explanation/claim_grid.csv). The quality "
                                            "table below is the evidence: the grid shows what its numbers mean."}
-    sections = [dict(name=name, blocks=[b for item in REPORT_ITEMS if item[0] == name
-                                        if (b := _item_block(run_dir, *item[1:], notes)) is not None]) for name in REPORT_SECTIONS]
+    notes["explanation/headline.png"] = f"Ours: {ours['label']}. {ours['statement']}"
+    sections = [dict(name=name, blocks=[b for item in report_items(ours["map"]) if item[0] == name
+                                        if (b := _item_block(run_dir, *item[1:], notes, ours["map"])) is not None]) for name in REPORT_SECTIONS]
     sections = [s for s in sections if s["blocks"]]
     used = {h for s in sections for b in s["blocks"] if "table" in b for h in b["table"]["header"]} | {"advantage", "video AUC"}
     glossary = [(k, v) for k, v in GLOSSARY.items() if k in used]
     title = f"Study report: {run_dir.name}"
     html = render_page("report.html", title=title, summary=summary, sections=sections, glossary=glossary,
-                       details=_details(run_dir, metrics, env, params), ours=OURS,
+                       details=_details(run_dir, metrics, env, params), ours=ours["label"],
                        commit=((env or {}).get("git") or {}).get("commit"), time_utc=(env or {}).get("time_utc"))
     with atomic_write(run_dir / "report.md", "w") as f: f.write(_markdown(title, summary, sections, glossary))
     with atomic_write(run_dir / "report.html", "w") as f: f.write(html)

@@ -20,7 +20,7 @@ from .evaluate import (DEFAULT_THRESHOLD, RULES, ScoreOptions, _method_selection
                                        cached_frame_scores, video_metrics)
 from .train import select_method
 from .explain import COSTLY_METHODS, backbone_cache, explain_batch, faces_to_batch, input_size, parse_methods, read_faces
-from .localisation import (difference_pair, evenly, files_digest, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
+from .localisation import (difference_pair, evenly, files_digest, headline_map, stage_methods, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
                                            pointing_game, quality_images)
 from .validity import rank_correlation
 from .perturb import PERTURBATIONS, VERSION, PerturbTransform, format_perturb, parse_perturb, unavailable
@@ -238,7 +238,8 @@ def robustness_test(model, crops_root, data_root=None, boxes_root=None, output="
     table = pd.DataFrame(rows, columns=ROBUSTNESS_COLUMNS)
     write_csv_atomic(out / ROBUSTNESS_FILES["table"], table)
     write_csv_atomic(out / ROBUSTNESS_FILES["per_image"], pd.concat(per, ignore_index=True) if per else pd.DataFrame(columns=PER_IMAGE_COLUMNS))
-    write_bytes_atomic(out / ROBUSTNESS_FILES["figure"], figure_png(robustness_figure(table), tight=True))
+    ours = headline_map(output)["map"]   # our map: the run's headline map (its maps where it is among the methods compared)
+    write_bytes_atomic(out / ROBUSTNESS_FILES["figure"], figure_png(robustness_figure(table, ours), tight=True))
     record = dict(conditions=[list(c) for c in todo], methods=list(o.methods), n_videos=int(table["n_videos"].iloc[0]),
                   n_frames=int(table["n_frames"].iloc[0]), n_map_images=len(maps_in[1]) if o.methods else 0,
                   skipped=dict(conditions={k: why for k, why in off.items()}, crops=frame_skips, map_images=skipped),
@@ -272,6 +273,8 @@ def robustness_lines(table: pd.DataFrame) -> list:
 def robustness_stage(output_root, data_root=None, options: RobustnessOptions | None = None, runtime: Runtime | None = None) -> pd.DataFrame:
     "The study's robustness stage on `<output_root>/train/best.pt`: `robustness_test` of the test split's crops, in `<output_root>/robustness/`."
     root, rt = Path(output_root), runtime or Runtime()
+    options = options or RobustnessOptions()
+    if options.methods: options = dataclasses.replace(options, methods=stage_methods(options.methods, root))   # the headline map measured too
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, rt)

@@ -339,7 +339,7 @@ def _run_rows(name: str, run: Path) -> list[dict]:
 
 def sbi_comparison(runs: dict, output) -> pd.DataFrame:
     """One table of detectors `{name: study run folder}` (e.g. supervised and self-blended): per test set and method the
-    video AUC and our map's pointing game and mass in mask; written to `<output>/sbi_comparison.csv` and `.png`."""
+    video AUC and `fused`'s pointing game and mass in mask (one map across detectors: the column names say which); written to `<output>/sbi_comparison.csv` and `.png`."""
     df = pd.DataFrame([r for name, run in runs.items() for r in _run_rows(name, Path(run))], columns=COMPARISON_COLUMNS)
     out = Path(output)
     write_csv_atomic(out / "sbi_comparison.csv", df)
@@ -348,7 +348,7 @@ def sbi_comparison(runs: dict, output) -> pd.DataFrame:
     fig = Figure(figsize=(min(4 + 0.9 * len(keys), 16), 3.4), dpi=100)
     width = 0.8 / max(len(runs), 1)
     for ax, col, title in zip(fig.subplots(1, 3), ("video_auc", "fused_pointing_game", "fused_mass_in_mask"),
-                              ("video AUC", "our map: pointing game", "our map: mass in mask")):
+                              ("video AUC", "fused: pointing game", "fused: mass in mask")):
         for k, name in enumerate(runs):
             d = df[df["detector"] == name]
             ax.bar(np.arange(len(d)) + k * width, d[col].to_numpy(dtype=float), width, label=name)

@@ -44,6 +44,7 @@ STAGES = {  # stage name -> notebook (in nbs/); 02_model, 02a_checkpoint, 05c an
     "preprocess": "01_preprocess.ipynb",
     "train": "03_train.ipynb",
     "evaluate": "04_evaluate.ipynb",
+    "headline": "05f_headline.ipynb",       # the headline map, chosen by a rule on the validation split (and the shuffled-label model)
     "explain": "05_explain.ipynb",          # the evaluation samples explained
     "quality": "05a_localisation.ipynb",    # the maps against the ground-truth masks
     "robustness": "05e_robustness.ipynb",   # verdicts and maps under DeeperForensics' perturbations
@@ -170,6 +171,7 @@ _N = Spec("int", low=1)  # a count: at least one
 PARAM_SPECS = {  # every parameter of the stage notebooks and the runner (RUNNER_PARAMS) -> its spec
     "batch_size": _N, "frames_per_video": _N, "n_frames": _N, "num_epochs": _N, "patience": _N, "nproc": _N,
     "validity_images": _N, "road_images": _N, "sanity_images": _N, "robustness_images": _N, "robustness_frames": _N,
+    "headline_images": _N, "data_randomisation": Spec("bool"), "headline_methods": Spec("str|list", none=True),
     "max_quality_images": Spec("int", low=1, none=True), "costly_quality_images": Spec("int", low=1, none=True),
     "max_videos": Spec("int", low=1, none=True), "workers": Spec("int", low=0), "seed": Spec("int", low=0),
     "image_size": Spec("int", low=16), "size": Spec("int", low=32), "n_pairs": Spec("list", low=1, items="int", length=3),

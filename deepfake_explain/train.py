@@ -33,8 +33,8 @@ from .data import (CELEBDF_METHOD, DFD_METHOD, DFDC_METHOD, FFPP_METHODS, FaceCr
 __all__ = ['METRIC_COLUMNS', 'SBI_VAL_SEED', 'PROVENANCE_KEYS', 'DEFAULT_WORKERS', 'training_config', 'make_optimizer',
            'make_scheduler', 'bce_pos_weight', 'EarlyStopping', 'read_metrics', 'append_metrics', 'plot_curves',
            'training_runtime', 'NonFiniteLossError', 'IndexedDataset', 'run_epoch', 'seed_everything', 'make_loader',
-           'start_epoch', 'method_list', 'select_method', 'make_datasets', 'git_commit', 'provenance', 'TrainOptions',
-           'train', 'train_cli', 'resume_point']
+           'start_epoch', 'method_list', 'select_method', 'shuffle_video_labels', 'labels_note', 'make_datasets',
+           'git_commit', 'provenance', 'TrainOptions', 'train', 'train_cli', 'resume_point']
 
 # %% ../nbs/03_train.ipynb #db60754f
 def training_config(src) -> tuple[dict, Path | None]:
@@ -298,6 +298,19 @@ def _limit_videos(crops: pd.DataFrame, max_videos: int | None, seed: int = 0) ->
     keys = pd.concat(keep)[["method", "video"]] if keep else crops[["method", "video"]].iloc[:0]
     return crops.merge(keys.drop_duplicates(), on=["method", "video"])
 
+# %% ../nbs/03_train.ipynb #886ad7ee
+def shuffle_video_labels(frames: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    "`frames` (columns method, video, label) with the labels of its videos permuted under `seed`: each frame takes its video's new label."
+    vids = frames[["method", "video", "label"]].drop_duplicates(["method", "video"]).sort_values(["method", "video"])
+    new = vids.assign(label=vids["label"].to_numpy()[np.random.default_rng(seed).permutation(len(vids))])
+    keys = pd.MultiIndex.from_frame(frames[["method", "video"]])
+    return frames.assign(label=new.set_index(["method", "video"])["label"].reindex(keys).to_numpy())
+
+def labels_note(shuffled: bool, seed: int) -> str:
+    "The training labels in words, as the checkpoint's provenance records them: `true` or `shuffled (seed <seed>)`."
+    return f"shuffled (seed {seed})" if shuffled else "true"
+
+
 # %% ../nbs/03_train.ipynb #0907b247
 def _split_summary(df: pd.DataFrame) -> dict:
     return {"frames": int(len(df)), "videos": int(df[["method", "video"]].drop_duplicates().shape[0]),
@@ -325,13 +338,17 @@ def _self_blended_datasets(root: Path, crops: pd.DataFrame, ts: dict, size: int,
     return (SelfBlendedDataset(sel["train"], size, seed=seed), SelfBlendedDataset(sel["val"], size, seed=SBI_VAL_SEED, fixed_epoch=0),
             summary)
 
-def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int | None = None, seed: int = 0):
+def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int | None = None, seed: int = 0,
+                  shuffled_labels: bool = False):
     """(train dataset, val dataset, summary) of the face crops under `crops_root` for config `cfg` (path or dict);
-    `training.fakes: self-blended` gives `SelfBlendedDataset`s of the real crops (items: a real face and its fake)."""
+    `training.fakes: self-blended` gives `SelfBlendedDataset`s of the real crops (items: a real face and its fake).
+    `shuffled_labels`: the training split's labels permuted per video under `seed` (`shuffle_video_labels`)."""
     cfg = load_train_config(cfg)
     ts, size = cfg["training"], cfg["model"]["image-size"]
     root = Path(crops_root)
-    if ts["fakes"] == SELF_BLENDED: return _self_blended_datasets(root, index_crops(root), ts, size, dataset, max_videos, seed)
+    if ts["fakes"] == SELF_BLENDED:
+        if shuffled_labels: raise ValueError(f"{root}: shuffled_labels needs training.fakes: dataset (a self-blended pair's labels are its construction)")
+        return _self_blended_datasets(root, index_crops(root), ts, size, dataset, max_videos, seed)
     crops = _limit_videos(select_method(index_crops(root), dataset, str(root)), max_videos, seed)
     sel = {split: select_training_frames(crops, ts["frames-per-video"], ts["rebalancing_real"], ts["rebalancing_fake"], split=split)
            for split in ("train", "val")}
@@ -339,9 +356,11 @@ def make_datasets(crops_root, cfg: dict, dataset: str = "All", max_videos: int |
         if len(df) == 0:
             raise ValueError(f"{root / (split + '_set')}: empty {split} split (no crops for dataset={dataset!r}, "
                              f"max_videos={max_videos}); run preprocessing for this split first")
+    if shuffled_labels: sel["train"] = shuffle_video_labels(sel["train"], seed)
     try: pw = bce_pos_weight(sel["train"]["label"])
     except ValueError as e: raise ValueError(f"{root / 'train_set'}: {e}") from None
     summary = {"crops_root": str(root.resolve()), "dataset": dataset, "fakes": "dataset", "max_videos": max_videos, "pos_weight": pw,
+               "labels": labels_note(shuffled_labels, seed),
                "skipped_files": len(crops.attrs.get("skipped", [])) if hasattr(crops, "attrs") else 0,
                **{split: _split_summary(df) for split, df in sel.items()}}
     return (FaceCropDataset(sel["train"], TrainTransform(size, seed=seed) if ts["augment"] else ValTransform(size), seed=seed),
@@ -366,7 +385,7 @@ def git_commit() -> str | None:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 PROVENANCE_KEYS = ("datasets", "methods", "fakes", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout",
-                   "epochs", "git_commit", "generated_data")
+                   "epochs", "git_commit", "generated_data", "labels")
 
 def provenance(cfg: dict, summary: dict, epochs: int) -> dict:
     """What a checkpoint was trained on (`PROVENANCE_KEYS`), from its validated config and `make_datasets`' summary;
@@ -377,7 +396,7 @@ def provenance(cfg: dict, summary: dict, epochs: int) -> dict:
     return {"datasets": datasets, "methods": methods, "fakes": fakes, "n_train_videos": int(summary["train"]["videos"]),
             "n_val_videos": int(summary["val"]["videos"]), "backbone_init": backbone_init(cfg["model"]["backbone-weights"]),
             "image_size": int(cfg["model"]["image-size"]), "layout": cfg["model"]["layout"], "epochs": int(epochs),
-            "git_commit": git_commit(), "generated_data": "mini" in datasets}
+            "git_commit": git_commit(), "generated_data": "mini" in datasets, "labels": summary.get("labels", "true")}
 
 # %% ../nbs/03_train.ipynb #f36f78b6
 def _plain(obj):
@@ -444,6 +463,7 @@ class TrainOptions:
     workers: int = 2                 # data-loader worker processes per rank
     seed: int = 0                    # seed of weights, sampling and augmentations
     progress: bool = True            # progress bars and epoch lines (rank 0)
+    shuffled_labels: bool = False    # training labels permuted per video under `seed` (`shuffle_video_labels`): no detector
 
 # %% ../nbs/03_train.ipynb #b60ba214
 @dataclass
@@ -494,7 +514,7 @@ def _setup_run(info, runtime: Runtime, config, data_root, output: Path, options:
     cfg = load_train_config(config, for_training=True) if ckpt is not None else training_config(config)[0]
     ts = cfg["training"]
     log = (lambda msg: tqdm.write(msg)) if (o.progress and info.is_main) else (lambda msg: None)
-    train_ds, val_ds, summary = make_datasets(data_root, cfg, o.dataset, o.max_videos, o.seed)
+    train_ds, val_ds, summary = make_datasets(data_root, cfg, o.dataset, o.max_videos, o.seed, o.shuffled_labels)
     seed_everything(o.seed)                    # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = runtime.model(build_model(model_config(cfg, keep_backbone_weights=ckpt is None), for_training=ckpt is None))
     _set_bn_momentum(model, ts["bn-momentum"])
@@ -574,11 +594,13 @@ def train_cli(
     device: str = None,           # cpu, cuda, cuda:1 (default: CUDA when available; torchrun: cuda:LOCAL_RANK)
     precision: str = "auto",      # mixed precision on CUDA: auto (bf16 when supported), bf16, fp16, fp32
     quiet: bool = False,          # no progress bars or epoch lines
+    shuffled_labels: bool = False,  # train on labels permuted per video (seed --seed): the data randomisation test's model, no detector
 ):
     "Train the deepfake detector on face crops (one process, or one per GPU under torchrun)."
     with cli_errors("deepfake-explain-train"):
         options = TrainOptions(num_epochs=num_epochs, patience=patience, dataset=dataset, workers=workers, seed=seed,
-                               max_videos=None if max_videos < 0 else max_videos, progress=not quiet)
+                               max_videos=None if max_videos < 0 else max_videos, progress=not quiet,
+                               shuffled_labels=shuffled_labels)
         res = train(config, data_root, output, options, training_runtime(device, precision), resume=resume)
     if res["rank"] == 0:
         print(f"best epoch {res['best_epoch']} (val loss {res['best_val_loss']:.4f}); stopped by {res['stopped']}; "

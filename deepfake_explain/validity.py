@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_validity.ipynb #b5b00005
 from __future__ import annotations
-import copy, json, time
+import copy, dataclasses, json, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,21 +15,22 @@ import torch
 from .core import (ORIGINAL, ImageReadError, Runtime, figure_png, read_image_rgb, write_bytes_atomic,
                                    write_csv_atomic, write_json_atomic)
 from .data import COMPRESSIONS, ValTransform, ffpp_video_path, identity_disjoint
-from .checkpoint import load_detector
+from .checkpoint import checkpoint_provenance, load_detector
 from .model import fake_probability
 from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, read_faces)
-from .localisation import (bootstrap_mean_ci, curve_auc, evenly, masks_for_crops, paired_differences,
-                                           quality_images)
+from .localisation import (OURS, bootstrap_mean_ci, curve_auc, evenly, headline_map, stage_methods, masks_for_crops,
+                                           paired_differences, quality_images)
 from .preprocess import VideoReadError, boxes_path, crop_face, read_boxes, read_frames
 
 # %% auto #0
-__all__ = ['RESTORE_FRACTIONS', 'ROAD_WEIGHTS', 'ROAD_FRACTIONS', 'original_video_path', 'original_crops', 'pixel_order',
-           'top_pixels', 'restoration_curves', 'curve_aucs', 'noisy_linear_impute', 'road_curves',
-           'randomisation_steps', 'reinitialise_', 'cascading_randomisation', 'rank_correlation', 'sanity_check',
-           'sanity_summary', 'identity_note', 'restoration_informative', 'validity_figure', 'sanity_figure',
-           'ValidityOptions', 'validity_inputs', 'restoration_test', 'validity_per_image', 'study_validity',
-           'validity_stage']
+__all__ = ['RESTORE_FRACTIONS', 'ROAD_WEIGHTS', 'ROAD_FRACTIONS', 'SHUFFLED_RUN', 'RANDOMISATION_COLUMNS', 'DATA_STEP',
+           'original_video_path', 'original_crops', 'pixel_order', 'top_pixels', 'restoration_curves', 'curve_aucs',
+           'noisy_linear_impute', 'road_curves', 'randomisation_steps', 'reinitialise_', 'cascading_randomisation',
+           'rank_correlation', 'sanity_check', 'model_maps', 'shuffled_checkpoint', 'data_randomisation',
+           'randomisation_summary', 'sanity_summary', 'identity_note', 'restoration_informative', 'validity_figure',
+           'sanity_figure', 'ValidityOptions', 'validity_inputs', 'restoration_test', 'validity_per_image',
+           'study_validity', 'validity_stage']
 
 # %% ../nbs/05b_validity.ipynb #b5b00010
 def original_video_path(data_root, target: str, compression: str = "c23") -> Path | None:
@@ -240,12 +241,55 @@ def sanity_check(model, x, methods=METHODS, target="fake", seed=0) -> pd.DataFra
             rows += [dict(method=meth, step=name, image=i, spearman=float(r)) for i, r in enumerate(rank_correlation(ref[meth], mp))]
     return pd.DataFrame(rows, columns=["method", "step", "image", "spearman"])
 
+# %% ../nbs/05b_validity.ipynb #7444ee4d
+def model_maps(model, x, methods=METHODS, target="fake", seed: int = 0, batch_size: int = 16) -> dict:
+    "Maps (method -> (B, H, W) on the CPU) of images `x` (B, 3, H, W), in batches of `batch_size` that share a `backbone_cache`."
+    out = {m: [] for m in methods}
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size]
+        cache = backbone_cache(model, xb)
+        for m in methods: out[m].append(explain_batch(model, xb, m, target, seed=seed + s, cache=cache)[1].cpu())
+    return {m: torch.cat(v) for m, v in out.items()}
+
+
+# %% ../nbs/05b_validity.ipynb #c7597233
+SHUFFLED_RUN = "train_shuffled"  # <run>/train_shuffled/: the detector's recipe on shuffled labels (trained by 05f_headline)
+
+def shuffled_checkpoint(run_dir) -> Path | None:
+    "`<run_dir>/train_shuffled/last.pt` (the shuffled-label model after all its epochs) if it exists, else None."
+    p = Path(run_dir) / SHUFFLED_RUN / "last.pt"
+    return p if p.is_file() else None
+
+def data_randomisation(maps: dict, shuffled_maps: dict) -> pd.DataFrame:
+    "Data randomisation test: per method of `maps` (method -> (B, H, W)) and image, Spearman of the trained model's map with the shuffled-label model's."
+    rows = [dict(method=m, image=i, spearman=float(r)) for m in maps for i, r in enumerate(rank_correlation(maps[m], shuffled_maps[m]))]
+    return pd.DataFrame(rows, columns=["method", "image", "spearman"])
+
+RANDOMISATION_COLUMNS = ["method", "n_images", "n_constant", "mean_spearman", "mean_abs_spearman", "mean_abs_spearman_ci_low", "mean_abs_spearman_ci_high"]
+
+def randomisation_summary(corr: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    "Per method of `corr` (method, image, spearman): `RANDOMISATION_COLUMNS`, the mean |Spearman| with its bootstrap 95% CI."
+    rng, rows = np.random.default_rng(seed), []
+    for m, g in corr.groupby("method", sort=False):
+        r = g["spearman"].to_numpy(float)
+        ok = r[np.isfinite(r)]
+        lo, hi = bootstrap_mean_ci(np.abs(ok), rng=rng) if len(ok) else (np.nan, np.nan)
+        rows.append(dict(method=m, n_images=len(ok), n_constant=int(len(r) - len(ok)), mean_spearman=float(ok.mean()) if len(ok) else np.nan,
+                         mean_abs_spearman=float(np.abs(ok).mean()) if len(ok) else np.nan, mean_abs_spearman_ci_low=lo, mean_abs_spearman_ci_high=hi))
+    return pd.DataFrame(rows, columns=RANDOMISATION_COLUMNS)
+
+
 # %% ../nbs/05b_validity.ipynb #3b16a7b3
-def sanity_summary(sanity: pd.DataFrame) -> pd.DataFrame:
-    "The sanity check as a table: mean rank correlation per method (rows) and randomisation step (columns, in order)."
+DATA_STEP = "shuffled labels"  # the data randomisation test's column of the sanity table, and its point on the sanity figure
+
+def sanity_summary(sanity: pd.DataFrame, data: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The sanity checks as a table: mean rank correlation per method (rows) and randomisation step (columns, in order),
+    with the data randomisation test's (`data`: `data_randomisation`'s table) as the last column, `DATA_STEP`."""
     steps = list(dict.fromkeys(sanity["step"]))
     t = sanity.groupby(["method", "step"], sort=False)["spearman"].mean().unstack()[steps]
+    if data is not None: t[DATA_STEP] = data.groupby("method")["spearman"].mean().reindex(t.index)
     return t.reset_index().rename_axis(columns=None)
+
 
 # %% ../nbs/05b_validity.ipynb #c3985a4f
 def identity_note(data_root) -> dict:
@@ -288,16 +332,20 @@ def validity_figure(curves: pd.DataFrame, xlabel: str, title: str, panels=(None,
     axs[0].legend(fontsize=7); fig.tight_layout()
     return fig
 
-def sanity_figure(sanity: pd.DataFrame):
-    "Mean rank correlation (trained vs randomised maps) per cascade step, one line per method."
+def sanity_figure(sanity: pd.DataFrame, data: pd.DataFrame | None = None):
+    """Mean rank correlation (trained vs randomised maps) per cascade step, one line per method; with `data`
+    (`data_randomisation`'s table), each method's mean against the shuffled-label model as a square past the cascade."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.5, 3.4)); ax = fig.subplots()
+    fig = Figure(figsize=(7.2 if data is not None else 6.5, 3.4)); ax = fig.subplots()
     steps = list(dict.fromkeys(sanity["step"]))
+    dm = data.groupby("method")["spearman"].mean() if data is not None else {}
     for meth, g in sanity.groupby("method", sort=False):
         m = g.groupby("step")["spearman"].mean().reindex(steps)
-        ax.plot(range(len(steps)), m.values, marker="o", label=meth)
+        line, = ax.plot(range(len(steps)), m.values, marker="o", label=meth)
+        if meth in dm: ax.plot([len(steps)], [dm[meth]], marker="s", ls="none", color=line.get_color())
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks(range(len(steps)), steps, rotation=20, fontsize=8)
+    ticks = steps + ([DATA_STEP] if data is not None else [])
+    ax.set_xticks(range(len(ticks)), ticks, rotation=20, fontsize=8)
     ax.set(ylim=(-1.05, 1.05), ylabel="Spearman: trained vs randomised map", xlabel="cascading randomisation (top first, cumulative)")
     ax.legend(fontsize=7); fig.tight_layout()
     return fig
@@ -314,6 +362,7 @@ class ValidityOptions:
     batch_size: int = 16
     seed: int = 0
     compression: str = "c23"          # the originals' compression (FF++; another one if that is absent)
+    ours: str = OURS                  # our map (the study: its headline map), against every baseline in validity_vs_baselines.csv
     runtime: Runtime = field(default_factory=lambda: Runtime("cpu"))
 
     def __post_init__(self): self.methods = parse_methods(self.methods)
@@ -356,62 +405,85 @@ def validity_per_image(rest: pd.DataFrame, road: pd.DataFrame, paths) -> pd.Data
     per_image["path"] = [paths[i] for i in per_image["image"]]
     return per_image
 
-def _write_validity(out: Path, rest, road, sanity, per_image, methods, seed: int):
-    "The validity tests' CSVs and figures in `out`."
+def _write_validity(out: Path, rest, road, sanity, per_image, methods, seed: int, data=None, ours: str = OURS):
+    "The validity tests' CSVs and figures in `out`; `data`: the data randomisation test's table (None: not run); `ours`: our map."
     write_csv_atomic(out / "restoration.csv", rest)
     write_csv_atomic(out / "road.csv", road)
     write_csv_atomic(out / "sanity.csv", sanity)
-    write_csv_atomic(out / "sanity_summary.csv", sanity_summary(sanity))
+    write_csv_atomic(out / "sanity_summary.csv", sanity_summary(sanity, data))
+    if data is not None:
+        write_csv_atomic(out / "data_randomisation.csv", data)
+        write_csv_atomic(out / "data_randomisation_summary.csv", randomisation_summary(data, seed))
     write_csv_atomic(out / "validity_per_image.csv", per_image)
-    pm, refs = per_image[per_image["method"].isin(methods)], [r for r in ("fused", "relevancy") if r in methods]
+    pm, refs = per_image[per_image["method"].isin(methods)], [r for r in dict.fromkeys((ours, "fused", "relevancy")) if r in methods]
     if refs: write_csv_atomic(out / "validity_vs_baselines.csv", pd.concat([paired_differences(pm, r, seed=seed) for r in refs], ignore_index=True))
     write_bytes_atomic(out / "restoration.png", figure_png(validity_figure(
         rest, "fraction of the fake crop restored from its original", "restoration (most relevant first)")))
     write_bytes_atomic(out / "road.png", figure_png(validity_figure(
         road.rename(columns={"order": "panel", "method": "order"}), "fraction of pixels removed (ROAD imputation)", "ROAD",
         panels=("morf", "lerf"))))
-    write_bytes_atomic(out / "sanity.png", figure_png(sanity_figure(sanity)))
+    write_bytes_atomic(out / "sanity.png", figure_png(sanity_figure(sanity, data)))
 
 # %% ../nbs/05b_validity.ipynb #b5b0000b
-def study_validity(model, crops_root, data_root, boxes_root, output, opts: ValidityOptions | None = None) -> dict:
+def study_validity(model, crops_root, data_root, boxes_root, output, opts: ValidityOptions | None = None,
+                   shuffled: tuple | None = None) -> dict:
     """The validity tests on the fake crops of `opts.split` that have a frame-aligned original (`validity_inputs`): the
-    restoration test (with the oracle and random orders), ROAD on `opts.road_images` and the cascading randomisation
-    sanity check on `opts.sanity_images` of them (evenly spread); writes their tables and figures (`_write_validity`) and
-    `validity.json` to `<output>/explanation/`. `ValueError` when no fake has an original (e.g. DFDC's layout)."""
+    restoration test (with the oracle and random orders), ROAD on `opts.road_images` and the sanity checks on
+    `opts.sanity_images` of them (evenly spread): cascading model randomisation and, with `shuffled` = (the shuffled-label
+    model, its checkpoint path, its provenance's `labels`), data randomisation; writes their tables and figures
+    (`_write_validity`) and `validity.json` to `<output>/explanation/`. `ValueError` when no fake has an original (e.g. DFDC's layout)."""
     opts = opts or ValidityOptions()
     inp, rt, bs, seed = validity_inputs(model, crops_root, data_root, boxes_root, opts), opts.runtime, opts.batch_size, opts.seed
     model, seconds, tick = rt.model(model).eval(), {}, [time.perf_counter()]
     def lap(name): seconds[name], tick[0] = round(time.perf_counter() - tick[0], 1), time.perf_counter()
     x, xo = rt.images(faces_to_batch(inp["faces"])), rt.images(faces_to_batch(inp["originals"]))
-    maps = {m: torch.cat([explain_batch(model, x[s:s + bs], m, seed=seed + s)[1].cpu() for s in range(0, len(x), bs)])
-            for m in opts.methods}
-    lap("maps")
+    maps = model_maps(model, x, opts.methods, seed=seed, batch_size=bs); lap("maps")
     rest, p_fake = restoration_test(model, x, xo, maps, inp["masks"], seed); lap("restoration")
     ri, si = evenly(len(x), opts.road_images), evenly(len(x), opts.sanity_images)
     road = pd.concat([road_curves(model, x[ri], maps[m][ri], seed=seed, p0=p_fake[ri]).assign(method=m, image=lambda d: ri[d["image"]])
                       for m in opts.methods], ignore_index=True); lap("road")
     sanity = sanity_check(model, x[si], opts.methods, seed=seed).assign(image=lambda d: si[d["image"]]); lap("sanity")
+    data, data_note = None, ("not run: no shuffled-label model (<run>/train_shuffled/last.pt): the headline stage trains it "
+                             "when the study's data_randomisation is true")
+    if shuffled is not None:
+        smodel, spath, labels = shuffled
+        data = data_randomisation(model_maps(model, x[si], opts.methods, seed=seed, batch_size=bs),
+                                  model_maps(rt.model(smodel).eval(), x[si], opts.methods, seed=seed, batch_size=bs)
+                                  ).assign(image=lambda d: si[d["image"]])
+        lap("data_randomisation")
+        data_note = dict(checkpoint=str(spath), labels=labels, n_images=len(si), lower_is_better=True,
+                         methods={r["method"]: {k: (None if pd.isna(v) else round(float(v), 4) if isinstance(v, float) else v)
+                                                for k, v in r.items() if k != "method"}
+                                  for r in randomisation_summary(data, seed).to_dict("records")})
     per_image, out = validity_per_image(rest, road, inp["paths"]), Path(output) / "explanation"
-    _write_validity(out, rest, road, sanity, per_image, opts.methods, seed)
+    _write_validity(out, rest, road, sanity, per_image, opts.methods, seed, data, opts.ours)
     pm = per_image[per_image["method"].isin(opts.methods)]
     summary = dict(n_images=len(x), n_road=len(ri), n_sanity=len(si), restoration=restoration_informative(curve_aucs(rest), seed=seed),
                    road={m: {k: round(float(v), 4) for k, v in r.items()} for m, r in  # mean AUCs: morf lower, lerf higher is better
                          pm.groupby("method")[["road_morf_auc", "road_lerf_auc"]].mean().iterrows()},
                    identities=identity_note(data_root), skipped=inp["skipped"], seconds=seconds,
-                   data_randomisation="not run: it needs a second training run on shuffled labels (minutes), beyond the quick study's budget")
+                   data_randomisation=data_note)
     write_json_atomic(out / "validity.json", summary)
-    return dict(restoration=rest, road=road, sanity=sanity, per_image=per_image, summary=summary)
+    return dict(restoration=rest, road=road, sanity=sanity, data_randomisation=data, per_image=per_image, summary=summary)
 
 # %% ../nbs/05b_validity.ipynb #b5b0000d
 def validity_stage(output_root, data_root=None, opts: ValidityOptions | None = None) -> dict:
     """The study's validity stage on `<output_root>/train/best.pt`: `study_validity` on the test split's fake crops
-    (`<output_root>/crops`) and their originals under `data_root` (None: `<output_root>/mini_forensics`). Returns its
-    result, or dict(skipped=reason) for a dataset without frame-aligned originals; `identities` either way."""
-    root, opts = Path(output_root), opts or ValidityOptions()
+    (`<output_root>/crops`) and their originals under `data_root` (None: `<output_root>/mini_forensics`), with the
+    data randomisation test where the headline stage trained the shuffled-label model (`shuffled_checkpoint`). Returns
+    its result, or dict(skipped=reason) for a dataset without frame-aligned originals; `identities` either way."""
+    root = Path(output_root)
+    opts = opts or ValidityOptions()
+    opts = dataclasses.replace(opts, ours=headline_map(root)["map"], methods=stage_methods(opts.methods, root))   # our map: the run's headline map, measured
     ckpt = root / "train" / "best.pt"
     if not ckpt.is_file(): raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run the train stage first")
     model, _, _ = load_detector(ckpt, None, opts.runtime)
+    shuffled = None
+    if (spath := shuffled_checkpoint(root)) is not None:
+        labels = checkpoint_provenance(spath).get("labels", "true")
+        if not str(labels).startswith("shuffled"): raise ValueError(f"{spath}: not a shuffled-label model (its provenance says labels {labels!r})")
+        shuffled = (load_detector(spath, None, opts.runtime)[0], spath, labels)
     data = Path(data_root) if data_root is not None else root / "mini_forensics"
-    try: out = study_validity(model, root / "crops", data, root, root, opts)
+    try: out = study_validity(model, root / "crops", data, root, root, opts, shuffled)
     except ValueError as e: out = dict(skipped=str(e))  # no frame-aligned originals (DFDC): the quality table stands alone
     return dict(out, identities=identity_note(data))

@@ -90,11 +90,17 @@ def test_study_validity_end_to_end(study_tree):
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm): m.momentum = None
     with torch.no_grad(): model.train()(torch.rand(8, 3, 64, 64) * 255)
+    torch.manual_seed(1)
+    shuffled = build_model(SMALL)  # stands in for the shuffled-label model: other weights
+    for m in shuffled.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm): m.momentum = None
+    with torch.no_grad(): shuffled.train()(torch.rand(8, 3, 64, 64) * 255)
     res = study_validity(model.eval(), root / "crops", root / "mini_forensics", root, root,
-                         ValidityOptions(max_images=4, road_images=2, sanity_images=2))
+                         ValidityOptions(max_images=4, road_images=2, sanity_images=2),
+                         shuffled=(shuffled.eval(), root / "train_shuffled" / "last.pt", "shuffled (seed 0)"))
     out = root / "explanation"
     for f in ("restoration.csv", "restoration.png", "road.csv", "road.png", "sanity.csv", "sanity.png", "validity_per_image.csv",
-              "validity_vs_baselines.csv", "validity.json"):
+              "validity_vs_baselines.csv", "validity.json", "data_randomisation.csv", "data_randomisation_summary.csv"):
         assert (out / f).stat().st_size > 0, f
     rest = pd.read_csv(out / "restoration.csv")
     assert set(rest["order"]) == {*METHODS, "oracle"} and rest["image"].nunique() == 4
@@ -103,6 +109,11 @@ def test_study_validity_end_to_end(study_tree):
     summary = json.loads((out / "validity.json").read_text())
     assert summary["identities"]["identity_disjoint"] is False and "shares identities" in summary["identities"]["statement"]
     assert set(summary["restoration"]) >= {"informative", "oracle_auc", "random_auc"}
+    dr = summary["data_randomisation"]  # every map against the shuffled-label model's, on the sanity check's images
+    assert dr["labels"] == "shuffled (seed 0)" and dr["n_images"] == 2 and set(dr["methods"]) == set(METHODS)
+    assert dr["methods"]["random"]["mean_spearman"] == pytest.approx(1)  # the control: the same map whatever the model
+    assert all(0 <= r["mean_abs_spearman_ci_low"] <= r["mean_abs_spearman"] <= r["mean_abs_spearman_ci_high"] <= 1 for m, r in dr["methods"].items() if r["n_images"])
+    assert pd.read_csv(out / "sanity_summary.csv").columns[-1] == "shuffled labels"
     san = pd.read_csv(out / "sanity.csv")
     assert len(san) == len(METHODS) * 5 * 2 and np.allclose(san[san.method == "random"]["spearman"], 1)
     pi = pd.read_csv(out / "validity_per_image.csv")

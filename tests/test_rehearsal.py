@@ -103,7 +103,7 @@ def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
     assert tuple(prov) == PROVENANCE_KEYS
     assert {k: v for k, v in prov.items() if k != "git_commit"} == {
         "datasets": ["FaceForensics++"], "methods": ["Deepfakes", "Face2Face", "NeuralTextures"], "fakes": "dataset", "n_train_videos": 3,
-        "n_val_videos": 2, "backbone_init": "imagenet", "image_size": 224, "layout": layout, "epochs": 2, "generated_data": False}
+        "n_val_videos": 2, "backbone_init": "imagenet", "image_size": 224, "layout": layout, "epochs": 2, "generated_data": False, "labels": "true"}
     assert best["provenance"]["epochs"] == best["epoch"]
     # evaluate: the official test split (634 real, 634_660 FaceSwap), reference rule, at most `frames` frames per track
     m = json.loads((run / "test" / "metrics.json").read_text())

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
+from deepfake_explain.explain import COSTLY_METHODS, METHODS
 from deepfake_explain.localisation import OURS
 from deepfake_explain.study import run_study, STAGES
 
@@ -83,9 +86,12 @@ def test_quick_study_completes_with_report(quick_run):
     import pandas as pd
     q = pd.read_csv(quick_run / "explanation" / "quality.csv").set_index("method")
     d = pd.read_csv(quick_run / "explanation" / "quality_vs_baselines.csv")
-    # the quick study's maps: ours, relevancy, the attention baselines, Grad-CAM, random and Captum's three (configs/study_quick.yaml)
-    assert set(d.baseline) == {"fused", "attention", "rollout", "gradcam", "random", "saliency", "ig", "occlusion"}
-    costly = d.baseline.isin(["ig", "occlusion"])  # a stated sample of the crops (costly_quality_images: 64)
+    # the quick study's maps: fused, relevancy, the attention baselines, Grad-CAM, random and Captum's three (configs/study_quick.yaml),
+    # and the headline map the rule chose (05f_headline), which every later stage adds when it is not among them (`stage_methods`)
+    chosen = json.loads((quick_run / "explanation" / "headline.json").read_text())["map"]
+    assert set(d.baseline) == {"fused", "attention", "rollout", "gradcam", "random", "saliency", "ig", "occlusion"} | ({chosen} - {"relevancy"})
+    assert chosen in q.index and (quick_run / "explanation" / f"quality_{chosen}_vs_baselines.csv").exists()   # ours, measured on the test split
+    costly = d.baseline.isin(COSTLY_METHODS)  # a stated sample of the crops (costly_quality_images: 64)
     assert (d[~costly].n_images == q.loc["relevancy"].n_masks).all() and (d[costly].n_images == q.loc["ig"].n_masks).all()
     assert q.loc["ig", "n_images"] == q.loc["occlusion", "n_images"] == 64 < q.loc["saliency", "n_images"] == q.loc["relevancy", "n_images"]
     assert set(d.metric) == {"pointing_game", "mass_in_mask", "pixel_auroc", "pos_auc_prob", "neg_auc_prob"}
@@ -110,6 +116,27 @@ def test_quick_study_completes_with_report(quick_run):
     assert set(claim["map"]) == set(d.baseline) | {"relevancy"} and claim.pointing_game.isin([0, 1]).all() and "The claim in one picture" in html
     env = json.loads((quick_run / "environment.json").read_text())
     assert env["packages"]["torch"] and "commit" in env["git"]
+    # issue 29: the headline map is chosen by the coded rule on validation fakes, among every map but the random control
+    h = json.loads((quick_run / "explanation" / "headline.json").read_text())
+    cands = pd.read_csv(quick_run / "explanation" / "headline_candidates.csv").set_index("method")
+    assert set(cands.index) == set(METHODS) - {"random"} and h["split"] == "val" and (cands.n_images == h["n_images"]).all()
+    assert h["tests"] == ["model randomisation (every weight re-drawn)", "data randomisation (shuffled labels)"]
+    assert cands[["pointing_game", "model_abs_spearman", "data_abs_spearman"]].notna().all().all()
+    worst = cands[["model_abs_spearman", "data_abs_spearman"]].max(axis=1)
+    assert (cands.passes == (worst <= h["threshold"])).all()        # the rule, applied to every candidate's numbers
+    if h["passes"]:  # a map that passes both tests, the best localiser among those that do
+        passing = cands[cands.passes]
+        assert h["map"] in passing.index and cands.loc[h["map"], "pointing_game"] == passing.pointing_game.max()
+    else: assert not cands.passes.any() and h["statement"].startswith("No map passes")   # or the statement that none does
+    shuffled = torch.load(quick_run / "train_shuffled" / "last.pt", weights_only=True)   # the recipe, on shuffled labels
+    best = torch.load(quick_run / "train" / "best.pt", weights_only=True)
+    assert shuffled["provenance"]["labels"] == "shuffled (seed 0)" and shuffled["epoch"] == best["epoch"]
+    assert all(shuffled["config"][k] == best["config"][k] for k in ("model", "spatial", "training"))
+    dr = json.loads((quick_run / "explanation" / "validity.json").read_text())["data_randomisation"]   # every map on the test fakes
+    assert isinstance(dr, dict) and set(dr["methods"]) == set(d.baseline) | {"relevancy"} and dr["labels"] == "shuffled (seed 0)"
+    assert all(r["mean_abs_spearman_ci_low"] <= r["mean_abs_spearman"] <= r["mean_abs_spearman_ci_high"] for r in dr["methods"].values() if r["n_images"])
+    assert dr["methods"]["random"]["mean_spearman"] == pytest.approx(1)   # the control: the same map whatever the model
+    assert "Headline map:</b> " + h["map"] in html and "Data randomisation" in html
 
 
 def page_layout(html: Path, width: int = 1280, height: int = 900) -> dict:

@@ -25,6 +25,21 @@ def crops(tmp_path_factory) -> Path:
 
 
 
+def test_shuffled_labels_are_permuted_per_video_with_a_fixed_seed(crops):
+    "The data randomisation test's training data: train labels permuted per video (seed fixed), class counts kept, validation untouched."
+    import numpy as np
+    cfg = load_train_config(TINY)
+    true_tr, true_va, s_true = make_datasets(crops, cfg)
+    (tr0, va0, s0), (tr0b, _, _), (tr1, _, s1) = (make_datasets(crops, cfg, seed=k, shuffled_labels=True) for k in (0, 0, 1))
+    assert (s_true["labels"], s0["labels"], s1["labels"]) == ("true", "shuffled (seed 0)", "shuffled (seed 1)")
+    assert (tr0.labels != true_tr.labels).any()                                  # really permuted
+    assert np.array_equal(tr0.labels, tr0b.labels) and not np.array_equal(tr0.labels, tr1.labels)  # a fixed seed: one permutation
+    assert sorted(tr0.labels) == sorted(true_tr.labels) and s0["pos_weight"] == s_true["pos_weight"]  # class counts kept
+    video = [Path(p.decode()).parent for p in tr0.paths]
+    assert all(len({l for v, l in zip(video, tr0.labels) if v == u}) == 1 for u in set(video))  # one label per video
+    assert np.array_equal(va0.labels, true_va.labels)                             # validation keeps the true labels
+
+
 def _train_loss(model, crops, cfg) -> float:
     """Mean loss of `model` over the training frames (validation transform, fixed shuffled batches). BatchNorm uses
     batch statistics: after one short epoch its running statistics still lag, and the test is about the weights. The
@@ -173,7 +188,7 @@ def test_cli_trains_self_blended_on_real_faces_only(tmp_path):
     ck = read_checkpoint(tmp_path / "out" / "last.pt")
     p = {k: v for k, v in ck["provenance"].items() if k != "git_commit"}
     assert p == {"datasets": [], "methods": ["self-blended"], "fakes": "self-blended", "n_train_videos": 3, "n_val_videos": 3,
-                 "backbone_init": "random", "image_size": 32, "layout": "spatial", "epochs": 1, "generated_data": False}
+                 "backbone_init": "random", "image_size": 32, "layout": "spatial", "epochs": 1, "generated_data": False, "labels": "true"}
     train_split = ck["meta"]["dataset"]["train"]
     assert (train_split["frames"], train_split["real_frames"], train_split["fake_frames"]) == (12, 6, 6)
     assert ck["metrics"]["n_train"] == 12 and ck["metrics"]["n_val"] == 12   # every real face and its fake, both splits
@@ -189,10 +204,10 @@ def test_checkpoint_provenance(crops, tmp_path, monkeypatch, one_thread):
         ck = read_checkpoint(tmp_path / "run" / name)
         p = ck["provenance"]
         assert set(p) == {"datasets", "methods", "fakes", "n_train_videos", "n_val_videos", "backbone_init", "image_size", "layout",
-                          "epochs", "git_commit", "generated_data"}
+                          "epochs", "git_commit", "generated_data", "labels"}
         assert {k: v for k, v in p.items() if k != "git_commit"} == {
             "datasets": ["FaceForensics++"], "methods": ["Deepfakes", "FaceSwap"], "fakes": "dataset", "n_train_videos": 16, "n_val_videos": 16,
-            "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False}
+            "backbone_init": "imagenet", "image_size": 32, "layout": "spatial", "epochs": ck["epoch"], "generated_data": False, "labels": "true"}
         assert p["git_commit"] is None or len(p["git_commit"]) == 40
     assert ck["meta"]["trainable_blocks"] == 1 and ck["meta"]["backbone_weights"].startswith("imagenet (")
     # resuming needs no ImageNet file (the checkpoint holds the backbone): an empty cache, offline
