@@ -25,14 +25,15 @@ from .preprocess import gather_rows
 
 # %% auto #0
 __all__ = ['TARGETS', 'CAPTUM_METHODS', 'CAPTUM_SETTINGS', 'SMOOTH_SETTINGS', 'CANDIDATE_METHODS', 'METHODS', 'PIXEL_METHODS',
-           'COSTLY_METHODS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'target_scores', 'eval_mode',
+           'COSTLY_METHODS', 'EXPLANATION_COLUMNS', 'IMAGE_SUFFIXES', 'OURS', 'target_scores', 'eval_mode',
            'record_attention_for', 'backbone_cache', 'attention_and_grads', 'chefer_cls_relevance',
            'rollout_cls_relevance', 'normalize_maps', 'scores_to_maps', 'feature_grads', 'gradcam', 'input_gradient',
            'input_saliency', 'fused_map', 'random_scores', 'target_labels', 'captum_attribution', 'captum_map',
            'relevancy_backbone_map', 'smooth_relevancy_scores', 'gxi_relevancy_map', 'fused_features_map',
            'parse_methods', 'explain_batch', 'explain', 'relevancy', 'overlay_jet', 'classification', 'figure_title',
            'explained_figure', 'gallery_figure', 'ExplainOptions', 'input_size', 'faces_to_batch', 'read_faces',
-           'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder', 'explain_stage']
+           'rank_batches', 'explain_faces', 'explain_samples', 'explain_folder', 'headline_map', 'stage_methods',
+           'explain_stage']
 
 # %% ../nbs/05_explain.ipynb #736a53e8
 TARGETS = ("fake", "real", "predicted")
@@ -587,11 +588,33 @@ def explain_folder(images_dir, model, output, opts: ExplainOptions | None = None
     table["path"] = table["name"].map(dict(zip(names, [str(paths[i]) for i in keep]))).fillna(table["path"])
     return _finish_explained(output, table, skipped, dist_info)
 
+# %% ../nbs/05_explain.ipynb #85fabc9c
+OURS = "fused"  # the study's default map: the headline where a run has no headline stage (`headline_map`)
+
+def headline_map(run_dir) -> dict:
+    """The run's headline map ("ours"): `<run_dir>/explanation/headline.json`'s map, chosen by `05f_headline`'s rule on the
+    validation split -> dict(map, label (the map named by its rule), short (in a few words), by_rule, statement); `OURS` where the run has no
+    headline stage (or it chose none), saying so."""
+    try: h = json.loads((Path(run_dir) / "explanation" / "headline.json").read_text())
+    except (OSError, ValueError): h = {}
+    if h.get("map"):
+        verdict = "passes both sanity checks" if h.get("passes") else "does NOT pass the sanity checks: no candidate does"
+        return dict(map=h["map"], by_rule=True, statement=h.get("statement", ""), short=f"{h['map']}, chosen by the headline rule",
+                    label=f"{h['map']} (chosen by the rule: {h.get('rule', '?')}; {verdict})")
+    why = h.get("skipped") or "this run has no headline stage (explanation/headline.json)"
+    return dict(map=OURS, by_rule=False, statement=f"not chosen by rule: {why}", short=f"{OURS}, the default: no headline rule",
+                label=f"{OURS} (the study's default map, not chosen by rule: {why})")
+
+# %% ../nbs/05_explain.ipynb #4c0cc5f7
+def stage_methods(methods, run_dir) -> tuple:
+    "`methods` (checked by `parse_methods`) with the run's headline map (`headline_map`) added last when a rule chose one that is not among them."
+    methods, h = parse_methods(methods), headline_map(run_dir)
+    return methods + (h["map"],) if h["by_rule"] and h["map"] not in methods else methods
+
 # %% ../nbs/05_explain.ipynb #a333aeb0
 def explain_stage(output_root, methods=METHODS, batch_size: int = 16, device="auto", seed: int = 0) -> pd.DataFrame:
     """The study's explain stage: `<output_root>/train/best.pt` explains every evaluation sample
     (`<output_root>/test/samples.csv`) with each of `methods`; figures, maps and galleries in `<output_root>/explanation/`."""
-    from deepfake_explain.localisation import stage_methods   # (05a builds on this notebook)
     root = Path(output_root)
     methods = stage_methods(methods, root)   # the run's headline map explained too
     ckpt, samples = root / "train" / "best.pt", root / "test" / REPORT_FILES["samples"]

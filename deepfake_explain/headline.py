@@ -47,7 +47,7 @@ def train_shuffled(run_dir, runtime: Runtime | None = None, workers: int = 0, pr
         raise ValueError(f"{best}: not a checkpoint written by train (no config and epoch): the shuffled-label model needs its recipe")
     meta, epochs, out = ck.get("meta") or {}, int(ck["epoch"]), run_dir / SHUFFLED_RUN
     ds = meta.get("dataset") or {}
-    opts = TrainOptions(num_epochs=epochs, patience=epochs + 1, dataset=ds.get("dataset", "All"), max_videos=ds.get("max_videos"),
+    opts = TrainOptions(num_epochs=int(meta.get("num_epochs", epochs)), stop_after=epochs, patience=epochs + 1, dataset=ds.get("dataset", "All"), max_videos=ds.get("max_videos"),
                         workers=workers, seed=int(meta.get("seed", 0)), progress=progress, shuffled_labels=True)
     last = shuffled_checkpoint(run_dir)
     done = last is not None and resume_point(out, ck["config"]) == last and read_checkpoint(last)["epoch"] >= epochs

@@ -22,19 +22,19 @@ from .data import (COMPRESSIONS, ValTransform, difference_mask, ffpp_video_path,
 from .checkpoint import load_detector
 from .evaluate import DEFAULT_THRESHOLD, _auc_rows
 from .model import fake_probability
-from .explain import (COSTLY_METHODS, METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
-                                      input_size, overlay_jet, parse_methods, rank_batches, read_faces)
+from .explain import (COSTLY_METHODS, METHODS, OURS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
+                                      headline_map, input_size, overlay_jet, parse_methods, rank_batches, read_faces, stage_methods)
 from .preprocess import boxes_path, crop_face, gather_rows, read_boxes, read_frames, square_box
 
 # %% auto #0
 __all__ = ['DATASET_MASK', 'GENERATED_MASK', 'DIFFERENCE_MASK', 'MASK_SOURCES', 'LOCALISATION_COLUMNS', 'FRACTIONS',
-           'PER_IMAGE_COLUMNS', 'QUALITY_COLUMNS', 'HIGHER_IS_BETTER', 'OURS', 'QUALITY_PARTS', 'CLAIM_COLUMNS',
-           'crop_mask', 'DifferenceMaskOptions', 'box_difference_mask', 'difference_pair', 'difference_frames',
-           'masks_for_crops', 'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics',
-           'remove_tokens', 'perturbation_curves', 'curve_auc', 'perturbation_summary', 'per_image_aucs',
-           'quality_batch', 'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'headline_map', 'stage_methods',
-           'evenly', 'quality_images', 'files_digest', 'model_fingerprint', 'perturbation_figure', 'QualityOptions',
-           'study_quality', 'quality_stage', 'claim_faces', 'claim_maps', 'claim_figure', 'claim_stage']
+           'PER_IMAGE_COLUMNS', 'QUALITY_COLUMNS', 'HIGHER_IS_BETTER', 'QUALITY_PARTS', 'CLAIM_COLUMNS', 'crop_mask',
+           'DifferenceMaskOptions', 'box_difference_mask', 'difference_pair', 'difference_frames', 'masks_for_crops',
+           'pointing_game', 'mass_in_mask', 'mask_fraction', 'pixel_auroc', 'localisation_metrics', 'remove_tokens',
+           'perturbation_curves', 'curve_auc', 'perturbation_summary', 'per_image_aucs', 'quality_batch',
+           'quality_table', 'bootstrap_mean_ci', 'paired_differences', 'evenly', 'quality_images', 'files_digest',
+           'model_fingerprint', 'perturbation_figure', 'QualityOptions', 'study_quality', 'quality_stage',
+           'claim_faces', 'claim_maps', 'claim_figure', 'claim_stage']
 
 # %% ../nbs/05a_localisation.ipynb #ee33b947
 def crop_mask(mask_frame: np.ndarray, box, size: int, margin: float = 0.0) -> np.ndarray:
@@ -325,29 +325,6 @@ def paired_differences(per_image: pd.DataFrame, reference: str = "relevancy", n_
             rows.append(dict(reference=reference, baseline=base, metric=metric, n_images=len(d), advantage=float(d.mean()),
                              ci_low=lo, ci_high=hi, wins=float((d > 0).mean()), ties=float((d == 0).mean())))
     return pd.DataFrame(rows, columns=["reference", "baseline", "metric", "n_images", "advantage", "ci_low", "ci_high", "wins", "ties"])
-
-# %% ../nbs/05a_localisation.ipynb #85fabc9c
-OURS = "fused"  # the study's default map: the headline where a run has no headline stage (`headline_map`)
-
-def headline_map(run_dir) -> dict:
-    """The run's headline map ("ours"): `<run_dir>/explanation/headline.json`'s map, chosen by `05f_headline`'s rule on the
-    validation split -> dict(map, label (the map named by its rule), short (in a few words), by_rule, statement); `OURS` where the run has no
-    headline stage (or it chose none), saying so."""
-    try: h = json.loads((Path(run_dir) / "explanation" / "headline.json").read_text())
-    except (OSError, ValueError): h = {}
-    if h.get("map"):
-        verdict = "passes both sanity checks" if h.get("passes") else "does NOT pass the sanity checks: no candidate does"
-        return dict(map=h["map"], by_rule=True, statement=h.get("statement", ""), short=f"{h['map']}, chosen by the headline rule",
-                    label=f"{h['map']} (chosen by the rule: {h.get('rule', '?')}; {verdict})")
-    why = h.get("skipped") or "this run has no headline stage (explanation/headline.json)"
-    return dict(map=OURS, by_rule=False, statement=f"not chosen by rule: {why}", short=f"{OURS}, the default: no headline rule",
-                label=f"{OURS} (the study's default map, not chosen by rule: {why})")
-
-# %% ../nbs/05a_localisation.ipynb #4c0cc5f7
-def stage_methods(methods, run_dir) -> tuple:
-    "`methods` (checked by `parse_methods`) with the run's headline map (`headline_map`) added last when a rule chose one that is not among them."
-    methods, h = parse_methods(methods), headline_map(run_dir)
-    return methods + (h["map"],) if h["by_rule"] and h["map"] not in methods else methods
 
 # %% ../nbs/05a_localisation.ipynb #20b287a9
 def evenly(n_items: int, n: int) -> np.ndarray:

@@ -13,7 +13,9 @@ from .checkpoint import provenance_line
 from .core import atomic_write, data_uri, write_csv_atomic
 from .data import identity_disjoint, read_video_index
 from .evaluate import SEEN_ROWS
-from .localisation import HIGHER_IS_BETTER, OURS, headline_map
+from .headline import BASELINES
+from .explain import OURS, headline_map
+from .localisation import HIGHER_IS_BETTER
 from .validity import identity_note
 from .videos import render_page
 
@@ -25,30 +27,31 @@ __all__ = ['GENERALISATION_COLUMNS', 'GENERALISATION_ROWS', 'COLUMN_NAMES', 'GLO
            'report_items', 'markdown_table', 'write_report']
 
 # %% ../nbs/06a_report.ipynb #8c0e8893
-GENERALISATION_COLUMNS = ["setting", "test_data", "n_videos", "video_auc", "auc_ci_low", "auc_ci_high", f"{OURS}_pointing_game",
-                          f"{OURS}_mass_in_mask", "best_baseline", "baseline_pointing_game", "baseline_mass_in_mask", "n_map_images", "note"]
+GENERALISATION_COLUMNS = ["setting", "test_data", "n_videos", "video_auc", "auc_ci_low", "auc_ci_high", "ours", "ours_pointing_game",
+                          "ours_mass_in_mask", "best_baseline", "baseline_pointing_game", "baseline_mass_in_mask", "n_map_images", "note"]
 GENERALISATION_ROWS = ("in-distribution", "unseen method", "unseen people", "other compression", "other dataset")
 
-def ours_and_best(means: pd.DataFrame, ours: str = OURS) -> dict:
-    "Our map's (`ours`) and the best baseline's (highest pointing game, then mass in mask; random excluded) columns from per-method means."
+def ours_and_best(means: pd.DataFrame, ours: str = OURS, baselines=BASELINES) -> dict:
+    """Our map's (`ours`, named in `ours`) and the best baseline's (highest pointing game, then mass in mask, among
+    `baselines` other than ours) columns from per-method means."""
     out = {}
-    if ours in means.index: out.update({f"{ours}_pointing_game": means.at[ours, "pointing_game"], f"{ours}_mass_in_mask": means.at[ours, "mass_in_mask"]})
-    base = means.drop(index=[m for m in (ours, "random") if m in means.index])
+    if ours in means.index: out.update(ours=ours, ours_pointing_game=means.at[ours, "pointing_game"], ours_mass_in_mask=means.at[ours, "mass_in_mask"])
+    base = means[means.index.isin([b for b in baselines if b != ours])]
     if len(base):
         best = base.sort_values(["pointing_game", "mass_in_mask"], ascending=False).index[0]
         out.update(best_baseline=best, baseline_pointing_game=base.at[best, "pointing_game"], baseline_mass_in_mask=base.at[best, "mass_in_mask"])
     return out
 
-def map_columns(per_image: pd.DataFrame | None, methods=None) -> dict:
-    """`ours_and_best` over the rows of `quality_per_image.csv` whose crop's method is in `methods` (None: all), with the
-    number of crops; empty when there are none."""
+def map_columns(per_image: pd.DataFrame | None, methods=None, ours: str = OURS) -> dict:
+    """`ours_and_best` (our map `ours`) over the rows of `quality_per_image.csv` whose crop's method is in `methods` (None:
+    all), with the number of crops; empty when there are none."""
     if per_image is None or not len(per_image): return {}
     df = per_image.assign(fake_method=per_image["path"].map(lambda p: Path(p).parent.parent.name))
     if methods is not None: df = df[df["fake_method"].isin(list(methods))]
     df = df.dropna(subset=["pointing_game"])
     if not len(df): return {}
     means = df.groupby("method")[["pointing_game", "mass_in_mask"]].mean()
-    return {"n_map_images": int(df.loc[df["method"] == df["method"].iloc[0], "image"].nunique()), **ours_and_best(means)}
+    return {"n_map_images": int(df.loc[df["method"] == df["method"].iloc[0], "image"].nunique()), **ours_and_best(means, ours)}
 
 # %% ../nbs/06a_report.ipynb #42dfacd3
 def test_identities(run_dir, dataset: str = "mini", data_root=None) -> dict:
@@ -66,7 +69,7 @@ def _verdict_row(setting: str, data: str, r) -> dict:
     return dict(setting=setting, test_data=data, n_videos=int(r["n_videos"]), video_auc=r.get("auc", r.get("video_auc")),
                 auc_ci_low=r.get("auc_ci_low"), auc_ci_high=r.get("auc_ci_high"))
 
-def _method_rows(run_dir: Path, per_image, ident: dict) -> list[dict]:
+def _method_rows(run_dir: Path, per_image, ident: dict, ours: str = OURS) -> list[dict]:
     "The in-distribution, unseen-method and unseen-people rows from the test split's per-method table."
     pm_path = run_dir / "test" / "per_method.csv"
     if not pm_path.is_file(): return [dict(setting=s, note="not run: no test/per_method.csv (evaluate stage)") for s in GENERALISATION_ROWS[:3]]
@@ -82,20 +85,20 @@ def _method_rows(run_dir: Path, per_image, ident: dict) -> list[dict]:
     if ident["identity_disjoint"]:
         rows.append(dict(setting="in-distribution", note="not measured: the test split's people are all held out (see unseen people)"))
     elif seen: rows.append({**_verdict_row("in-distribution", f"test split, seen methods ({', '.join(seen)}), {people}", pooled),
-                            **map_columns(per_image, seen)})
+                            **map_columns(per_image, seen, ours)})
     else: rows.append(dict(setting="in-distribution", note="not measured: every tested method was left out of training"))
     if unseen:
         rows.append({**_verdict_row("unseen method", f"test split, {', '.join(unseen)} (not in training), {people}", pm.loc["unseen methods" if seen else "All"]),
-                     **map_columns(per_image, unseen)})
+                     **map_columns(per_image, unseen, ours)})
     else: rows.append(dict(setting="unseen method", note="not run: every tested method was in training (train on a subset: `methods`, `test_methods: All`)"))
     if ident["identity_disjoint"] and seen:
-        rows.append({**_verdict_row("unseen people", f"test split, seen methods ({', '.join(seen)}), {people}", pooled), **map_columns(per_image, seen)})
+        rows.append({**_verdict_row("unseen people", f"test split, seen methods ({', '.join(seen)}), {people}", pooled), **map_columns(per_image, seen, ours)})
     elif ident["identity_disjoint"]: rows.append(dict(setting="unseen people", note="not measured apart: every tested method is unseen too (see unseen method)"))
     else: rows.append(dict(setting="unseen people", note=f"not run: {ident['statement']}"))
     return rows
 
 # %% ../nbs/06a_report.ipynb #9a5ac5ae
-def _cross_rows(run_dir: Path, train_dataset: str, compression: str) -> list[dict]:
+def _cross_rows(run_dir: Path, train_dataset: str, compression: str, ours: str = OURS) -> list[dict]:
     "The other-compression and other-dataset rows from `cross_dataset.csv`, with the maps where `cross_localisation` scored them."
     path, rows = run_dir / "cross_dataset.csv", []
     if not path.is_file(): return [dict(setting=s, note="not run: the study has no `test_sets`") for s in GENERALISATION_ROWS[3:]]
@@ -105,7 +108,7 @@ def _cross_rows(run_dir: Path, train_dataset: str, compression: str) -> list[dic
         for r in sub.to_dict("records"):
             pi_path = run_dir / "cross" / str(r["test_set"]) / "explanation" / "quality_per_image.csv"
             pi = pd.read_csv(pi_path) if pi_path.is_file() else None
-            maps = map_columns(pi)
+            maps = map_columns(pi, ours=ours)
             note = (f"maps against {', '.join(sorted(pi['mask_source'].dropna().unique()))}" if maps and "mask_source" in pi
                     else "maps not measured: no frame-aligned originals to derive masks from" if not maps else "")
             rows.append({**_verdict_row(setting, f"{r['test_set']} ({r['dataset']} {r['compression']}, split {r['split']})", r), **maps, "note": note})
@@ -113,7 +116,7 @@ def _cross_rows(run_dir: Path, train_dataset: str, compression: str) -> list[dic
             rows.append(dict(setting=setting, note="not run: no such entry in `test_sets`"))
     return rows
 
-def _robustness_rows(run_dir: Path) -> list[dict]:
+def _robustness_rows(run_dir: Path, ours: str = OURS) -> list[dict]:
     "Each perturbation type at its middle level, from the robustness stage's table (`robustness/robustness.csv`)."
     path = run_dir / "robustness" / "robustness.csv"
     if not path.is_file(): return [dict(setting="perturbations", note="not run: no robustness stage (study parameter `robustness`)")]
@@ -125,7 +128,7 @@ def _robustness_rows(run_dir: Path) -> list[dict]:
         row = dict(setting=f"{kind} (level {mid})", test_data=f"test split, {kind} level {mid} ({v['parameter']:g})", n_videos=int(v["n_videos"]),
                    video_auc=v["video_auc"], auc_ci_low=v["video_auc_low"], auc_ci_high=v["video_auc_high"])
         maps = at.dropna(subset=["pointing_game"]).set_index("method")
-        if len(maps): row.update(n_map_images=int(maps["n_images"].max()), **ours_and_best(maps))
+        if len(maps): row.update(n_map_images=int(maps["n_images"].max()), **ours_and_best(maps, ours))
         rows.append(row)
     return rows
 
@@ -136,8 +139,9 @@ def generalisation_table(run_dir, run_params: dict | None = None) -> pd.DataFram
     dataset = p.get("dataset", "mini")
     pi_path = run_dir / "explanation" / "quality_per_image.csv"
     per_image = pd.read_csv(pi_path) if pi_path.is_file() else None
-    ident = test_identities(run_dir, dataset, p.get("data_root"))
-    rows = _method_rows(run_dir, per_image, ident) + _cross_rows(run_dir, dataset, p.get("compression", "c23")) + _robustness_rows(run_dir)
+    ident, ours = test_identities(run_dir, dataset, p.get("data_root")), headline_map(run_dir)["map"]   # our map: the run's headline map
+    rows = (_method_rows(run_dir, per_image, ident, ours) + _cross_rows(run_dir, dataset, p.get("compression", "c23"), ours)
+            + _robustness_rows(run_dir, ours))
     table = pd.DataFrame(rows).reindex(columns=GENERALISATION_COLUMNS).astype({"n_videos": "Int64", "n_map_images": "Int64"})
     write_csv_atomic(run_dir / "generalisation.csv", table)
     return table
@@ -175,8 +179,8 @@ COLUMN_NAMES = {  # raw column -> the report's header
     "mask_fraction": "mask share", "pixel_auroc": "pixel AUROC", "pos_auc_prob": "removal MoRF ↓", "neg_auc_prob": "removal LeRF ↑",
     "pos_auc_acc": "removal MoRF (acc.) ↓", "neg_auc_acc": "removal LeRF (acc.) ↑", "mask_source": "mask",
     "restoration_auc": "restoration ↓", "road_morf_auc": "ROAD MoRF ↓", "road_lerf_auc": "ROAD LeRF ↑",
-    "setting": "setting", "test_data": "test data (or why not)", "best_baseline": "best baseline", f"{OURS}_pointing_game": f"{OURS}: pointing game",
-    f"{OURS}_mass_in_mask": f"{OURS}: mass in mask", "baseline_pointing_game": "baseline: pointing game",
+    "setting": "setting", "test_data": "test data (or why not)", "best_baseline": "best baseline", "ours": "ours (map)", "ours_pointing_game": "ours: pointing game",
+    "ours_mass_in_mask": "ours: mass in mask", "baseline_pointing_game": "baseline: pointing game",
     "baseline_mass_in_mask": "baseline: mass in mask", "n_map_images": "map images", "note": "note", "test_set": "test set",
     "dataset": "dataset", "split": "split", "compression": "compression", "threshold_source": "threshold from",
     "perturbation": "perturbation", "level": "level", "parameter": "parameter", "frame_auc_low": "frame AUC low",
@@ -323,7 +327,7 @@ def explanation_summary(quality: pd.DataFrame | None, vs: pd.DataFrame | None, v
         mine, theirs = (fmt(means.at[m, metric]) if metric in means and m in means.index else "" for m in (ours, best))
         rows.append([COLUMN_NAMES[metric], mine, theirs, ci_text(r["advantage"], r["ci_low"], r["ci_high"], signed=True), str(int(r["n_images"]))])
         marks.append(["", "", "", "win" if r["ci_low"] > 0 else "loss" if r["ci_high"] < 0 else "", ""])
-    line = (f"Our map ({label or ours}) against the best baseline ({best}: highest pointing game among the other maps, random excluded); "
+    line = (f"Our map ({label or ours}) against the best baseline ({best}: highest pointing game among the published maps, {', '.join(BASELINES)}); "
             "advantage > 0: ours better, [95% paired bootstrap CI].")
     return dict(line=line, table=dict(header=["metric", f"ours ({ours})", best, "advantage", "images"], rows=rows, marks=marks))
 
@@ -332,7 +336,7 @@ def generalisation_summary(table: pd.DataFrame) -> list[str]:
     g = table[table["setting"] != "in-distribution"]
     done = g.dropna(subset=["video_auc"])
     lines = [f"{r['setting']}: video AUC {ci_text(r['video_auc'], r['auc_ci_low'], r['auc_ci_high'])}"
-             + (f", {OURS}'s pointing game {fmt(r[f'{OURS}_pointing_game'])}" if pd.notna(r.get(f"{OURS}_pointing_game")) else "")
+             + (f", ours ({r['ours']}) pointing game {fmt(r['ours_pointing_game'])}" if pd.notna(r.get("ours_pointing_game")) else "")
              for r in done.to_dict("records")]
     missing = [s for s in g.loc[g["video_auc"].isna(), "setting"]]
     if missing: lines.append("not run or not measured: " + ", ".join(missing) + " (see Generalisation)")
@@ -373,7 +377,7 @@ REPORT_ITEMS = [  # (section, title, path relative to the run folder, kind, colu
      "explanation/sanity_summary.csv", "csv", None),
     ("Validity", "Data randomisation: each map against the map of the same network trained on shuffled labels (test fakes; mean |Spearman|, "
      "lower is better, 95% CI)", "explanation/data_randomisation_summary.csv", "csv", None),
-    ("Generalisation", f"Generalisation: what holds and what breaks (video AUC with 95% CI; {OURS} and the best baseline against the masks)",
+    ("Generalisation", "Generalisation: what holds and what breaks (video AUC with 95% CI; our map and the best baseline against the masks)",
      "generalisation.csv", "generalisation", None),
     ("Generalisation", "Cross-dataset test (threshold chosen on the training set's validation split)", "cross_dataset.csv", "csv", None),
     ("Generalisation", "Robustness to perturbations: video and frame AUC, and the maps' localisation, against the level of each perturbation",

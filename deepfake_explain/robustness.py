@@ -19,8 +19,9 @@ from .checkpoint import check_checkpoint_path, load_detector
 from .evaluate import (DEFAULT_THRESHOLD, RULES, ScoreOptions, _method_selection, aggregate_videos, bootstrap_ci,
                                        cached_frame_scores, video_metrics)
 from .train import select_method
-from .explain import COSTLY_METHODS, backbone_cache, explain_batch, faces_to_batch, input_size, parse_methods, read_faces
-from .localisation import (difference_pair, evenly, files_digest, headline_map, stage_methods, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
+from .explain import (COSTLY_METHODS, backbone_cache, explain_batch, faces_to_batch, headline_map, input_size,
+                                      parse_methods, read_faces, stage_methods)
+from .localisation import (difference_pair, evenly, files_digest, mask_fraction, mass_in_mask, masks_for_crops, model_fingerprint,
                                            pointing_game, quality_images)
 from .validity import rank_correlation
 from .perturb import PERTURBATIONS, VERSION, PerturbTransform, format_perturb, parse_perturb, unavailable

@@ -463,6 +463,7 @@ class TrainOptions:
     workers: int = 2                 # data-loader worker processes per rank
     seed: int = 0                    # seed of weights, sampling and augmentations
     progress: bool = True            # progress bars and epoch lines (rank 0)
+    stop_after: int | None = None    # stop after this epoch, the schedule still spanning num_epochs (a run's first epochs repeated)
     shuffled_labels: bool = False    # training labels permuted per video under `seed` (`shuffle_video_labels`): no detector
 
 # %% ../nbs/03_train.ipynb #b60ba214
@@ -548,14 +549,15 @@ def train(config=None, data_root=None, output="train", options: TrainOptions | N
 def _train(info, runtime: Runtime, config, data_root, output: Path, options: TrainOptions, resume) -> dict:
     r, first, cfg, summary = _setup_run(info, runtime, config, data_root, output, options, resume)
     num_epochs = options.num_epochs
+    last_epoch = min(num_epochs, options.stop_after or num_epochs)   # (stop_after: the schedule still spans num_epochs)
     if info.is_main:
         output.mkdir(parents=True, exist_ok=True)
         r.log(f"training {r.ckpt_base['meta']['layout']} model on {summary['train']['frames']} frames ({summary['train']['videos']} "
-              f"videos), validating on {summary['val']['frames']}; epochs {first}..{num_epochs}, device {runtime.device}, world {info.world}")
+              f"videos), validating on {summary['val']['frames']}; epochs {first}..{last_epoch} of {num_epochs}, device {runtime.device}, world {info.world}")
     rows, stopped, res = read_metrics(output / "metrics.csv") if info.is_main else [], "num_epochs", {"indices": np.zeros(0, np.int64)}
     if r.stopper.should_stop: stopped = "early_stopping"
     t_start = time.time()
-    for epoch in range(first, num_epochs + 1):
+    for epoch in range(first, last_epoch + 1):
         if r.stopper.should_stop: break
         t0, lr = time.time(), r.opt.param_groups[0]["lr"]
         res, va, t_train = _train_and_validate(r, epoch)
@@ -571,6 +573,7 @@ def _train(info, runtime: Runtime, config, data_root, output: Path, options: Tra
         if r.stopper.should_stop:
             stopped = "early_stopping"
             r.log(f"early stopping: no lower validation loss for {options.patience} epochs (best epoch {r.stopper.best_epoch})")
+    if stopped != "early_stopping" and last_epoch < num_epochs: stopped = "stop_after"
     if info.enabled: dist.barrier()
     return {"output": str(output), "last": str(output / "last.pt"), "best": str(output / "best.pt"), "start_epoch": first,
             "stopped": stopped, "best_epoch": r.stopper.best_epoch, "best_val_loss": r.stopper.best, "history": rows,

@@ -17,9 +17,9 @@ from .core import (ORIGINAL, ImageReadError, Runtime, figure_png, read_image_rgb
 from .data import COMPRESSIONS, ValTransform, ffpp_video_path, identity_disjoint
 from .checkpoint import checkpoint_provenance, load_detector
 from .model import fake_probability
-from .explain import (METHODS, backbone_cache, eval_mode, explain_batch, faces_to_batch,
+from .explain import (METHODS, OURS, headline_map, stage_methods, backbone_cache, eval_mode, explain_batch, faces_to_batch,
                                       input_size, parse_methods, read_faces)
-from .localisation import (OURS, bootstrap_mean_ci, curve_auc, evenly, headline_map, stage_methods, masks_for_crops,
+from .localisation import (bootstrap_mean_ci, curve_auc, evenly, masks_for_crops,
                                            paired_differences, quality_images)
 from .preprocess import VideoReadError, boxes_path, crop_face, read_boxes, read_frames
 

@@ -147,7 +147,7 @@ def _check_run(run: Path, layout: str, frames: int, torch_home: Path):
         assert g.loc["other compression", "video_auc"] == pytest.approx(cross.iloc[2]["video_auc"])
         cq = pd.read_csv(run / "cross" / "ffpp-c40" / "explanation" / "quality.csv")
         assert (cq["n_masks"] >= 1).all() and set(cq["mask_source"]) == {"difference mask"}, cq
-        assert g.loc["other compression", "note"] == "maps against difference mask" and 0 <= g.loc["other compression", "fused_pointing_game"] <= 1
+        assert g.loc["other compression", "note"] == "maps against difference mask" and 0 <= g.loc["other compression", "ours_pointing_game"] <= 1
     print(f"\n{run.name} generalisation table:\n{g.drop(columns='test_data').round(3).to_string()}")
     dm = json.loads((run / "cross" / "dfdc" / "test" / "metrics.json").read_text())
     assert dm["threshold"]["value"] == pytest.approx(own["threshold"]) and dm["info"]["model_sha256"] == m["info"]["model_sha256"]

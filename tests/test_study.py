@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from deepfake_explain.explain import COSTLY_METHODS, METHODS
-from deepfake_explain.localisation import OURS
+from deepfake_explain.headline import BASELINES
+from deepfake_explain.explain import OURS, headline_map
 from deepfake_explain.study import run_study, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,8 @@ def test_quick_study_completes_with_report(quick_run):
     g = pd.read_csv(quick_run / "generalisation.csv").set_index("setting")  # the headline table: every row, filled or saying why not
     assert list(g.index) == ["in-distribution", "unseen method", "unseen people", "other compression", "other dataset",
                              "jpeg (level 3)", "noise (level 3)", "blur (level 3)"]
-    assert g.loc[["jpeg (level 3)", "noise (level 3)", "blur (level 3)"], f"{OURS}_pointing_game"].between(0, 1).all()
+    assert g.loc[["jpeg (level 3)", "noise (level 3)", "blur (level 3)"], "ours_pointing_game"].between(0, 1).all()
+    assert set(g["ours"].dropna()) == {chosen}   # our map in the Generalisation table: the one the headline rule chose
     assert g.loc["in-distribution", "video_auc"] == metrics["auc"] and g.loc[["unseen method", "unseen people"], "note"].str.startswith("not run").all()
     html = (quick_run / "report.html").read_text()
     assert "Generalisation: what holds and what breaks" in html
@@ -132,6 +134,8 @@ def test_quick_study_completes_with_report(quick_run):
     best = torch.load(quick_run / "train" / "best.pt", weights_only=True)
     assert shuffled["provenance"]["labels"] == "shuffled (seed 0)" and shuffled["epoch"] == best["epoch"]
     assert all(shuffled["config"][k] == best["config"][k] for k in ("model", "spatial", "training"))
+    lrs = [pd.read_csv(quick_run / r / "metrics.csv")["lr"].tolist() for r in ("train_shuffled", "train")]
+    assert lrs[0] == lrs[1][:best["epoch"]], lrs   # the detector's schedule: each epoch at the detector's learning rate
     dr = json.loads((quick_run / "explanation" / "validity.json").read_text())["data_randomisation"]   # every map on the test fakes
     assert isinstance(dr, dict) and set(dr["methods"]) == set(d.baseline) | {"relevancy"} and dr["labels"] == "shuffled (seed 0)"
     assert all(r["mean_abs_spearman_ci_low"] <= r["mean_abs_spearman"] <= r["mean_abs_spearman_ci_high"] for r in dr["methods"].values() if r["n_images"])
@@ -225,13 +229,14 @@ def test_leave_one_method_out_rotation(lomo_run):
     g = pd.read_csv(run / "generalisation.csv").set_index("setting")
     for row in ("in-distribution", "unseen method"):
         assert 0 <= g.loc[row, "auc_ci_low"] <= g.loc[row, "auc_ci_high"] <= 1 and 0 <= g.loc[row, "video_auc"] <= 1, g.loc[row]
-        assert 0 <= g.loc[row, "fused_pointing_game"] <= 1 and g.loc[row, "best_baseline"] in ("relevancy", "attention"), g.loc[row]
+        assert 0 <= g.loc[row, "ours_pointing_game"] <= 1 and g.loc[row, "best_baseline"] in BASELINES, g.loc[row]
+        assert g.loc[row, "ours"] == headline_map(run)["map"] == OURS, g.loc[row]   # no headline stage in the rotation: the default map
     assert "MouthEyesEdit" in g.loc["unseen method", "test_data"] and "seen in training" in g.loc["unseen method", "test_data"]
     assert g.loc["unseen people", "note"].startswith("not run: the test split shares identities with training")
     assert g.loc["other dataset", "note"] == "not run: the study has no `test_sets`"
     html = (run / "report.html").read_text()
     assert "Generalisation: what holds and what breaks" in html and "unseen method" in html
-    print(g[["video_auc", "auc_ci_low", "auc_ci_high", "fused_pointing_game", "fused_mass_in_mask", "best_baseline",
+    print(g[["video_auc", "auc_ci_low", "auc_ci_high", "ours", "ours_pointing_game", "ours_mass_in_mask", "best_baseline",
              "baseline_pointing_game", "baseline_mass_in_mask"]].round(3).to_string())
 
 
